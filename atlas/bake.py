@@ -1,0 +1,56 @@
+"""Bake each layer's colour field into an RGBA atlas texture.
+
+The texture spans the layer's uv range at `density` texels per source pixel (>= 1 keeps
+the atlas at least as sharp as the video). A = 1 where some frame sees that texel (a
+pixel whose layer weight exceeds 0.5 lands there), dilated by one texel.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import cv2
+import numpy as np
+import torch
+
+from .evaluate import FrameMaps, pixel_grid
+from .model import LayeredAtlas
+
+MAX_TEXTURE = 4096
+
+
+def texture_size(model: LayeredAtlas, layer: int, density: float = 1.0) -> tuple[int, int]:
+    """(width, height) of a layer's baked texture."""
+    px = (model.mappings[layer].pixels_per_uv * density).tolist()
+    return tuple(int(min(MAX_TEXTURE, max(16, math.ceil(v)))) for v in px)  # type: ignore[return-value]
+
+
+def coverage(model: LayeredAtlas, maps: Iterable[FrameMaps], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Per layer, a boolean [h, w] texel mask of what the video shows of that layer."""
+    counts = [np.zeros((h, w), np.int64) for (w, h) in sizes]
+    for fm in maps:
+        for i, (w, h) in enumerate(sizes):
+            seen = fm.weights[..., i] > 0.5
+            uv = fm.uv[..., i, :][seen]
+            tx = (uv[:, 0] * w).floor().long()
+            ty = (uv[:, 1] * h).floor().long()
+            ok = (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
+            np.add.at(counts[i], (ty[ok].numpy(), tx[ok].numpy()), 1)
+    kernel = np.ones((3, 3), np.uint8)
+    return [cv2.dilate((c > 0).astype(np.uint8), kernel) > 0 for c in counts]
+
+
+@torch.no_grad()
+def bake(model: LayeredAtlas, maps: Iterable[FrameMaps], density: float = 1.0, chunk: int = 1 << 16) -> dict[str, np.ndarray]:
+    """{layer name: float32 RGBA [h, w, 4]} from the model's colour fields."""
+    device = next(model.parameters()).device
+    sizes = [texture_size(model, i, density) for i in range(len(model.layer_names))]
+    seen = coverage(model, maps, sizes)
+    out = {}
+    for i, name in enumerate(model.layer_names):
+        w, h = sizes[i]
+        uv = (pixel_grid(h, w, device) + 0.5) / torch.tensor([w, h], device=device, dtype=torch.float32)
+        rgb = torch.cat([model.layer_colour(i, uv[s : s + chunk]) for s in range(0, uv.shape[0], chunk)])
+        tex = np.concatenate([rgb.reshape(h, w, 3).cpu().numpy(), seen[i][..., None].astype(np.float32)], axis=-1)
+        out[name] = tex
+    return out

@@ -1,0 +1,167 @@
+"""The atlas bundle (DESIGN.md §The atlas bundle): a directory written atomically.
+
+    bundle.json          format version, source, layers, config, metrics, timings, seed
+    model.safetensors    every learned tensor
+    atlas/<layer>.png    baked RGBA texture per layer
+    cache/preprocess.safetensors   flow, consistency masks, bootstrap masks
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import FitConfig, config_from_dict
+from .errors import AtlasInputError
+from .evaluate import FrameMaps, evaluate_frame
+from .io import atomic_path, read_image, write_png
+from .model import FrameGeometry, LayeredAtlas
+from .preprocess import Preprocessed
+
+FORMAT_VERSION = 1
+
+
+def layer_names(num_fg: int) -> list[str]:
+    """background, then foreground (k = 1) or foreground_1..k."""
+    if num_fg <= 1:
+        return ["background"] + ["foreground"] * num_fg
+    return ["background"] + [f"foreground_{i + 1}" for i in range(num_fg)]
+
+
+class AtlasBundle:
+    """A fitted video: model, metadata, baked textures, and optionally the preprocessing."""
+
+    def __init__(self, model: LayeredAtlas, meta: dict[str, Any], textures: dict[str, np.ndarray], cache: Preprocessed | None = None, path: Path | None = None) -> None:
+        self.model = model
+        self.meta = meta
+        self.textures = textures
+        self.cache = cache
+        self.path = path
+
+    # ---- properties users ask for
+    @property
+    def fps(self) -> float:
+        return float(self.meta["source"]["fps"])
+
+    @property
+    def num_frames(self) -> int:
+        return self.model.geom.num_frames
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the fitted frames."""
+        return self.model.geom.width, self.model.geom.height
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.model.layer_names)
+
+    @property
+    def config(self) -> FitConfig:
+        return config_from_dict(self.meta["config"])
+
+    # ---- evaluation
+    def frame_maps(self, t: int) -> FrameMaps:
+        """Reconstruction, uv per layer and layer weights of frame t."""
+        if not 0 <= t < self.num_frames:
+            raise AtlasInputError(f"frame index {t} out of range 0..{self.num_frames - 1}")
+        return evaluate_frame(self.model, t)
+
+    def render(self) -> torch.Tensor:
+        """Reconstruction of every frame, [T, H, W, 3] float in [0, 1]."""
+        return torch.stack([self.frame_maps(t).rgb.clamp(0, 1) for t in range(self.num_frames)])
+
+    def info(self) -> dict[str, Any]:
+        """Summary for `atlas info`."""
+        m = self.meta
+        return {
+            "path": str(self.path) if self.path else None,
+            "format_version": m["format_version"],
+            "tool_version": m["tool_version"],
+            "source": m["source"],
+            "layers": m["layers"],
+            "metrics": m["metrics"],
+            "timings": m["timings"],
+            "encoding_backend": m.get("encoding_backend"),
+            "device": m.get("device"),
+            "seed": m["seed"],
+            "preprocess": m.get("preprocess"),
+        }
+
+    # ---- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the bundle atomically (temp dir, then rename over any old bundle)."""
+        path = Path(path)
+        check_output_dir(path)
+        with atomic_path(path, is_dir=True) as tmp:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            save_file(state, str(tmp / "model.safetensors"))
+            os.chmod(tmp / "model.safetensors", 0o644)
+            (tmp / "atlas").mkdir()
+            for name, tex in self.textures.items():
+                write_png(tmp / "atlas" / f"{name}.png", tex)
+            if self.cache is not None:
+                (tmp / "cache").mkdir()
+                save_file(self.cache.tensors(), str(tmp / "cache" / "preprocess.safetensors"))
+            (tmp / "bundle.json").write_text(json.dumps(self.meta, indent=2))
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "AtlasBundle":
+        """Open a bundle directory written by :meth:`save`."""
+        path = Path(path)
+        meta_file = path / "bundle.json"
+        if not meta_file.is_file():
+            raise AtlasInputError(f"{path} is not an atlas bundle (no bundle.json); make one with `atlas fit`")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise AtlasInputError(f"{meta_file} is corrupt: {exc}") from None
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise AtlasInputError(f"{path} has bundle format {version!r}; this atlas {__version__} reads format <= {FORMAT_VERSION}: upgrade atlas")
+        try:
+            state = load_file(str(path / "model.safetensors"))
+        except Exception as exc:  # safetensors raises several types for truncated/corrupt files
+            raise AtlasInputError(f"cannot read {path / 'model.safetensors'}: {exc}") from None
+        model = build_model(meta, state).to(device)
+        textures = {}
+        for layer in meta["layers"]:
+            tex_path = path / "atlas" / f"{layer['name']}.png"
+            if tex_path.is_file():
+                textures[layer["name"]] = read_image(tex_path)
+        cache = None
+        cache_file = path / "cache" / "preprocess.safetensors"
+        if cache_file.is_file():
+            pre = meta.get("preprocess", {})
+            cache = Preprocessed.from_tensors(load_file(str(cache_file)), pre.get("flow", "?"), pre.get("masks", "?"))
+        return cls(model, meta, textures, cache, path)
+
+
+def build_model(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> LayeredAtlas:
+    """Recreate the model from bundle metadata and its saved tensors."""
+    src = meta["source"]
+    geom = FrameGeometry(int(src["num_frames"]), int(src["size"][1]), int(src["size"][0]))
+    names = [layer["name"] for layer in meta["layers"]]
+    n = len(names)
+    transforms = torch.stack([state[f"mappings.{i}.transforms"] for i in range(n)])
+    lo = torch.stack([state[f"mappings.{i}.uv_lo"] for i in range(n)])
+    hi = torch.stack([state[f"mappings.{i}.uv_hi"] for i in range(n)])
+    cfg = config_from_dict(meta["config"])
+    model = LayeredAtlas(geom, cfg.model, names, transforms, lo, hi, backend=cfg.model.encoding_backend)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def check_output_dir(path: Path) -> None:
+    """Refuse to replace a directory that is not a bundle (never clobber user data)."""
+    if path.exists() and not (path / "bundle.json").is_file():
+        if path.is_file() or any(path.iterdir()):
+            raise AtlasInputError(f"{path} exists and is not an atlas bundle; choose another -o path")

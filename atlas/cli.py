@@ -1,0 +1,158 @@
+"""The `atlas` command (DESIGN.md §CLI). Heavy modules are imported per subcommand.
+
+Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 unexpected failure
+(set ATLAS_DEBUG=1 to see the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from .errors import AtlasInputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .train import fit
+
+    bundle = fit(
+        args.video, args.output, args.config, args.set, masks=args.masks, flow=args.flow, device=args.device,
+        frames=args.frames, size=args.size, iters=args.iters, time_budget=args.time_budget, seed=args.seed,
+        resume=args.resume, quiet=args.quiet, raft_weights=args.raft_weights, sam_checkpoint=args.sam_checkpoint,
+        sam_prompt=args.sam_prompt,
+    )
+    m = bundle.meta["metrics"]
+    _say(args, f"wrote {args.output}: mean PSNR {m['psnr_mean']:.2f} dB after {m['iterations']} iterations "
+               f"({bundle.meta['timings']['fit_s']:.0f} s)")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .bundle import AtlasBundle
+    from .io import write_video
+
+    bundle = AtlasBundle.load(args.bundle)
+    frames = bundle.render()
+    write_video(frames, args.output, fps=bundle.fps)
+    _say(args, f"wrote {args.output} ({bundle.num_frames} frames)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from propagation.export import export
+
+    from .bundle import AtlasBundle
+
+    export(AtlasBundle.load(args.bundle), args.output)
+    _say(args, f"wrote {args.output}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .bundle import AtlasBundle
+
+    info = AtlasBundle.load(args.bundle).info()
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    src, met = info["source"], info["metrics"]
+    print(f"bundle:    {info['path']} (format {info['format_version']}, atlas {info['tool_version']})")
+    print(f"source:    {src['path']}  frames {src['frames'][0]}:{src['frames'][1]}  {src['size'][0]}x{src['size'][1]} @ {src['fps']:g} fps")
+    for layer in info["layers"]:
+        print(f"layer:     {layer['name']:<14} atlas {layer['atlas_size'][0]}x{layer['atlas_size'][1]}")
+    print(f"quality:   mean PSNR {met['psnr_mean']:.2f} dB (min {min(met['psnr_per_frame']):.2f}, max {max(met['psnr_per_frame']):.2f})")
+    print(f"fit:       {met['iterations']} iterations, {info['timings']['fit_s']:.1f} s on {info['device']}, encoding backend {info['encoding_backend']}")
+    print(f"inputs:    flow {info['preprocess']['flow']}, masks {info['preprocess']['masks']}, seed {info['seed']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    paths = run_demo(Path(args.output), quiet=args.quiet)
+    for label, path in paths.items():
+        print(f"{label:<15} {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="atlas", description="Canonical-atlas video editing: fit, render, export, inspect.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    quiet = _Parser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+
+    f = sub.add_parser("fit", parents=[quiet], help="register a video into layered atlases")
+    f.add_argument("video", help="movie file (mp4/mov/gif...) or image sequence (folder, plate.%%04d.png, plate.####.exr)")
+    f.add_argument("-o", "--output", required=True, help="bundle directory to write")
+    f.add_argument("--config", default="default", help="preset name (fast, default, quality, lna, codef) or a YAML file")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.iters=500 (repeatable)")
+    f.add_argument("--masks", help="folder of foreground masks, one per frame")
+    f.add_argument("--flow", choices=["auto", "raft", "dis"], help="optical flow method (default: the config's, auto)")
+    f.add_argument("--raft-weights", help="local torchvision RAFT checkpoint (.pth)")
+    f.add_argument("--sam-checkpoint", help="segment-anything checkpoint for masks")
+    f.add_argument("--sam-prompt", help="SAM prompt on the first frame: x,y or x0,y0,x1,y1 (pixels)")
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    f.add_argument("--frames", help="frame range A:B (half-open), e.g. 0:30")
+    f.add_argument("--size", help="resize frames to WxH, e.g. 427x240")
+    f.add_argument("--iters", type=int, help="optimisation steps (overrides the config)")
+    f.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop fitting after this many seconds")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--resume", action="store_true", help="continue from the checkpoint next to the output")
+    f.set_defaults(func=cmd_fit)
+
+    r = sub.add_parser("render", parents=[quiet], help="reconstruct the video from a bundle")
+    r.add_argument("bundle")
+    r.add_argument("-o", "--output", required=True, help=".mp4 file or folder for PNGs")
+    r.set_defaults(func=cmd_render)
+
+    e = sub.add_parser("export", parents=[quiet], help="write atlas images and per-frame opacity for compositing")
+    e.add_argument("bundle")
+    e.add_argument("-o", "--output", required=True, help="folder to write")
+    e.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("info", help="describe a bundle")
+    i.add_argument("bundle")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", parents=[quiet], help="make a synthetic clip, fit it, write a preview")
+    d.add_argument("-o", "--output", default="atlas-demo", help="folder for the demo's files")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AtlasInputError as exc:
+        print(f"atlas {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"atlas {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last resort: one line unless debugging
+        if os.environ.get("ATLAS_DEBUG"):
+            traceback.print_exc()
+        else:
+            print(f"atlas {args.command}: unexpected error: {exc.__class__.__name__}: {exc} (set ATLAS_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

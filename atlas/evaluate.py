@@ -1,0 +1,49 @@
+"""Evaluate a fitted model on whole frames (reconstruction, uv maps, layer weights)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .model import LayeredAtlas
+
+
+@dataclass
+class FrameMaps:
+    """Per-pixel results for one frame."""
+
+    rgb: torch.Tensor  # [H, W, 3] reconstruction
+    uv: torch.Tensor  # [H, W, layers, 2] atlas coordinates
+    weights: torch.Tensor  # [H, W, layers] compositing weight of each layer (background first)
+
+
+def pixel_grid(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[H*W, 2] (x, y) pixel coordinates, row-major."""
+    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1).float()
+
+
+@torch.no_grad()
+def evaluate_frame(model: LayeredAtlas, t: int, chunk: int = 1 << 16) -> FrameMaps:
+    """Run the model on every pixel of frame t, in chunks to bound memory."""
+    g = model.geom
+    device = next(model.parameters()).device
+    xy = pixel_grid(g.height, g.width, device)
+    parts: dict[str, list[torch.Tensor]] = {"rgb": [], "uv": [], "weights": []}
+    for start in range(0, xy.shape[0], chunk):
+        p = xy[start : start + chunk]
+        out = model(p, torch.full((p.shape[0],), t, dtype=torch.long, device=device))
+        for k in parts:
+            parts[k].append(out[k].cpu())
+    n_layers = len(model.layer_names)
+    return FrameMaps(
+        torch.cat(parts["rgb"]).reshape(g.height, g.width, 3),
+        torch.cat(parts["uv"]).reshape(g.height, g.width, n_layers, 2),
+        torch.cat(parts["weights"]).reshape(g.height, g.width, n_layers),
+    )
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
+    mse = torch.mean((pred.clamp(0, 1) - target) ** 2).item()
+    return float("inf") if mse == 0 else -10.0 * torch.log10(torch.tensor(mse)).item()

@@ -1,0 +1,300 @@
+"""Reading and writing videos: movie files, image sequences (PNG/JPG/EXR), atomic writes.
+
+Frames are float32 tensors (T, H, W, 3) in [0, 1]. EXR plates are read as stored and
+clipped to [0, 1] (the fitter works on display-referred values).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import AtlasInputError
+
+MOVIE_EXTS = {".mp4", ".mov", ".gif", ".avi", ".mkv", ".webm", ".m4v"}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".exr", ".tif", ".tiff", ".bmp"}
+DEFAULT_FPS = 24.0
+
+
+@dataclass
+class Video:
+    """Decoded frames plus where they came from."""
+
+    frames: torch.Tensor  # [T, H, W, 3] float32 in [0, 1]
+    fps: float
+    source: str
+    frame_range: tuple[int, int]  # [start, stop) indices into the source
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)."""
+        return int(self.frames.shape[2]), int(self.frames.shape[1])
+
+
+def parse_frame_range(text: str | None) -> tuple[int, int | None] | None:
+    """`A:B` (half-open, either side may be empty) -> (A, B)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", text)
+    if not m:
+        raise AtlasInputError(f"--frames expects A:B (e.g. 0:30), got {text!r}")
+    start = int(m.group(1)) if m.group(1) else 0
+    stop = int(m.group(2)) if m.group(2) else None
+    if stop is not None and stop <= start:
+        raise AtlasInputError(f"--frames {text}: the end must be greater than the start")
+    return start, stop
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """`WxH` -> (W, H)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m or int(m.group(1)) < 8 or int(m.group(2)) < 8:
+        raise AtlasInputError(f"--size expects WxH with both at least 8 (e.g. 427x240), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """One image as float32 (H, W, C) in [0, 1], C in {1, 3, 4}; EXR via OpenEXR."""
+    path = Path(path)
+    if not path.is_file():
+        raise AtlasInputError(f"image not found: {path}")
+    try:
+        if path.suffix.lower() == ".exr":
+            arr = _read_exr(path)
+        else:
+            import imageio.v3 as iio
+
+            raw = iio.imread(path)
+            scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
+            arr = raw.astype(np.float32) / scale
+    except AtlasInputError:
+        raise
+    except Exception as exc:  # decoder errors come in many types; all mean "unreadable"
+        raise AtlasInputError(f"cannot read image {path}: {exc.__class__.__name__}: {exc}") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+        raise AtlasInputError(f"unsupported image layout {arr.shape} in {path}")
+    if arr.shape[2] == 2:  # grey + alpha
+        arr = np.concatenate([arr[:, :, :1]] * 3 + [arr[:, :, 1:]], axis=2)
+    return np.clip(arr, 0.0, 1.0).astype(np.float32)
+
+
+def _read_exr(path: Path) -> np.ndarray:
+    import OpenEXR
+
+    with OpenEXR.File(str(path)) as f:
+        channels = f.parts[0].channels
+        if "RGBA" in channels:
+            return np.asarray(channels["RGBA"].pixels, dtype=np.float32)
+        if "RGB" in channels:
+            return np.asarray(channels["RGB"].pixels, dtype=np.float32)
+        names = [n for n in ("R", "G", "B") if n in channels]
+        if names:
+            return np.stack([np.asarray(channels[n].pixels, dtype=np.float32) for n in names], -1)
+        first = next(iter(channels.values()))
+        return np.asarray(first.pixels, dtype=np.float32)
+
+
+def write_exr(path: str | Path, channels: dict[str, np.ndarray]) -> None:
+    """Write float32 channels (each (H, W) or (H, W, C) under a name like 'RGB')."""
+    import OpenEXR
+
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    data = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in channels.items()}
+    with OpenEXR.File(header, data) as f:
+        f.write(str(path))
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """Drop alpha / broadcast grey so every frame is (H, W, 3)."""
+    return image[:, :, :3] if image.shape[2] >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
+
+
+def sequence_files(path: str) -> list[Path]:
+    """Files of an image sequence given as a folder or a `%04d` / `####` pattern."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+        if not files:
+            raise AtlasInputError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in folder {p}")
+        suffixes = {f.suffix.lower() for f in files}
+        if len(suffixes) > 1:
+            raise AtlasInputError(f"folder {p} mixes image types {sorted(suffixes)}; keep one type per sequence")
+        return files
+    name = p.name
+    m = re.search(r"%0?(\d*)d", name) or re.search(r"#+", name)
+    if m is None:
+        raise AtlasInputError(f"input not found: {path}")
+    if not p.parent.is_dir():
+        raise AtlasInputError(f"folder of the image sequence not found: {p.parent}")
+    token = m.group(0)
+    width = len(token) if token.startswith("#") else int(m.group(1) or 1)
+    digits = rf"(\d{{{width},}})" if width > 1 else r"(\d+)"
+    regex = re.compile(re.escape(name[: m.start()]) + digits + re.escape(name[m.end():]) + "$")
+    matches = []
+    for f in p.parent.iterdir():
+        mm = regex.match(f.name)
+        if mm and f.is_file():
+            matches.append((int(mm.group(1)), f))
+    if not matches:
+        raise AtlasInputError(f"no files match the sequence pattern {path}")
+    return [f for _, f in sorted(matches)]
+
+
+def _read_movie(path: Path) -> tuple[list[np.ndarray], float]:
+    import imageio.v3 as iio
+
+    try:
+        meta = iio.immeta(path, plugin="pillow" if path.suffix.lower() == ".gif" else "FFMPEG")
+        fps = float(meta.get("fps") or 0.0)
+        if not fps and meta.get("duration"):
+            fps = 1000.0 / float(meta["duration"])  # GIF durations are in ms
+        plugin = "pillow" if path.suffix.lower() == ".gif" else "FFMPEG"
+        frames = [np.asarray(f) for f in iio.imiter(path, plugin=plugin)]
+    except Exception as exc:  # ffmpeg/pillow raise many types for corrupt files
+        raise AtlasInputError(f"cannot decode video {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    out = []
+    for f in frames:
+        f = f.astype(np.float32) / 255.0
+        if f.ndim == 2:
+            f = np.repeat(f[:, :, None], 3, axis=2)
+        out.append(f[:, :, :3])
+    return out, fps or DEFAULT_FPS
+
+
+def read_video(
+    path: str | Path,
+    frames: tuple[int, int | None] | str | None = None,
+    size: tuple[int, int] | str | None = None,
+    min_frames: int = 2,
+) -> Video:
+    """Read a movie file or image sequence, optionally a frame range and resized to (W, H).
+
+    Example:
+        >>> video = read_video("plate.%04d.png", frames="0:30", size="427x240")
+    """
+    if isinstance(frames, str):
+        frames = parse_frame_range(frames)
+    if isinstance(size, str):
+        size = parse_size(size)
+    spath = str(path)
+    p = Path(spath)
+    fps = DEFAULT_FPS
+    if p.is_file():
+        if p.suffix.lower() in MOVIE_EXTS:
+            images, fps = _read_movie(p)
+        elif p.suffix.lower() in IMAGE_EXTS:
+            raise AtlasInputError(f"{p} is a single image; give the folder or a pattern like plate.%04d.png")
+        else:
+            raise AtlasInputError(f"unsupported input type {p.suffix!r}; use a movie ({', '.join(sorted(MOVIE_EXTS))}) or an image sequence")
+        start, stop = (frames or (0, None))
+        images = images[start:stop]
+    elif p.exists() or "%" in p.name or "#" in p.name:
+        files = sequence_files(spath)
+        start, stop = (frames or (0, None))
+        files = files[start:stop]
+        images = [_rgb(read_image(f)) for f in files]
+    else:
+        raise AtlasInputError(f"input not found: {spath}")
+    start = frames[0] if frames else 0
+    if len(images) == 0:
+        raise AtlasInputError(f"{spath}: no frames" + (f" in range {start}:{frames[1] if frames[1] is not None else ''}" if frames else ""))
+    if len(images) < min_frames:
+        raise AtlasInputError(f"{spath}: only {len(images)} frame(s); fitting needs at least {min_frames}")
+    shapes = {im.shape[:2] for im in images}
+    if len(shapes) > 1:
+        raise AtlasInputError(f"{spath}: frames have different sizes {sorted(shapes)}; all frames must match")
+    if size is not None:
+        import cv2
+
+        images = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images]
+    arr = np.clip(np.stack(images, 0), 0.0, 1.0).astype(np.float32)
+    return Video(torch.from_numpy(arr), fps, spath, (start, start + len(images)))
+
+
+def _to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if arr.dtype == np.uint8:
+        return arr
+    return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+@contextmanager
+def atomic_path(final: str | Path, is_dir: bool) -> Iterator[Path]:
+    """Yield a temp path next to `final`; move it into place only if the block succeeds.
+
+    An existing `final` is replaced only at the very end, so readers never see a
+    half-written result and a failure leaves the old one untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle should be shareable like any new folder
+    target = tmp if is_dir else tmp / final.name
+    try:
+        yield target
+        if final.exists() or final.is_symlink():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(target, final)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.replace(target, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_png(path: str | Path, image: np.ndarray | torch.Tensor) -> None:
+    """Write an (H, W[, C]) float image in [0, 1] as 8-bit PNG."""
+    import imageio.v3 as iio
+
+    iio.imwrite(path, _to_uint8(image))
+
+
+def write_video(frames: torch.Tensor | np.ndarray, out: str | Path, fps: float = DEFAULT_FPS) -> Path:
+    """Write (T, H, W, 3) frames to an .mp4/.mov (H.264) or a folder of PNGs `00000.png...`."""
+    out = Path(out)
+    data = _to_uint8(frames)
+    if data.ndim != 4 or data.shape[-1] != 3:
+        raise AtlasInputError(f"write_video expects (T, H, W, 3) frames, got {tuple(data.shape)}")
+    if out.suffix.lower() in {".mp4", ".mov", ".m4v"}:
+        import imageio_ffmpeg
+
+        with atomic_path(out, is_dir=False) as tmp:
+            h, w = data.shape[1:3]
+            writer = imageio_ffmpeg.write_frames(
+                str(tmp), (w, h), fps=float(fps), codec="libx264", pix_fmt_in="rgb24",
+                pix_fmt_out="yuv420p", quality=9, macro_block_size=1,
+                output_params=["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"],
+            )
+            writer.send(None)
+            for frame in data:
+                writer.send(np.ascontiguousarray(frame))
+            writer.close()
+    elif out.suffix == "":
+        with atomic_path(out, is_dir=True) as tmp:
+            for i, frame in enumerate(data):
+                write_png(tmp / f"{i:05d}.png", frame)
+    else:
+        raise AtlasInputError(f"output {out} must end in .mp4/.mov or be a folder name without extension")
+    return out
+
+
+def write_pngs(folder: Path, images: Sequence[np.ndarray | torch.Tensor]) -> None:
+    """Write numbered 8-bit PNGs `00000.png...` into an existing folder."""
+    for i, im in enumerate(images):
+        write_png(folder / f"{i:05d}.png", im)

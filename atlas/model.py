@@ -1,0 +1,151 @@
+"""The layered atlas model: per layer a mapping (x, y, t) -> (u, v), opacities, colours.
+
+Coordinates:
+  * frame pixels (x, y) are normalised to q = ((x, y) + 0.5 - centre) / scale, with
+    scale = max(W, H), so transforms are well conditioned;
+  * each layer's per-frame 3x3 transform maps q into that layer's canonical plane
+    (frame 0's q for the background; a similarity-tracked plane for a foreground);
+  * uv = (canonical - lo) / (hi - lo) puts the area the video covers into [0, 1]^2.
+A zero-initialised hash-grid residual (in uv units) corrects the global transform.
+Foreground layers are composited front to back over the background:
+  w_1 = a_1, w_2 = (1 - a_1) a_2, ..., w_bg = prod(1 - a_i).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .encoding import HashGrid
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, n_hidden: int, zero_last: bool = False) -> nn.Sequential:
+    """ReLU MLP; `zero_last` makes it output exactly 0 at initialisation."""
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(n_hidden):
+        layers += [nn.Linear(dim, hidden), nn.ReLU(inplace=True)]
+        dim = hidden
+    last = nn.Linear(dim, out_dim)
+    if zero_last:
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+    layers.append(last)
+    return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """Size of the fitted video, shared by every part of the model."""
+
+    num_frames: int
+    height: int
+    width: int
+
+    @property
+    def scale(self) -> float:
+        return float(max(self.width, self.height))
+
+    def normalise(self, xy: torch.Tensor) -> torch.Tensor:
+        """Pixel coordinates [N, 2] (x right, y down; pixel centres at +0.5) -> q."""
+        centre = xy.new_tensor([self.width / 2.0, self.height / 2.0])
+        return (xy + 0.5 - centre) / self.scale
+
+    def grid_input(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """[N, 3] in [0, 1]^3 for the 3-D grids: (x / W, y / H, t / (T - 1))."""
+        tn = t.to(xy.dtype) / max(self.num_frames - 1, 1)
+        return torch.stack([(xy[:, 0] + 0.5) / self.width, (xy[:, 1] + 0.5) / self.height, tn], dim=-1)
+
+
+class LayerMapping(nn.Module):
+    """(x, y, t) -> (u, v) for one layer: learnable per-frame 3x3 transform + residual."""
+
+    def __init__(self, geom: FrameGeometry, cfg: ModelConfig, transforms: torch.Tensor, uv_lo: torch.Tensor, uv_hi: torch.Tensor, backend: str) -> None:
+        super().__init__()
+        self.geom = geom
+        self.transforms = nn.Parameter(transforms.clone().float())  # [T, 3, 3]
+        self.register_buffer("uv_lo", uv_lo.clone().float())  # [2]
+        self.register_buffer("uv_hi", uv_hi.clone().float())  # [2]
+        finest = (geom.width * cfg.residual_finest_frac, geom.height * cfg.residual_finest_frac, max(geom.num_frames - 1, 1))
+        self.grid = HashGrid(3, cfg.residual_levels, 2, cfg.log2_table_size, base=(4, 4, 2), finest=finest, backend=backend)
+        self.net = mlp(self.grid.out_dim, cfg.hidden, 2, 1, zero_last=True)
+
+    def global_uv(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        q = self.geom.normalise(xy)
+        h = self.transforms.index_select(0, t)  # [N, 3, 3]; index_select: deterministic backward on CPU
+        ph = torch.einsum("nij,nj->ni", h, torch.cat([q, torch.ones_like(q[:, :1])], dim=-1))
+        canon = ph[:, :2] / ph[:, 2:].clamp_min(1e-6)
+        return (canon - self.uv_lo) / (self.uv_hi - self.uv_lo)
+
+    def residual(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(self.grid(self.geom.grid_input(xy, t)))
+
+    def forward(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.global_uv(xy, t) + self.residual(xy, t)
+
+    @property
+    def pixels_per_uv(self) -> torch.Tensor:
+        """Atlas extent in source pixels: (hi - lo) * scale, per axis."""
+        return (self.uv_hi - self.uv_lo) * self.geom.scale
+
+
+class LayeredAtlas(nn.Module):
+    """Background + k foreground layers. k = 0 is a single deformation field (CoDeF-like)."""
+
+    def __init__(self, geom: FrameGeometry, cfg: ModelConfig, layer_names: list[str], transforms: torch.Tensor, uv_lo: torch.Tensor, uv_hi: torch.Tensor, backend: str = "auto") -> None:
+        super().__init__()
+        self.geom, self.cfg, self.layer_names = geom, cfg, list(layer_names)
+        self.mappings = nn.ModuleList(
+            LayerMapping(geom, cfg, transforms[i], uv_lo[i], uv_hi[i], backend) for i in range(len(layer_names))
+        )
+        self.colour_grids = nn.ModuleList()
+        self.colour_nets = nn.ModuleList()
+        for m in self.mappings:
+            px = (m.pixels_per_uv * cfg.colour_density).tolist()
+            grid = HashGrid(2, cfg.colour_levels, 2, cfg.log2_table_size, base=16, finest=px, backend=backend)
+            self.colour_grids.append(grid)
+            self.colour_nets.append(mlp(grid.out_dim, cfg.hidden, 3, cfg.colour_hidden_layers))
+        self.num_fg = len(layer_names) - 1
+        if self.num_fg:
+            finest = (geom.width * cfg.alpha_finest_frac, geom.height * cfg.alpha_finest_frac, max(geom.num_frames - 1, 1))
+            self.alpha_grid = HashGrid(3, cfg.alpha_levels, 2, cfg.log2_table_size, base=(8, 8, 2), finest=finest, backend=backend)
+            self.alpha_net = mlp(self.alpha_grid.out_dim, cfg.hidden, self.num_fg, 1)
+
+    def uv(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """[N, layers, 2] atlas coordinates."""
+        return torch.stack([m(xy, t) for m in self.mappings], dim=1)
+
+    def alpha(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """[N, k] foreground opacities (k = number of foreground layers)."""
+        if not self.num_fg:
+            return xy.new_zeros(xy.shape[0], 0)
+        return torch.sigmoid(self.alpha_net(self.alpha_grid(self.geom.grid_input(xy, t))))
+
+    def layer_colour(self, layer: int, uv: torch.Tensor) -> torch.Tensor:
+        """uv [N, 2] -> [N, 3] colours of one layer's atlas."""
+        return torch.sigmoid(self.colour_nets[layer](self.colour_grids[layer](uv.clamp(0.0, 1.0))))
+
+    def colour(self, uv: torch.Tensor) -> torch.Tensor:
+        """uv [N, layers, 2] -> [N, layers, 3] atlas colours."""
+        return torch.stack([self.layer_colour(i, uv[:, i]) for i in range(len(self.layer_names))], dim=1)
+
+    @staticmethod
+    def layer_weights(alpha: torch.Tensor) -> torch.Tensor:
+        """[N, k] foreground opacities (front first) -> [N, k + 1] weights in layer order
+        (background first, then foreground_1..k)."""
+        fg, remaining = [], torch.ones_like(alpha[:, 0]) if alpha.shape[1] else alpha.new_ones(alpha.shape[0])
+        for i in range(alpha.shape[1]):
+            fg.append(remaining * alpha[:, i])
+            remaining = remaining * (1.0 - alpha[:, i])
+        return torch.stack([remaining] + fg, dim=1)
+
+    def forward(self, xy: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Evaluate pixels xy [N, 2] (pixel units) of frames t [N] (int64)."""
+        uv = self.uv(xy, t)
+        alpha = self.alpha(xy, t)
+        weights = self.layer_weights(alpha)
+        rgb_layers = self.colour(uv)
+        rgb = (rgb_layers * weights[..., None]).sum(dim=1)
+        return {"uv": uv, "alpha": alpha, "weights": weights, "rgb_layers": rgb_layers, "rgb": rgb}

@@ -1,0 +1,293 @@
+"""Preprocessing: optical flow (RAFT or DIS) with forward-backward consistency, and masks.
+
+Masks come from the user (`--masks DIR`), from SAM (`--sam-checkpoint`), or, with
+neither, from a motion bootstrap: pixels whose flow disagrees with the dominant camera
+motion (a RANSAC homography fitted to the flow).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import AtlasInputError
+from .io import sequence_files, read_image
+
+
+@dataclass
+class Preprocessed:
+    """Everything the fitter derives from the frames before optimisation."""
+
+    flow_fwd: torch.Tensor  # [T-1, H, W, 2] pixels, frame t -> t+1
+    flow_bwd: torch.Tensor  # [T-1, H, W, 2] pixels, frame t+1 -> t
+    valid_fwd: torch.Tensor  # [T-1, H, W] bool, forward-backward consistent
+    valid_bwd: torch.Tensor  # [T-1, H, W] bool
+    masks: torch.Tensor  # [T, H, W] float in [0, 1], foreground = 1
+    flow_method: str
+    mask_source: str  # user | sam | motion
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "flow_fwd": self.flow_fwd.half(), "flow_bwd": self.flow_bwd.half(),
+            "valid_fwd": self.valid_fwd.to(torch.uint8), "valid_bwd": self.valid_bwd.to(torch.uint8),
+            "masks": (self.masks * 255).round().to(torch.uint8),
+        }
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], flow_method: str, mask_source: str) -> "Preprocessed":
+        return cls(
+            t["flow_fwd"].float(), t["flow_bwd"].float(), t["valid_fwd"].bool(), t["valid_bwd"].bool(),
+            t["masks"].float() / 255.0, flow_method, mask_source,
+        )
+
+
+# ---------------------------------------------------------------- flow
+def _grey_u8(frame: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+
+
+def dis_flow(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV DIS flow between consecutive frames: (fwd, bwd), each [T-1, H, W, 2]."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    grey = [_grey_u8(f) for f in frames]
+    fwd = np.stack([dis.calc(grey[i], grey[i + 1], None) for i in range(len(grey) - 1)])
+    bwd = np.stack([dis.calc(grey[i + 1], grey[i], None) for i in range(len(grey) - 1)])
+    return fwd.astype(np.float32), bwd.astype(np.float32)
+
+
+def raft_weights_path(explicit: str | None) -> Path | None:
+    """A local RAFT checkpoint: the given file, or torchvision's file in the torch hub cache."""
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise AtlasInputError(f"RAFT weights not found: {p}")
+        return p
+    from torchvision.models.optical_flow import Raft_Large_Weights
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(Raft_Large_Weights.DEFAULT.url).name
+    return cached if cached.is_file() else None
+
+
+def load_raft(path: Path) -> torch.nn.Module:
+    """RAFT large or small (detected from the checkpoint), weights loaded without pickle code."""
+    from torchvision.models.optical_flow import raft_large, raft_small
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for build in (raft_large, raft_small):
+        model = build(weights=None)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError:
+            continue
+        return model.eval()
+    raise AtlasInputError(f"{path} is not a torchvision RAFT (large or small) checkpoint")
+
+
+@torch.no_grad()
+def raft_flow(frames: np.ndarray, model: torch.nn.Module, device: torch.device, iters: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """RAFT flow between consecutive frames (padded to multiples of 8): (fwd, bwd)."""
+    model = model.to(device)
+    t, h, w, _ = frames.shape
+    ph, pw = (-h) % 8, (-w) % 8
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).to(device) * 2.0 - 1.0
+    x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+    fwd, bwd = [], []
+    for i in range(t - 1):
+        a, b = x[i : i + 1], x[i + 1 : i + 2]
+        pair = model(torch.cat([a, b]), torch.cat([b, a]), num_flow_updates=iters)[-1]
+        fwd.append(pair[0, :, :h, :w].permute(1, 2, 0).cpu().numpy())
+        bwd.append(pair[1, :, :h, :w].permute(1, 2, 0).cpu().numpy())
+    return np.stack(fwd).astype(np.float32), np.stack(bwd).astype(np.float32)
+
+
+def warp_sample(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Sample `image` at p + flow(p) (bilinear, border replicated)."""
+    h, w = flow.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(image, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def consistency(flow_a: np.ndarray, flow_b: np.ndarray) -> np.ndarray:
+    """Forward-backward check (Sundaram et al. 2010): flow_a(p) + flow_b(p + flow_a(p)) ~ 0."""
+    h, w = flow_a.shape[:2]
+    back = warp_sample(flow_b, flow_a)
+    err = np.sum((flow_a + back) ** 2, axis=-1)
+    mag = np.sum(flow_a**2, axis=-1) + np.sum(back**2, axis=-1)
+    gx, gy = np.meshgrid(np.arange(w), np.arange(h))
+    inside = (gx + flow_a[..., 0] >= 0) & (gx + flow_a[..., 0] <= w - 1) & (gy + flow_a[..., 1] >= 0) & (gy + flow_a[..., 1] <= h - 1)
+    return (err < 0.01 * mag + 0.5) & inside
+
+
+def compute_flow(frames: np.ndarray, method: str = "auto", raft_weights: str | None = None, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, str]:
+    """(fwd, bwd, method actually used) for `auto|raft|dis`."""
+    if method not in ("auto", "raft", "dis"):
+        raise AtlasInputError(f"--flow must be auto, raft or dis, got {method!r}")
+    weights = raft_weights_path(raft_weights) if method != "dis" else None
+    if method == "raft" and weights is None:
+        raise AtlasInputError(
+            "--flow raft needs RAFT weights: pass --raft-weights FILE, or fetch them once with "
+            "`python -c \"import torchvision; torchvision.models.optical_flow.raft_large(weights='DEFAULT')\"`"
+        )
+    if weights is not None:
+        fwd, bwd = raft_flow(frames, load_raft(weights), torch.device(device))
+        return fwd, bwd, "raft"
+    fwd, bwd = dis_flow(frames)
+    return fwd, bwd, "dis"
+
+
+# ---------------------------------------------------------------- masks
+def read_masks(folder: str | Path, num_frames: int, frame_range: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """User masks [T, H, W] in {0, 1}: one image per source frame (or per fitted frame)."""
+    files = sequence_files(str(folder))
+    start, stop = frame_range
+    if len(files) >= stop and len(files) != num_frames:
+        files = files[start:stop]
+    if len(files) != num_frames:
+        raise AtlasInputError(f"--masks {folder}: {len(files)} mask images for {num_frames} frames; give one per frame")
+    w, h = size
+    out = []
+    for f in files:
+        m = read_image(f)
+        m = m[..., :3].mean(-1) if m.shape[2] >= 3 else m[..., 0]
+        if m.shape != (h, w):
+            src_h, src_w = m.shape
+            if abs(src_w / src_h - w / h) > 0.02:
+                raise AtlasInputError(f"mask {f} is {src_w}x{src_h}, which does not match the {w}x{h} frames")
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA)
+        out.append((m > 0.5).astype(np.float32))
+    return np.stack(out)
+
+
+def _dominant_residual(flow: np.ndarray, valid: np.ndarray, step: int = 4) -> np.ndarray:
+    """|flow - H(p)| where H is the RANSAC homography that best explains the flow."""
+    h, w = flow.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    src = np.stack([gx, gy], -1)
+    dst = src + flow
+    sel = valid[::step, ::step]
+    a, b = src[::step, ::step][sel], dst[::step, ::step][sel]
+    if len(a) < 8:
+        return np.zeros((h, w), np.float32)
+    hom, _ = cv2.findHomography(a, b, cv2.RANSAC, 1.0, maxIters=2000, confidence=0.995)
+    if hom is None:
+        return np.zeros((h, w), np.float32)
+    pred = cv2.perspectiveTransform(src.reshape(-1, 1, 2), hom).reshape(h, w, 2)
+    return np.linalg.norm(dst - pred, axis=-1)
+
+
+def _clean_mask(mask: np.ndarray, min_area_frac: float = 0.002) -> np.ndarray:
+    """Open/close, drop specks, fill holes."""
+    h, w = mask.shape
+    k = max(3, int(round(min(h, w) / 60)) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    m = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
+    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel, iterations=2)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    keep = np.zeros_like(m)
+    for i in range(1, n):
+        if stats[i, cv2.CC_STAT_AREA] >= min_area_frac * h * w:
+            keep[labels == i] = 1
+    contours, _ = cv2.findContours(keep, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(keep)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled.astype(np.float32)
+
+
+def motion_masks(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+    """Foreground guess per frame from flow that disagrees with the camera motion.
+
+    `threshold` is the deviation in pixels; 0 picks it per clip with Otsu's method on the
+    residuals (clamped to [0.5, 3] px: DIS is not reliable below half a pixel).
+    """
+    t = fwd.shape[0] + 1
+    res = []
+    for i in range(t):
+        parts = []
+        if i < t - 1:
+            parts.append(_dominant_residual(fwd[i], valid_fwd[i]))
+        if i > 0:
+            parts.append(_dominant_residual(bwd[i - 1], valid_bwd[i - 1]))
+        res.append(np.mean(parts, axis=0))
+    res = np.stack(res)
+    thr = threshold
+    if thr <= 0:
+        scaled = np.clip(res / 4.0 * 255.0, 0, 255).astype(np.uint8).reshape(-1, 1)
+        otsu, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        thr = float(np.clip(otsu / 255.0 * 4.0, 0.5, 3.0))
+    return np.stack([_clean_mask(r > thr) for r in res])
+
+
+def sam_masks(frames: np.ndarray, checkpoint: str, prompt: str, device: torch.device | str = "cpu") -> np.ndarray:
+    """SAM masks: prompted on frame 0 by a point `x,y` or a box `x0,y0,x1,y1` (pixels of the
+    fitted frames), then tracked by prompting each next frame with the previous mask's box."""
+    try:
+        from segment_anything import SamPredictor, sam_model_registry
+    except ImportError:
+        raise AtlasInputError("--sam-checkpoint needs segment-anything: pip install -e '.[sam]'") from None
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise AtlasInputError(f"SAM checkpoint not found: {path}")
+    try:
+        coords = [float(v) for v in prompt.split(",")]
+    except ValueError:
+        coords = []
+    if len(coords) not in (2, 4):
+        raise AtlasInputError(f"--sam-prompt expects x,y or x0,y0,x1,y1 in pixels, got {prompt!r}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    width = state["image_encoder.patch_embed.proj.weight"].shape[0]
+    kind = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}.get(width)
+    if kind is None:
+        raise AtlasInputError(f"{path} is not a SAM ViT-B/L/H checkpoint")
+    sam = sam_model_registry[kind](checkpoint=None)
+    sam.load_state_dict(state)
+    predictor = SamPredictor(sam.to(device).eval())
+    out, box = [], None
+    for i, frame in enumerate(frames):
+        predictor.set_image((np.clip(frame, 0, 1) * 255).astype(np.uint8))
+        if i == 0 and len(coords) == 2:
+            masks, scores, _ = predictor.predict(point_coords=np.array([coords]), point_labels=np.array([1]), multimask_output=True)
+        else:
+            masks, scores, _ = predictor.predict(box=np.array(coords if i == 0 else box), multimask_output=False)
+        m = masks[int(np.argmax(scores))].astype(np.float32)
+        out.append(m)
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            pad_x, pad_y = 0.1 * (xs.max() - xs.min() + 1), 0.1 * (ys.max() - ys.min() + 1)
+            box = [xs.min() - pad_x, ys.min() - pad_y, xs.max() + pad_x, ys.max() + pad_y]
+        elif box is None:
+            box = coords if len(coords) == 4 else [0, 0, frame.shape[1], frame.shape[0]]
+    return np.stack(out)
+
+
+def preprocess(
+    frames: torch.Tensor,
+    flow: str = "auto",
+    masks_dir: str | None = None,
+    frame_range: tuple[int, int] | None = None,
+    motion_threshold: float = 0.0,
+    raft_weights: str | None = None,
+    sam_checkpoint: str | None = None,
+    sam_prompt: str | None = None,
+    device: torch.device | str = "cpu",
+) -> Preprocessed:
+    """Flow + consistency + masks for frames [T, H, W, 3]."""
+    arr = frames.numpy()
+    t, h, w, _ = arr.shape
+    fwd, bwd, method = compute_flow(arr, flow, raft_weights, device)
+    valid_fwd = np.stack([consistency(fwd[i], bwd[i]) for i in range(t - 1)])
+    valid_bwd = np.stack([consistency(bwd[i], fwd[i]) for i in range(t - 1)])
+    if masks_dir is not None:
+        masks, source = read_masks(masks_dir, t, frame_range or (0, t), (w, h)), "user"
+    elif sam_checkpoint is not None:
+        if not sam_prompt:
+            raise AtlasInputError("--sam-checkpoint needs --sam-prompt x,y or x0,y0,x1,y1 on the first frame")
+        masks, source = sam_masks(arr, sam_checkpoint, sam_prompt, device), "sam"
+    else:
+        masks, source = motion_masks(fwd, bwd, valid_fwd, valid_bwd, motion_threshold), "motion"
+    return Preprocessed(
+        torch.from_numpy(fwd), torch.from_numpy(bwd), torch.from_numpy(valid_fwd), torch.from_numpy(valid_bwd),
+        torch.from_numpy(masks.astype(np.float32)), method, source,
+    )

@@ -1,0 +1,272 @@
+"""`atlas.fit`: video -> preprocessing -> layered atlas optimisation -> AtlasBundle.
+
+Each step samples random pixels of random frames and minimises (DESIGN.md §Fit):
+reconstruction + flow consistency of uv + residual rigidity + annealed mask bootstrap +
+opacity flow consistency + foreground sparsity. Checkpoints allow `--resume`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import __version__, losses
+from .bake import bake
+from .bundle import FORMAT_VERSION, AtlasBundle, check_output_dir, layer_names
+from .config import FitConfig, load_config
+from .errors import AtlasInputError
+from .evaluate import evaluate_frame, psnr
+from .initialise import initial_layout
+from .io import Video, read_video
+from .model import FrameGeometry, LayeredAtlas
+from .preprocess import Preprocessed, preprocess
+
+import cuda_ext
+
+
+def pick_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AtlasInputError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise AtlasInputError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def _optimizer(model: LayeredAtlas, cfg: FitConfig) -> torch.optim.Adam:
+    grids, transforms, nets = [], [], []
+    for name, p in model.named_parameters():
+        (grids if name.endswith("table") else transforms if name.endswith("transforms") else nets).append(p)
+    t = cfg.train
+    return torch.optim.Adam(
+        [{"params": grids, "lr": t.lr_grid}, {"params": nets, "lr": t.lr_mlp}, {"params": transforms, "lr": t.lr_transform}],
+        betas=(0.9, 0.99), eps=1e-15,
+    )
+
+
+class _Checkpoint:
+    """`<bundle>.ckpt/`: preprocessing + model/optimiser state, so a fit can resume."""
+
+    def __init__(self, out: Path) -> None:
+        self.dir = out.with_name(out.name + ".ckpt")
+
+    def save_preprocess(self, pre: Preprocessed, meta: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_file(pre.tensors(), str(self.dir / "preprocess.safetensors"))
+        (self.dir / "meta.json").write_text(json.dumps(meta))
+
+    def load_preprocess(self, meta: dict[str, Any]) -> Preprocessed | None:
+        f, m = self.dir / "preprocess.safetensors", self.dir / "meta.json"
+        if not (f.is_file() and m.is_file()):
+            return None
+        saved = json.loads(m.read_text())
+        if saved.get("key") != meta["key"]:
+            raise AtlasInputError(f"--resume: {self.dir} was made for a different input or settings; delete it or drop --resume")
+        return Preprocessed.from_tensors(load_file(str(f)), saved["flow"], saved["masks"])
+
+    def save_state(self, model: LayeredAtlas, opt: torch.optim.Optimizer, step: int, gen: torch.Generator, elapsed: float) -> None:
+        tmp = self.dir / "state.pt.tmp"
+        torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "rng": gen.get_state(), "elapsed": elapsed}, tmp)
+        os.replace(tmp, self.dir / "state.pt")
+
+    def load_state(self) -> dict[str, Any] | None:
+        f = self.dir / "state.pt"
+        return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _train(model: LayeredAtlas, video: Video, pre: Preprocessed, cfg: FitConfig, device: torch.device, seed: int,
+           time_budget: float | None, ckpt: _Checkpoint, resume_state: dict[str, Any] | None, quiet: bool) -> dict[str, Any]:
+    g = model.geom
+    T, H, W, HW = g.num_frames, g.height, g.width, g.height * g.width
+    rgb = video.frames.reshape(-1, 3).to(device)
+    flow = pre.flow_fwd.reshape(-1, 2).to(device)
+    valid = pre.valid_fwd.reshape(-1).to(device)
+    masks = pre.masks.reshape(-1).to(device)
+    lw, tc = cfg.loss, cfg.train
+    opt = _optimizer(model, cfg)
+    base_lrs = [grp["lr"] for grp in opt.param_groups]
+    gen = torch.Generator().manual_seed(seed)
+    start, elapsed0 = 0, 0.0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        opt.load_state_dict(resume_state["optim"])
+        gen.set_state(resume_state["rng"])
+        start, elapsed0 = int(resume_state["step"]), float(resume_state["elapsed"])
+    px_per_uv = torch.stack([m.pixels_per_uv for m in model.mappings])  # [layers, 2]
+    eye = torch.eye(2, device=device)
+    ema, reached, t0 = None, {}, time.perf_counter()
+    bar = tqdm(total=tc.iters, initial=start, disable=quiet, desc="fit", unit="it", dynamic_ncols=True)
+    step = start
+    for step in range(start, tc.iters):
+        elapsed = elapsed0 + time.perf_counter() - t0
+        if time_budget is not None and elapsed >= time_budget:
+            break
+        decay = 0.1 ** (step / max(tc.iters, 1))
+        for grp, lr in zip(opt.param_groups, base_lrs):
+            grp["lr"] = lr * decay
+        idx = torch.randint(0, T * HW, (tc.batch,), generator=gen).to(device)
+        t = idx // HW
+        rem = idx % HW
+        xy = torch.stack([rem % W, rem // W], dim=-1).float()
+        out = model(xy, t)
+        mse = losses.reconstruction(out["rgb"], rgb[idx])
+        loss = lw.recon * mse
+        if model.num_fg:
+            union = 1.0 - out["weights"][:, 0]
+            mask_w = lw.mask * max(0.0, 1.0 - step / max(lw.mask_anneal * tc.iters, 1.0))
+            if mask_w > 0:
+                loss = loss + mask_w * losses.mask_bootstrap(union, masks[idx])
+            loss = loss + lw.sparsity * losses.sparsity(out["alpha"])
+        # flow consistency on the first half of the batch (pixels with a reliable forward flow)
+        half = tc.batch // 2
+        fidx = (t[:half] * HW + rem[:half])
+        sel = (t[:half] < T - 1)
+        sel = sel & valid[fidx.clamp_max(valid.numel() - 1)]
+        if sel.any():
+            xy2 = xy[:half][sel] + flow[fidx[sel]]
+            t2 = t[:half][sel] + 1
+            uv2 = model.uv(xy2, t2)
+            loss = loss + lw.flow * losses.flow_consistency(out["uv"][:half][sel], uv2, out["weights"][:half][sel].detach(), px_per_uv)
+            if model.num_fg:
+                loss = loss + lw.alpha_flow * losses.alpha_flow(out["alpha"][:half][sel], model.alpha(xy2, t2))
+        # rigidity of the residual on a quarter of the batch
+        q = tc.batch // 4
+        for i, m in enumerate(model.mappings):
+            r0 = m.residual(xy[:q], t[:q])
+            rx = m.residual(xy[:q] + eye[0], t[:q])
+            ry = m.residual(xy[:q] + eye[1], t[:q])
+            loss = loss + lw.rigidity * losses.rigidity(r0, rx, ry, px_per_uv[i : i + 1])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema = mse.item() if ema is None else 0.95 * ema + 0.05 * mse.item()
+        run_psnr = -10.0 * np.log10(max(ema, 1e-10))
+        for target in (25, 30, 33):
+            if run_psnr >= target and target not in reached:
+                reached[target] = round(elapsed0 + time.perf_counter() - t0, 2)
+        if step % 10 == 0:
+            bar.set_postfix(psnr=f"{run_psnr:.2f}dB", refresh=False)
+        bar.update(1)
+        if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.iters:
+            ckpt.save_state(model, opt, step + 1, gen, elapsed0 + time.perf_counter() - t0)
+    else:
+        step = tc.iters
+    bar.close()
+    fit_s = elapsed0 + time.perf_counter() - t0
+    return {"iterations": step, "fit_s": round(fit_s, 2), "running_psnr_reached_s": {str(k): v for k, v in reached.items()},
+            "iters_per_s": round((step - start) / max(time.perf_counter() - t0, 1e-9), 3)}
+
+
+def fit(
+    video: str | Path | Video,
+    out: str | Path,
+    config: str | Path | dict | None = "default",
+    overrides: list[str] | dict | None = None,
+    *,
+    masks: str | None = None,
+    flow: str | None = None,
+    device: str = "auto",
+    frames: str | tuple[int, int | None] | None = None,
+    size: str | tuple[int, int] | None = None,
+    iters: int | None = None,
+    time_budget: float | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    quiet: bool = False,
+    raft_weights: str | None = None,
+    sam_checkpoint: str | None = None,
+    sam_prompt: str | None = None,
+) -> AtlasBundle:
+    """Register a video into layered atlases and save the bundle at `out`.
+
+    Example:
+        >>> bundle = fit("clip.mp4", out="clip.atlas", config="fast")
+    """
+    out = Path(out)
+    check_output_dir(out)
+    cfg = load_config(config, overrides)
+    if flow is not None:
+        cfg.preprocess.flow = flow
+    if iters is not None:
+        if iters < 1:
+            raise AtlasInputError("--iters must be at least 1")
+        cfg.train.iters = iters
+    if time_budget is not None and time_budget <= 0:
+        raise AtlasInputError("--time-budget must be positive (seconds)")
+    if masks is not None and not Path(masks).exists():
+        raise AtlasInputError(f"--masks folder not found: {masks}")
+    dev = pick_device(device)
+    torch.manual_seed(seed)
+    cv2.setRNGSeed(seed)
+    backend = cuda_ext.resolve_backend(cfg.model.encoding_backend, dev)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    vid = video if isinstance(video, Video) else read_video(video, frames, size)
+    timings["read_s"] = round(time.perf_counter() - t0, 2)
+    T, H, W = vid.frames.shape[:3]
+    geom = FrameGeometry(T, H, W)
+    ckpt = _Checkpoint(out)
+    key = json.dumps([vid.source, vid.frame_range, [W, H], masks, cfg.preprocess.flow, sam_checkpoint, sam_prompt, cfg.to_dict(), seed])
+    pre = ckpt.load_preprocess({"key": key}) if resume else None
+    t0 = time.perf_counter()
+    if pre is None:
+        pre = preprocess(vid.frames, cfg.preprocess.flow, masks, vid.frame_range, cfg.preprocess.motion_threshold,
+                         raft_weights, sam_checkpoint, sam_prompt, dev)
+        ckpt.save_preprocess(pre, {"key": key, "flow": pre.flow_method, "masks": pre.mask_source})
+    timings["preprocess_s"] = round(time.perf_counter() - t0, 2)
+
+    names = layer_names(cfg.model.num_foregrounds)
+    transforms, lo, hi = initial_layout(pre, geom, cfg.model.num_foregrounds, seed)
+    model = LayeredAtlas(geom, cfg.model, names, transforms, lo, hi, backend=cfg.model.encoding_backend).to(dev)
+    if not quiet:
+        tqdm.write(f"atlas fit: {T} frames {W}x{H}, layers {names}, flow {pre.flow_method}, masks {pre.mask_source}, "
+                   f"device {dev.type}, encoding backend {backend}")
+    resume_state = ckpt.load_state() if resume else None
+    stats = _train(model, vid, pre, cfg, dev, seed, time_budget, ckpt, resume_state, quiet)
+    timings["fit_s"] = stats.pop("fit_s")
+
+    t0 = time.perf_counter()
+    model.eval()
+    per_frame, maps = [], []
+    for t in range(T):
+        fm = evaluate_frame(model, t)
+        per_frame.append(round(psnr(fm.rgb, vid.frames[t]), 3))
+        maps.append(fm)
+    timings["evaluate_s"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    textures = bake(model, maps)
+    timings["bake_s"] = round(time.perf_counter() - t0, 2)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "source": {"path": str(Path(vid.source).resolve()) if Path(vid.source).exists() else vid.source, "fps": vid.fps,
+                   "frames": list(vid.frame_range), "num_frames": T, "size": [W, H]},
+        "layers": [{"name": n, "atlas_size": list(textures[n].shape[1::-1]), "uv_range": {"lo": lo[i].tolist(), "hi": hi[i].tolist()}}
+                   for i, n in enumerate(names)],
+        "config": cfg.to_dict(),
+        "metrics": {"psnr_per_frame": per_frame, "psnr_mean": round(float(np.mean(per_frame)), 3), **stats},
+        "timings": timings,
+        "encoding_backend": backend,
+        "device": dev.type,
+        "seed": seed,
+        "preprocess": {"flow": pre.flow_method, "masks": pre.mask_source},
+    }
+    bundle = AtlasBundle(model.cpu(), meta, textures, pre)
+    bundle.save(out)
+    ckpt.remove()
+    return bundle

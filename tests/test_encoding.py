@@ -1,0 +1,100 @@
+"""The pure-PyTorch hash encoding against an independent per-point loop, and its gradients."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import cuda_ext
+from atlas.encoding import HashGrid, level_resolutions
+from cuda_ext.reference import PRIMES, hash_encode_torch
+
+
+def naive_encode(x: torch.Tensor, table: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+    """Textbook Instant-NGP, one point and one level at a time (slow, obviously right)."""
+    n, d = x.shape
+    levels, size, feat = table.shape
+    out = torch.zeros(n, levels * feat, dtype=table.dtype)
+    for i in range(n):
+        for lvl in range(levels):
+            r = [int(v) for v in res[lvl]]
+            dense = 1
+            for v in r:
+                dense *= v + 1
+            p = [min(max(float(x[i, k]), 0.0), 1.0) * r[k] for k in range(d)]
+            base = [min(int(p[k] // 1), r[k] - 1) for k in range(d)]
+            acc = torch.zeros(feat, dtype=table.dtype)
+            for corner in itertools.product((0, 1), repeat=d):
+                c = [base[k] + corner[k] for k in range(d)]
+                if dense <= size:
+                    idx, stride = 0, 1
+                    for k in range(d):
+                        idx += c[k] * stride
+                        stride *= r[k] + 1
+                else:
+                    h = 0
+                    for k in range(d):
+                        h ^= c[k] * PRIMES[k]
+                    idx = h % size
+                w = 1.0
+                for k in range(d):
+                    f = p[k] - base[k]
+                    w *= f if corner[k] else 1.0 - f
+                acc += w * table[lvl, idx]
+            out[i, lvl * feat : (lvl + 1) * feat] = acc
+    return out
+
+
+@pytest.mark.parametrize("dims,finest,log2", [(2, (40, 30), 10), (3, (20, 16, 6), 9), (3, (9, 7, 5), 14)])
+def test_matches_naive(dims, finest, log2):
+    res = level_resolutions(5, [2.0] * dims, finest)
+    table = torch.randn(5, 2**log2, 2, dtype=torch.float64)
+    x = torch.rand(40, dims, dtype=torch.float64)
+    got = hash_encode_torch(x, table, res)
+    want = naive_encode(x, table, res)
+    assert torch.allclose(got, want, atol=1e-12)
+    # the configurations cover both dense and hashed levels
+    dense = (res + 1).prod(1) <= 2**log2
+    assert dense.any()
+
+
+def test_hashed_levels_present():
+    res = level_resolutions(4, [4.0, 4.0, 4.0], [200, 200, 200])
+    assert not ((res + 1).prod(1) <= 2**12).all()
+    table = torch.randn(4, 2**12, 2, dtype=torch.float64)
+    x = torch.rand(30, 3, dtype=torch.float64)
+    assert torch.allclose(hash_encode_torch(x, table, res), naive_encode(x, table, res), atol=1e-12)
+
+
+def test_edges_and_clamping():
+    res = level_resolutions(3, [4.0, 4.0], [16, 16])
+    table = torch.randn(3, 2**10, 4, dtype=torch.float64)
+    x = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.5, 0.25], [0.25, 1.0]], dtype=torch.float64)
+    assert torch.allclose(hash_encode_torch(x, table, res), naive_encode(x, table, res), atol=1e-12)
+    outside = torch.tensor([[-0.5, 1.5], [2.0, -1.0]], dtype=torch.float64)
+    assert torch.allclose(hash_encode_torch(outside, table, res), hash_encode_torch(outside.clamp(0, 1), table, res))
+    empty = hash_encode_torch(torch.zeros(0, 2, dtype=torch.float64), table, res)
+    assert empty.shape == (0, 12)
+
+
+def test_gradcheck_table_and_inputs():
+    res = level_resolutions(2, [3.0, 3.0, 2.0], [7, 5, 3])
+    table = torch.randn(2, 2**6, 2, dtype=torch.float64, requires_grad=True)
+    # keep points away from cell borders, where the encoding is only C0
+    x = (torch.rand(6, 3, dtype=torch.float64) * 0.8 + 0.1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: hash_encode_torch(a, b, res), (x, table), eps=1e-6, atol=1e-6)
+
+
+def test_module_shapes_and_backend_fallback():
+    grid = HashGrid(3, n_levels=4, n_features=2, log2_table_size=12, finest=(32, 32, 8))
+    y = grid(torch.rand(7, 3))
+    assert y.shape == (7, 8)
+    assert cuda_ext.resolve_backend("auto") == "torch"
+    with pytest.warns(UserWarning, match="not available"):
+        cuda_ext._warned.discard("cuda")
+        assert cuda_ext.resolve_backend("cuda") == "torch"
+    with pytest.raises(ValueError, match="unknown encoding backend"):
+        cuda_ext.resolve_backend("magic")
+    with pytest.raises(ValueError, match="expected x"):
+        cuda_ext.hash_encode(torch.rand(3, 2), grid.table, grid.resolutions)

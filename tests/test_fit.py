@@ -1,0 +1,134 @@
+"""A short fit of the synthetic clip, checked against its ground truth."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import atlas
+from atlas.bundle import AtlasBundle
+from atlas.errors import AtlasInputError
+from atlas.io import Video
+
+
+def test_reconstruction_psnr(fitted):
+    m = fitted.meta["metrics"]
+    assert m["psnr_mean"] > 28.0, m
+    assert len(m["psnr_per_frame"]) == fitted.num_frames
+    assert min(m["psnr_per_frame"]) > 25.0
+
+
+def test_foreground_opacity_matches_true_mask(fitted, clip):
+    alpha = torch.stack([1.0 - fitted.frame_maps(t).weights[..., 0] for t in range(fitted.num_frames)])
+    pred, true = alpha > 0.5, clip.masks > 0.5
+    iou = (pred & true).sum().item() / (pred | true).sum().item()
+    assert iou > 0.75, iou
+
+
+def test_true_correspondences_share_atlas_coordinates(fitted, clip):
+    """Background points seen in two frames must map to the same background atlas point."""
+    rng = np.random.default_rng(0)
+    g = fitted.model.geom
+    mapping = fitted.model.mappings[0]
+    errors = []
+    for t1, t2 in [(0, 3), (1, 7), (2, 5), (0, 7)]:
+        p1 = rng.uniform([4, 4], [g.width - 5, g.height - 5], size=(400, 2)).astype(np.float32)
+        p2 = p1 + clip.camera[t1] - clip.camera[t2]
+        inside = (p2[:, 0] >= 1) & (p2[:, 0] < g.width - 2) & (p2[:, 1] >= 1) & (p2[:, 1] < g.height - 2)
+        far = lambda p, t: np.linalg.norm(p + 0.5 - clip.sprite_centre[t], axis=1) > clip.sprite_radius + 3
+        keep = inside & far(p1, t1) & far(p2, t2)
+        a, b = torch.from_numpy(p1[keep]), torch.from_numpy(p2[keep])
+        with torch.no_grad():
+            uv1 = mapping(a, torch.full((len(a),), t1))
+            uv2 = mapping(b, torch.full((len(b),), t2))
+        errors.append(((uv1 - uv2) * mapping.pixels_per_uv).norm(dim=-1))
+    err = torch.cat(errors)
+    assert len(err) > 500
+    # sub-pixel for most points; the tail sits where the sprite hid the background in other frames
+    assert err.median() < 0.5 and err.quantile(0.9) < 1.5, (err.median(), err.quantile(0.9))
+
+
+def test_bundle_round_trip(fitted):
+    again = AtlasBundle.load(fitted.path)
+    assert again.layer_names == ["background", "foreground"]
+    assert again.size == fitted.size and again.num_frames == fitted.num_frames
+    assert torch.equal(again.render(), fitted.render())
+    meta = json.loads((fitted.path / "bundle.json").read_text())
+    assert meta["format_version"] == 1 and meta["seed"] == 0
+    for layer in meta["layers"]:
+        tex = again.textures[layer["name"]]
+        assert tex.shape == (layer["atlas_size"][1], layer["atlas_size"][0], 4)
+        assert 0.05 < tex[..., 3].mean() < 1.0  # coverage is a real subset of the texture
+    assert again.cache is not None and again.cache.flow_fwd.shape[0] == fitted.num_frames - 1
+
+
+def test_atlas_is_at_least_source_density(fitted, clip):
+    bg = fitted.textures["background"]
+    w, h = fitted.size
+    assert bg.shape[1] >= w + clip.camera[:, 0].max() - 1
+    assert bg.shape[0] >= h + clip.camera[:, 1].max() - 1
+
+
+def test_future_format_rejected(fitted, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(fitted.path, copy)
+    meta = json.loads((copy / "bundle.json").read_text())
+    meta["format_version"] = 99
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(AtlasInputError, match="upgrade"):
+        atlas.load(str(copy))
+
+
+def test_deterministic_for_a_seed(tiny_video, tmp_path):
+    a = atlas.fit(tiny_video, tmp_path / "a", "fast", iters=6, quiet=True, seed=3)
+    b = atlas.fit(tiny_video, tmp_path / "b", "fast", iters=6, quiet=True, seed=3)
+    c = atlas.fit(tiny_video, tmp_path / "c", "fast", iters=6, quiet=True, seed=4)
+    sa, sb, sc = a.model.state_dict(), b.model.state_dict(), c.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_time_budget_and_resume(tiny_video, tmp_path):
+    out = tmp_path / "r"
+    first = atlas.fit(tiny_video, out, "fast", ["train.checkpoint_every=5"], iters=10_000, time_budget=1.5, quiet=True)
+    assert 0 < first.meta["metrics"]["iterations"] < 10_000
+    # a checkpoint left by an interrupted run is picked up by --resume
+    ckpt = out.with_name(out.name + ".ckpt")
+    assert not ckpt.exists()  # a finished fit cleans up after itself
+    from atlas import train
+
+    saved = {}
+    real = train._Checkpoint.remove
+    train._Checkpoint.remove = lambda self: saved.setdefault("dir", self.dir)
+    try:
+        atlas.fit(tiny_video, tmp_path / "s", "fast", ["train.checkpoint_every=5"], iters=12, quiet=True)
+    finally:
+        train._Checkpoint.remove = real
+    state = torch.load(saved["dir"] / "state.pt", weights_only=True)
+    assert state["step"] == 10
+    resumed = atlas.fit(tiny_video, tmp_path / "s", "fast", ["train.checkpoint_every=5"], iters=12, quiet=True, resume=True)
+    assert resumed.meta["metrics"]["iterations"] == 12
+    assert not saved["dir"].exists()
+
+
+def test_codef_single_layer(tiny_video, tmp_path):
+    b = atlas.fit(tiny_video, tmp_path / "codef", "codef", iters=5, quiet=True)
+    assert b.layer_names == ["background"]
+    assert b.frame_maps(0).weights.shape[-1] == 1
+
+
+def test_user_masks_are_used(clip, tmp_path):
+    from atlas.io import write_png
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for t, m in enumerate(clip.masks):
+        write_png(masks / f"{t:05d}.png", m.numpy())
+    video = Video(clip.frames, clip.fps, "synthetic", (0, clip.frames.shape[0]))
+    b = atlas.fit(video, tmp_path / "m", "fast", masks=str(masks), iters=3, quiet=True)
+    assert b.meta["preprocess"]["masks"] == "user"
+    assert torch.equal(b.cache.masks, clip.masks)

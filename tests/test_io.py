@@ -1,0 +1,104 @@
+"""Video reading/writing: every supported input kind and every bad-input case."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atlas.errors import AtlasInputError
+from atlas.io import read_image, read_video, write_exr, write_png, write_video
+
+
+def _frames(t=5, h=24, w=32, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(t, h, w, 3, generator=g)
+
+
+def test_png_folder_roundtrip_is_exact_to_8_bits(tmp_path):
+    frames = _frames()
+    write_video(frames, tmp_path / "seq")
+    v = read_video(tmp_path / "seq")
+    assert v.frames.shape == frames.shape
+    assert torch.allclose(v.frames, (frames * 255).round() / 255, atol=1e-6)
+    assert v.frame_range == (0, 5)
+
+
+def test_patterns_frame_range_and_resize(tmp_path):
+    frames = _frames(t=6)
+    for i, f in enumerate(frames):
+        write_png(tmp_path / f"plate.{i + 10:04d}.png", f.numpy())
+    (tmp_path / "plate.notes.txt").write_text("not a frame")
+    a = read_video(tmp_path / "plate.%04d.png")
+    b = read_video(tmp_path / "plate.####.png", frames="2:5", size="16x12")
+    assert a.frames.shape == (6, 24, 32, 3)
+    assert b.frames.shape == (3, 12, 16, 3) and b.frame_range == (2, 5)
+
+
+def test_mp4_roundtrip_and_fps(tmp_path):
+    frames = _frames(t=6, h=31, w=45)  # odd sizes must survive H.264's even-size rule
+    path = write_video(frames * 0 + frames.mean(dim=(1, 2), keepdim=True), tmp_path / "clip.mp4", fps=10)
+    v = read_video(path)
+    assert v.frames.shape[0] == 6 and v.fps == pytest.approx(10)
+    assert v.frames.shape[1:3] in {(31, 45), (32, 46)}
+    assert not list(tmp_path.glob(".clip.mp4.tmp-*"))
+
+
+def test_exr_sequence(tmp_path):
+    frames = _frames(t=3)
+    for i, f in enumerate(frames):
+        write_exr(tmp_path / f"p.{i:04d}.exr", {"RGB": f.numpy()})
+    v = read_video(tmp_path / "p.####.exr")
+    assert torch.allclose(v.frames, frames, atol=1e-6)
+    assert read_image(tmp_path / "p.0000.exr").shape == (24, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "make,kwargs,match",
+    [
+        (lambda p: p / "missing.mp4", {}, "not found"),
+        (lambda p: _file(p / "bad.mp4", b"not a video"), {}, "cannot decode"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", {}, "no images"),
+        (lambda p: p / "none.%04d.png", {}, "no files match"),
+        (lambda p: _seq(p, 1), {}, "at least 2"),
+        (lambda p: _seq(p, 4), {"frames": "10:12"}, "no frames"),
+        (lambda p: _mixed(p), {}, "different sizes"),
+        (lambda p: _corrupt(p), {}, "cannot read image"),
+        (lambda p: _seq(p, 4), {"frames": "3:1"}, "greater than"),
+        (lambda p: _seq(p, 4), {"size": "10"}, "WxH"),
+        (lambda p: _file(p / "x.txt", b"hi"), {}, "unsupported input"),
+        (lambda p: _file(p / "one.png", b"x"), {}, "single image"),
+    ],
+)
+def test_bad_inputs(tmp_path, make, kwargs, match):
+    with pytest.raises(AtlasInputError, match=match):
+        read_video(make(tmp_path), **kwargs)
+
+
+def _file(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _seq(p, n):
+    d = p / "seq"
+    d.mkdir()
+    for i in range(n):
+        write_png(d / f"{i:05d}.png", np.full((8, 8, 3), 0.5))
+    return d
+
+
+def _mixed(p):
+    d = _seq(p, 3)
+    write_png(d / "00003.png", np.full((9, 8, 3), 0.5))
+    return d
+
+
+def _corrupt(p):
+    d = _seq(p, 3)
+    (d / "00001.png").write_bytes(b"\x89PNG broken")
+    return d
+
+
+def test_write_refuses_unknown_output(tmp_path):
+    with pytest.raises(AtlasInputError, match="must end in"):
+        write_video(_frames(), tmp_path / "out.avi")
