@@ -58,6 +58,9 @@ def dis_flow(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return fwd.astype(np.float32), bwd.astype(np.float32)
 
 
+RAFT_MIN_SIZE = 128  # RAFT's correlation pyramid needs 1/8-resolution features of >= 16 px
+
+
 def raft_weights_path(explicit: str | None) -> Path | None:
     """A local RAFT checkpoint: the given file, or torchvision's file in the torch hub cache."""
     if explicit:
@@ -125,7 +128,10 @@ def compute_flow(frames: np.ndarray, method: str = "auto", raft_weights: str | N
     """(fwd, bwd, method actually used) for `auto|raft|dis`."""
     if method not in ("auto", "raft", "dis"):
         raise AtlasInputError(f"--flow must be auto, raft or dis, got {method!r}")
-    weights = raft_weights_path(raft_weights) if method != "dis" else None
+    small = min(frames.shape[1:3]) < RAFT_MIN_SIZE
+    if method == "raft" and small:
+        raise AtlasInputError(f"--flow raft needs frames of at least {RAFT_MIN_SIZE} pixels on each side; use --flow dis")
+    weights = raft_weights_path(raft_weights) if method != "dis" and not small else None
     if method == "raft" and weights is None:
         raise AtlasInputError(
             "--flow raft needs RAFT weights: pass --raft-weights FILE, or fetch them once with "
@@ -276,11 +282,12 @@ def preprocess(
     """Flow + consistency + masks for frames [T, H, W, 3]."""
     arr = frames.numpy()
     t, h, w, _ = arr.shape
+    user_masks = read_masks(masks_dir, t, frame_range or (0, t), (w, h)) if masks_dir is not None else None
     fwd, bwd, method = compute_flow(arr, flow, raft_weights, device)
     valid_fwd = np.stack([consistency(fwd[i], bwd[i]) for i in range(t - 1)])
     valid_bwd = np.stack([consistency(bwd[i], fwd[i]) for i in range(t - 1)])
-    if masks_dir is not None:
-        masks, source = read_masks(masks_dir, t, frame_range or (0, t), (w, h)), "user"
+    if user_masks is not None:
+        masks, source = user_masks, "user"
     elif sam_checkpoint is not None:
         if not sam_prompt:
             raise AtlasInputError("--sam-checkpoint needs --sam-prompt x,y or x0,y0,x1,y1 on the first frame")

@@ -1,0 +1,79 @@
+"""Flow, consistency, masks and the initial transforms against the synthetic ground truth."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atlas.errors import AtlasInputError
+from atlas.initialise import chain_transforms
+from atlas.model import FrameGeometry
+from atlas.preprocess import compute_flow, consistency, load_raft, preprocess
+
+
+@pytest.fixture(scope="module")
+def pre(clip):
+    return preprocess(clip.frames, flow="dis")
+
+
+def test_dis_flow_matches_camera_motion(pre, clip):
+    bg = (clip.masks[:-1] < 0.5) & pre.valid_fwd
+    true = torch.from_numpy(clip.camera[:-1] - clip.camera[1:])  # background moves against the camera
+    err = (pre.flow_fwd - true[:, None, None, :]).norm(dim=-1)[bg]
+    assert err.median() < 0.2, err.median()
+    assert pre.valid_fwd.float().mean() > 0.85
+
+
+def test_consistency_check():
+    shift = np.zeros((20, 30, 2), np.float32)
+    shift[..., 0] = 2.0
+    ok = consistency(shift, -shift)
+    assert ok[:, :27].all() and not ok[:, 28:].any()  # pixels leaving the frame are unreliable
+    assert not consistency(shift, shift).any()
+
+
+def test_motion_bootstrap_finds_the_sprite(pre, clip):
+    pred, true = pre.masks > 0.5, clip.masks > 0.5
+    assert pre.mask_source == "motion"
+    assert (pred & true).sum() / (pred | true).sum() > 0.65
+
+
+def test_background_transforms_follow_the_camera(pre, clip):
+    g = FrameGeometry(*clip.frames.shape[:3])
+    hs = chain_transforms(pre, g, "homography", "outside")
+    p = np.array([[10.0, 12.0], [60.0, 40.0], [33.0, 20.0]])
+    for t in range(1, g.num_frames):
+        q = (p + 0.5 - [g.width / 2, g.height / 2]) / g.scale
+        ph = np.c_[q, np.ones(len(q))] @ hs[t].T
+        mapped = ph[:, :2] / ph[:, 2:] * g.scale + [g.width / 2, g.height / 2] - 0.5
+        true = p + clip.camera[t] - clip.camera[0]
+        # chained pairwise motions drift with the flow's small bias; the fit refines them (test_fit)
+        assert np.abs(mapped - true).max() < 1.5, (t, mapped, true)
+
+
+def test_raft_from_a_local_checkpoint(tmp_path, clip, monkeypatch):
+    from torchvision.models.optical_flow import raft_small
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    # no weights anywhere: auto falls back to DIS, an explicit raft request explains how to fetch
+    assert compute_flow(clip.frames[:2].numpy(), "auto")[2] == "dis"
+    big = torch.nn.functional.interpolate(clip.frames[:3].permute(0, 3, 1, 2), size=(128, 136)).permute(0, 2, 3, 1).numpy()
+    with pytest.raises(AtlasInputError, match="needs RAFT weights"):
+        compute_flow(big, "raft")
+    with pytest.raises(AtlasInputError, match="at least 128"):
+        compute_flow(clip.frames[:2].numpy(), "raft")
+    torch.manual_seed(0)
+    path = tmp_path / "raft_small.pth"
+    torch.save(raft_small(weights=None).state_dict(), path)
+    fwd, bwd, method = compute_flow(big, "raft", str(path))
+    assert method == "raft" and fwd.shape == (2, 128, 136, 2) and bwd.shape == fwd.shape
+    assert np.isfinite(fwd).all()
+    torch.save({"junk": torch.zeros(1)}, tmp_path / "junk.pth")
+    with pytest.raises(AtlasInputError, match="not a torchvision RAFT"):
+        load_raft(tmp_path / "junk.pth")
+
+
+def test_sam_needs_a_prompt(clip, tmp_path):
+    (tmp_path / "sam.pth").write_bytes(b"")
+    with pytest.raises(AtlasInputError, match="--sam-prompt"):
+        preprocess(clip.frames[:2], flow="dis", sam_checkpoint=str(tmp_path / "sam.pth"))
