@@ -115,7 +115,11 @@ def _train(model: LayeredAtlas, video: Video, pre: Preprocessed, cfg: FitConfig,
         elapsed = elapsed0 + time.perf_counter() - t0
         if time_budget is not None and elapsed >= time_budget:
             break
-        decay = 0.1 ** (step / max(tc.iters, 1))
+        # schedules follow whichever limit comes first: steps or the time budget
+        progress = step / max(tc.iters, 1)
+        if time_budget is not None:
+            progress = max(progress, elapsed / time_budget)
+        decay = 0.1**progress
         for grp, lr in zip(opt.param_groups, base_lrs):
             grp["lr"] = lr * decay
         idx = torch.randint(0, T * HW, (tc.batch,), generator=gen).to(device)
@@ -127,7 +131,7 @@ def _train(model: LayeredAtlas, video: Video, pre: Preprocessed, cfg: FitConfig,
         loss = lw.recon * mse
         if model.num_fg:
             union = 1.0 - out["weights"][:, 0]
-            mask_w = lw.mask * max(0.0, 1.0 - step / max(lw.mask_anneal * tc.iters, 1.0))
+            mask_w = lw.mask * max(0.0, 1.0 - progress / max(lw.mask_anneal, 1e-6))
             if mask_w > 0:
                 loss = loss + mask_w * losses.mask_bootstrap(union, masks[idx])
             loss = loss + lw.sparsity * losses.sparsity(out["alpha"])

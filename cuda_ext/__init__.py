@@ -1,39 +1,92 @@
 """Hash-grid encoding backends behind one call, :func:`hash_encode`.
 
-Backends: ``torch`` (pure PyTorch, :mod:`cuda_ext.reference`, always available and the
-oracle in tests). Native ``cpu``/``cuda`` kernels and ``tcnn`` are not built yet: asking
-for them falls back to ``torch`` with one warning. Importing this package loads no native
-code.
+Backends:
+  ``torch``  pure PyTorch (:mod:`cuda_ext.reference`), always available, the oracle in tests;
+  ``cpu``    C++ with at::parallel_for (``csrc/hashgrid_cpu.cpp``);
+  ``cuda``   CUDA kernels (``csrc/hashgrid_cuda.cu``);
+  ``tcnn``   tiny-cuda-nn: not wired in; asking for it falls back with a warning.
+``auto`` picks cuda for CUDA tensors, cpu for CPU tensors, and torch when a native
+backend cannot be built or loaded (one warning per backend per process). Importing this
+package compiles and loads nothing.
 """
 from __future__ import annotations
 
 import warnings
 
 import torch
+from torch.autograd.function import once_differentiable
 
+from . import _backend
 from .reference import hash_encode_torch
 
 BACKENDS = ("auto", "cuda", "cpu", "torch", "tcnn")
 _warned: set[str] = set()
 
 
+def _fallback(name: str, reason: str) -> str:
+    if name not in _warned:
+        _warned.add(name)
+        warnings.warn(f"hash-encoding backend {name!r} unavailable ({reason}); using the slower 'torch' backend", stacklevel=3)
+    return "torch"
+
+
 def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
     """Name of the backend that will actually run for `name` on `device`."""
     if name not in BACKENDS:
         raise ValueError(f"unknown encoding backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name in ("auto", "torch"):
+    dev = torch.device(device).type
+    if name == "torch":
         return "torch"
-    if name not in _warned:
-        _warned.add(name)
-        warnings.warn(f"hash-encoding backend {name!r} is not available in this build; using 'torch'", stacklevel=2)
-    return "torch"
+    if name == "tcnn":
+        return _fallback("tcnn", "the tiny-cuda-nn wrapper is not implemented")
+    kind = dev if name == "auto" else name
+    if kind not in ("cpu", "cuda"):
+        return _fallback(kind, f"no native kernel for {dev} tensors")
+    if kind != dev:
+        return _fallback(kind, f"tensors are on {dev}")
+    if _backend.load_backend(kind) is None:
+        return _fallback(kind, _backend.error(kind) or "build failed")
+    return kind
+
+
+class _NativeHashEncode(torch.autograd.Function):
+    """Autograd wrapper over a native module's forward/backward (first-order only)."""
+
+    @staticmethod
+    def forward(ctx, x, table, resolutions, module):  # type: ignore[override]
+        ctx.save_for_backward(x, table, resolutions)
+        ctx.module = module
+        return module.forward(x, table, resolutions)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, table, resolutions = ctx.saved_tensors
+        g_table, g_x = ctx.module.backward(grad, x, table, resolutions, ctx.needs_input_grad[1], ctx.needs_input_grad[0])
+        return g_x, g_table, None, None
 
 
 def hash_encode(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor, backend: str = "torch") -> torch.Tensor:
-    """Multiresolution hash encoding of x [N, D] in [0, 1] -> [N, L*F] (see reference)."""
+    """Multiresolution hash encoding.
+
+    Args:
+        x: [N, D] coordinates in [0, 1]; values outside are clamped (and get no gradient).
+        table: [L, S, F] features (float32/float64, or float16 storage on native backends).
+        resolutions: [L, D] int64 grid resolution per level and dimension.
+        backend: a resolved backend name (see :func:`resolve_backend`).
+    Returns:
+        [N, L * F] features in x's dtype, level-major.
+    """
     if x.dim() != 2 or table.dim() != 3 or resolutions.shape != (table.shape[0], x.shape[1]):
         raise ValueError(
             f"hash_encode: expected x [N, D], table [L, S, F], resolutions [L, D]; got "
             f"{tuple(x.shape)}, {tuple(table.shape)}, {tuple(resolutions.shape)}"
         )
-    return hash_encode_torch(x, table, resolutions)
+    if backend in ("cpu", "cuda"):
+        module = _backend.load_backend(backend)
+        if module is None:
+            raise RuntimeError(f"hash-encoding backend {backend!r} is not available: {_backend.error(backend)}")
+        return _NativeHashEncode.apply(x, table, resolutions.to(device=x.device, dtype=torch.long), module)
+    if backend != "torch":
+        raise ValueError(f"hash_encode: backend must be resolved first (cpu, cuda or torch), got {backend!r}")
+    return hash_encode_torch(x, table.to(x.dtype), resolutions)

@@ -5,7 +5,8 @@ Layout shared by all backends:
     resolutions  [L, D]     grid resolution per level and input dimension (int64)
 A level whose (res + 1)**D vertices fit in S is indexed densely (row-major, x fastest);
 otherwise vertices are hashed with XOR of coordinate * prime (Teschner et al.), mod S.
-Inputs are in [0, 1] and clamped to it; coordinate 1.0 lands on the last vertex.
+Inputs are in [0, 1] and clamped to it (no gradient outside the closed interval);
+coordinate 1.0 lands on the last vertex.
 Autograd gives gradients for the table and for the input coordinates.
 """
 from __future__ import annotations
@@ -48,7 +49,10 @@ def hash_encode_torch(x: torch.Tensor, table: torch.Tensor, resolutions: torch.T
     n, n_dims = x.shape
     n_levels, table_size, n_feat = table.shape
     res = resolutions.to(device=x.device, dtype=torch.long)
-    pos = x.clamp(0.0, 1.0)[:, None, :] * res.to(x.dtype)[None]  # [N, L, D]
+    # clamp to [0, 1]; the gradient passes on the closed interval (explicit, so the
+    # convention does not depend on torch.clamp's boundary rule)
+    xc = torch.where((x >= 0) & (x <= 1), x, x.detach().clamp(0.0, 1.0))
+    pos = xc[:, None, :] * res.to(x.dtype)[None]  # [N, L, D]
     cell = torch.minimum(pos.detach().floor().long(), res[None] - 1).clamp_min(0)
     frac = pos - cell.to(x.dtype)  # [N, L, D]
     offs = corner_offsets(n_dims, x.device)  # [C, D]

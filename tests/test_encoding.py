@@ -86,14 +86,21 @@ def test_gradcheck_table_and_inputs():
     assert torch.autograd.gradcheck(lambda a, b: hash_encode_torch(a, b, res), (x, table), eps=1e-6, atol=1e-6)
 
 
-def test_module_shapes_and_backend_fallback():
-    grid = HashGrid(3, n_levels=4, n_features=2, log2_table_size=12, finest=(32, 32, 8))
+def test_module_shapes_and_backend_fallback(monkeypatch):
+    grid = HashGrid(3, n_levels=4, n_features=2, log2_table_size=12, finest=(32, 32, 8), backend="torch")
     y = grid(torch.rand(7, 3))
     assert y.shape == (7, 8)
-    assert cuda_ext.resolve_backend("auto") == "torch"
-    with pytest.warns(UserWarning, match="not available"):
-        cuda_ext._warned.discard("cuda")
-        assert cuda_ext.resolve_backend("cuda") == "torch"
+    assert cuda_ext.resolve_backend("torch") == "torch"
+    # a native backend that cannot load falls back to torch with one warning naming the reason
+    from cuda_ext import _backend
+
+    monkeypatch.setitem(_backend._cache, "cpu", None)
+    monkeypatch.setitem(_backend._errors, "cpu", "compiler exploded")
+    monkeypatch.setattr(cuda_ext, "_warned", set())
+    with pytest.warns(UserWarning, match="compiler exploded"):
+        assert cuda_ext.resolve_backend("auto", "cpu") == "torch"
+    with pytest.warns(UserWarning, match="tiny-cuda-nn"):
+        assert cuda_ext.resolve_backend("tcnn") == "torch"
     with pytest.raises(ValueError, match="unknown encoding backend"):
         cuda_ext.resolve_backend("magic")
     with pytest.raises(ValueError, match="expected x"):

@@ -1,0 +1,62 @@
+"""Loading native kernels lazily: prebuilt module -> JIT build -> None (caller falls back).
+
+Nothing is compiled at import. A failed build is remembered for the process and reported
+once. JIT builds are cached by torch.utils.cpp_extension (TORCH_EXTENSIONS_DIR, default
+~/.cache/torch_extensions) and rebuilt when the sources change. Set ATLAS_EXT_VERBOSE=1 to
+see compiler output, ATLAS_NO_EXT=1 to never build.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+_cache: dict[str, ModuleType | None] = {}
+_errors: dict[str, str] = {}
+
+SOURCES = {
+    "cpu": ["hashgrid_cpu.cpp"],
+    "cuda": ["hashgrid_cuda.cpp", "hashgrid_cuda.cu"],
+}
+
+
+def _jit(kind: str) -> ModuleType:
+    from torch.utils.cpp_extension import load
+
+    verbose = bool(os.environ.get("ATLAS_EXT_VERBOSE"))
+    print(f"cuda_ext: loading the {kind} hash-encoding kernel (compiled on first use: about a minute)", file=sys.stderr)
+    kwargs = {"extra_cflags": ["-O3", "-fopenmp"], "extra_ldflags": ["-fopenmp"]}
+    if kind == "cuda":
+        kwargs["extra_cuda_cflags"] = ["-O3", "--use_fast_math"]
+    return load(name=f"atlas_hashgrid_{kind}", sources=[str(CSRC / s) for s in SOURCES[kind]], verbose=verbose, **kwargs)
+
+
+def load_backend(kind: str) -> ModuleType | None:
+    """The native module for `kind` ('cpu' or 'cuda'), or None with the reason in `error(kind)`."""
+    if kind in _cache:
+        return _cache[kind]
+    module = None
+    if os.environ.get("ATLAS_NO_EXT"):
+        _errors[kind] = "disabled by ATLAS_NO_EXT"
+    else:
+        try:
+            module = importlib.import_module(f"cuda_ext._C_{kind}")  # built by `pip install` (AOT)
+        except ImportError:
+            try:
+                if kind == "cuda":
+                    import torch
+
+                    if not torch.cuda.is_available():
+                        raise RuntimeError("no CUDA device")
+                module = _jit(kind)
+            except Exception as exc:  # compiler/linker failures have many types; all mean "unavailable"
+                _errors[kind] = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    _cache[kind] = module
+    return module
+
+
+def error(kind: str) -> str | None:
+    return _errors.get(kind)

@@ -1,0 +1,50 @@
+// Index and weight helpers shared by the CPU and CUDA hash-encoding kernels.
+// The layout and hashing match cuda_ext/reference.py exactly (the oracle in tests).
+#pragma once
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define HG_HD __host__ __device__ __forceinline__
+#else
+#define HG_HD inline
+#endif
+
+namespace hashgrid {
+
+constexpr int kMaxDims = 4;
+constexpr uint64_t kPrimes[kMaxDims] = {1ull, 2654435761ull, 805459861ull, 3674653429ull};
+
+// Table row of integer vertex `c` on a level with resolution `res` (dense when it fits).
+HG_HD int64_t vertex_row(const int64_t* c, const int64_t* res, int dims, int64_t table_size, bool dense) {
+  if (dense) {
+    int64_t idx = 0, stride = 1;
+    for (int d = 0; d < dims; ++d) {
+      idx += c[d] * stride;
+      stride *= res[d] + 1;
+    }
+    return idx;
+  }
+  // Same arithmetic as the torch reference: int64 products, XOR, then a non-negative modulo.
+  int64_t h = c[0] * static_cast<int64_t>(kPrimes[0]);
+  for (int d = 1; d < dims; ++d) h ^= c[d] * static_cast<int64_t>(kPrimes[d]);
+  int64_t m = h % table_size;
+  return m < 0 ? m + table_size : m;
+}
+
+// Cell corner and fractional position of x (clamped to [0, 1]) on one level.
+template <typename scalar_t>
+HG_HD void locate(const scalar_t* x, const int64_t* res, int dims, int64_t* cell, scalar_t* frac, bool* inside) {
+  for (int d = 0; d < dims; ++d) {
+    scalar_t v = x[d];
+    inside[d] = v >= scalar_t(0) && v <= scalar_t(1);
+    v = v < scalar_t(0) ? scalar_t(0) : (v > scalar_t(1) ? scalar_t(1) : v);
+    scalar_t pos = v * static_cast<scalar_t>(res[d]);
+    int64_t c = static_cast<int64_t>(pos);  // pos >= 0, so truncation == floor
+    if (c > res[d] - 1) c = res[d] - 1;
+    if (c < 0) c = 0;
+    cell[d] = c;
+    frac[d] = pos - static_cast<scalar_t>(c);
+  }
+}
+
+}  // namespace hashgrid

@@ -1,0 +1,181 @@
+// Multiresolution hash encoding on the CPU (at::parallel_for), forward and backward.
+//
+// Forward and the input gradient are parallel over points. The table gradient is
+// parallel over levels (each level owns a disjoint slice of the table), so it needs no
+// atomics and is deterministic.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include "hashgrid_common.h"
+
+namespace {
+
+using hashgrid::kMaxDims;
+
+void check_inputs(const torch::Tensor& x, const torch::Tensor& table, const torch::Tensor& res) {
+  TORCH_CHECK(x.dim() == 2 && table.dim() == 3 && res.dim() == 2, "hash_encode: x [N,D], table [L,S,F], resolutions [L,D]");
+  TORCH_CHECK(x.size(1) >= 1 && x.size(1) <= kMaxDims, "hash_encode: 1 to 4 input dimensions supported");
+  TORCH_CHECK(res.size(0) == table.size(0) && res.size(1) == x.size(1), "hash_encode: resolutions must be [L, D]");
+  TORCH_CHECK(res.scalar_type() == torch::kLong, "hash_encode: resolutions must be int64");
+  TORCH_CHECK(x.device().is_cpu() && table.device().is_cpu(), "hash_encode (cpu backend): tensors must be on the CPU");
+}
+
+template <typename scalar_t, typename table_t>
+void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* out,
+                  int64_t n, int dims, int64_t levels, int64_t size, int64_t feat) {
+  const int corners = 1 << dims;
+  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+    int64_t cell[kMaxDims], c[kMaxDims];
+    scalar_t frac[kMaxDims];
+    bool inside[kMaxDims];
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t l = 0; l < levels; ++l) {
+        const int64_t* r = res + l * dims;
+        int64_t verts = 1;
+        for (int d = 0; d < dims; ++d) verts *= r[d] + 1;
+        const bool dense = verts <= size;
+        hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
+        scalar_t* o = out + i * levels * feat + l * feat;
+        for (int64_t f = 0; f < feat; ++f) o[f] = 0;
+        for (int k = 0; k < corners; ++k) {
+          scalar_t w = 1;
+          for (int d = 0; d < dims; ++d) {
+            const int bit = (k >> d) & 1;
+            c[d] = cell[d] + bit;
+            w *= bit ? frac[d] : scalar_t(1) - frac[d];
+          }
+          const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
+          for (int64_t f = 0; f < feat; ++f) o[f] += w * static_cast<scalar_t>(row[f]);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_table_impl(const scalar_t* grad, const scalar_t* x, const int64_t* res, scalar_t* gtable,
+                         int64_t n, int dims, int64_t levels, int64_t size, int64_t feat) {
+  const int corners = 1 << dims;
+  at::parallel_for(0, levels, 1, [&](int64_t begin, int64_t end) {
+    int64_t cell[kMaxDims], c[kMaxDims];
+    scalar_t frac[kMaxDims];
+    bool inside[kMaxDims];
+    for (int64_t l = begin; l < end; ++l) {
+      const int64_t* r = res + l * dims;
+      int64_t verts = 1;
+      for (int d = 0; d < dims; ++d) verts *= r[d] + 1;
+      const bool dense = verts <= size;
+      for (int64_t i = 0; i < n; ++i) {
+        hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
+        const scalar_t* g = grad + i * levels * feat + l * feat;
+        for (int k = 0; k < corners; ++k) {
+          scalar_t w = 1;
+          for (int d = 0; d < dims; ++d) {
+            const int bit = (k >> d) & 1;
+            c[d] = cell[d] + bit;
+            w *= bit ? frac[d] : scalar_t(1) - frac[d];
+          }
+          scalar_t* row = gtable + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
+          for (int64_t f = 0; f < feat; ++f) row[f] += w * g[f];
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename table_t>
+void backward_input_impl(const scalar_t* grad, const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* gx,
+                         int64_t n, int dims, int64_t levels, int64_t size, int64_t feat) {
+  const int corners = 1 << dims;
+  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+    int64_t cell[kMaxDims], c[kMaxDims];
+    scalar_t frac[kMaxDims];
+    bool inside[kMaxDims];
+    for (int64_t i = begin; i < end; ++i) {
+      scalar_t acc[kMaxDims] = {0, 0, 0, 0};
+      for (int64_t l = 0; l < levels; ++l) {
+        const int64_t* r = res + l * dims;
+        int64_t verts = 1;
+        for (int d = 0; d < dims; ++d) verts *= r[d] + 1;
+        const bool dense = verts <= size;
+        hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
+        const scalar_t* g = grad + i * levels * feat + l * feat;
+        for (int k = 0; k < corners; ++k) {
+          for (int d = 0; d < dims; ++d) c[d] = cell[d] + ((k >> d) & 1);
+          const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
+          scalar_t dot = 0;
+          for (int64_t f = 0; f < feat; ++f) dot += g[f] * static_cast<scalar_t>(row[f]);
+          for (int d = 0; d < dims; ++d) {
+            if (!inside[d]) continue;  // clamped coordinates get no gradient
+            scalar_t dw = static_cast<scalar_t>(r[d]) * (((k >> d) & 1) ? scalar_t(1) : scalar_t(-1));
+            for (int e = 0; e < dims; ++e) {
+              if (e == d) continue;
+              const int bit = (k >> e) & 1;
+              dw *= bit ? frac[e] : scalar_t(1) - frac[e];
+            }
+            acc[d] += dot * dw;
+          }
+        }
+      }
+      for (int d = 0; d < dims; ++d) gx[i * dims + d] = acc[d];
+    }
+  });
+}
+
+torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
+  check_inputs(x, table, res);
+  x = x.contiguous();
+  table = table.contiguous();
+  res = res.contiguous();
+  const int64_t n = x.size(0), levels = table.size(0), size = table.size(1), feat = table.size(2);
+  auto out = torch::empty({n, levels * feat}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_cpu_fwd", [&] {
+    if (table.scalar_type() == torch::kHalf) {
+      forward_impl<scalar_t, at::Half>(x.data_ptr<scalar_t>(), table.data_ptr<at::Half>(), res.data_ptr<int64_t>(),
+                                       out.data_ptr<scalar_t>(), n, x.size(1), levels, size, feat);
+    } else {
+      TORCH_CHECK(table.scalar_type() == x.scalar_type(), "hash_encode: table must be fp16 or match x's dtype");
+      forward_impl<scalar_t, scalar_t>(x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),
+                                       out.data_ptr<scalar_t>(), n, x.size(1), levels, size, feat);
+    }
+  });
+  return out;
+}
+
+std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::Tensor table, torch::Tensor res,
+                                    bool need_table, bool need_input) {
+  check_inputs(x, table, res);
+  grad = grad.contiguous();
+  x = x.contiguous();
+  table = table.contiguous();
+  res = res.contiguous();
+  const int64_t n = x.size(0), levels = table.size(0), size = table.size(1), feat = table.size(2);
+  torch::Tensor gtable, gx;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_cpu_bwd", [&] {
+    if (need_table) {
+      // accumulate in x's precision, cast to the table's dtype at the end
+      auto acc = torch::zeros({levels, size, feat}, x.options());
+      backward_table_impl<scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),
+                                              acc.data_ptr<scalar_t>(), n, x.size(1), levels, size, feat);
+      gtable = acc.to(table.scalar_type());
+    }
+    if (need_input) {
+      gx = torch::empty_like(x);
+      if (table.scalar_type() == torch::kHalf) {
+        backward_input_impl<scalar_t, at::Half>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table.data_ptr<at::Half>(),
+                                                res.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), n, x.size(1), levels, size, feat);
+      } else {
+        backward_input_impl<scalar_t, scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(),
+                                                res.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), n, x.size(1), levels, size, feat);
+      }
+    }
+  });
+  return {gtable, gx};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "hash encoding forward (CPU)");
+  m.def("backward", &backward, "hash encoding backward (CPU)");
+}

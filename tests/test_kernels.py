@@ -1,0 +1,114 @@
+"""Native hash-encoding backends against the pure-PyTorch reference (fresh random inputs).
+
+Tolerances: float64 agrees to rounding (1e-10); float32 features are sums of at most
+2^D * L products of O(1) numbers, so 1e-5 relative is a few ulps of accumulated error;
+fp16 table storage is compared against the reference run on the same fp16-rounded table.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cuda_ext
+from atlas.encoding import level_resolutions
+from cuda_ext import _backend
+
+BACKENDS = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    name = request.param
+    if _backend.load_backend(name) is None:
+        pytest.fail(f"{name} backend did not build: {_backend.error(name)}")
+    return name
+
+
+def _device(backend: str) -> torch.device:
+    return torch.device("cuda" if backend == "cuda" else "cpu")
+
+
+def _case(dims, dtype, device, levels=6, log2=12, finest=None, n=3000):
+    finest = finest or ([300, 200, 40, 10][:dims])
+    res = level_resolutions(levels, [3.0] * dims, finest).to(device)
+    table = (torch.rand(levels, 2**log2, 2, dtype=dtype, device=device) * 2 - 1).requires_grad_(True)
+    x = torch.rand(n, dims, dtype=dtype, device=device).requires_grad_(True)
+    return x, table, res
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("feat", [1, 2, 4, 8])
+def test_forward_and_gradients_match_reference(backend, dims, feat):
+    dev = _device(backend)
+    x, table, res = _case(dims, torch.float64, dev)
+    table = (torch.rand(table.shape[0], table.shape[1], feat, dtype=torch.float64, device=dev) * 2 - 1).requires_grad_(True)
+    assert not ((res + 1).prod(1) <= table.shape[1]).all(), "want hashed levels too"
+    out = cuda_ext.hash_encode(x, table, res, backend)
+    ref = cuda_ext.hash_encode(x, table, res, "torch")
+    assert torch.allclose(out, ref, atol=1e-10)
+    g = torch.randn_like(out)
+    gx, gt = torch.autograd.grad(out, (x, table), g)
+    rx, rt = torch.autograd.grad(ref, (x, table), g)
+    assert torch.allclose(gt, rt, atol=1e-10)
+    assert torch.allclose(gx, rx, atol=1e-8, rtol=1e-10)
+
+
+def test_float32_matches(backend):
+    x, table, res = _case(3, torch.float32, _device(backend), levels=16, log2=14)
+    out = cuda_ext.hash_encode(x, table, res, backend)
+    ref = cuda_ext.hash_encode(x, table, res, "torch")
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    gt = torch.autograd.grad(out.square().sum(), table)[0]
+    rt = torch.autograd.grad(ref.square().sum(), table)[0]
+    assert torch.allclose(gt, rt, atol=1e-4, rtol=1e-4)
+
+
+def test_fp16_table_storage(backend):
+    x, table, res = _case(2, torch.float32, _device(backend))
+    half = table.detach().half().requires_grad_(True)
+    out = cuda_ext.hash_encode(x.detach(), half, res, backend)
+    ref = cuda_ext.hash_encode(x.detach(), half.detach().float(), res, "torch")
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=1e-5)
+    out.sum().backward()
+    assert half.grad.dtype == torch.float16
+
+
+def test_edges_borders_and_clamping(backend):
+    dev = _device(backend)
+    res = level_resolutions(4, [4.0, 4.0], [64, 48]).to(dev)
+    table = torch.rand(4, 2**10, 2, dtype=torch.float64, device=dev, requires_grad=True)
+    k = torch.randint(0, 5, (50, 2), device=dev).double()
+    on_borders = k / 4.0  # multiples of the coarsest cell: every level's borders
+    special = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [-0.3, 0.5], [1.7, -2.0]], dtype=torch.float64, device=dev)
+    x = torch.cat([on_borders, special]).requires_grad_(True)
+    out = cuda_ext.hash_encode(x, table, res, backend)
+    ref = cuda_ext.hash_encode(x, table, res, "torch")
+    assert torch.allclose(out, ref, atol=1e-10)
+    gx = torch.autograd.grad(out.sum(), x)[0]
+    rx = torch.autograd.grad(ref.sum(), x)[0]
+    assert torch.allclose(gx, rx, atol=1e-8)
+    assert (gx[-2:] == 0).sum() >= 2  # clamped coordinates get no gradient
+    empty = cuda_ext.hash_encode(torch.zeros(0, 2, dtype=torch.float64, device=dev), table, res, backend)
+    assert empty.shape == (0, 8)
+
+
+def test_gradcheck(backend):
+    dev = _device(backend)
+    res = level_resolutions(2, [3.0, 3.0, 2.0], [7, 5, 3]).to(dev)
+    table = torch.randn(2, 2**6, 2, dtype=torch.float64, device=dev, requires_grad=True)
+    x = (torch.rand(5, 3, dtype=torch.float64, device=dev) * 0.8 + 0.1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: cuda_ext.hash_encode(a, b, res, backend), (x, table), eps=1e-6, atol=1e-6)
+
+
+def test_auto_picks_the_native_backend(backend):
+    assert cuda_ext.resolve_backend("auto", _device(backend)) == backend
+
+
+def test_table_gradient_is_deterministic():
+    x, table, res = _case(3, torch.float32, torch.device("cpu"), levels=8, n=20000)
+    grads = [torch.autograd.grad(cuda_ext.hash_encode(x, table, res, "cpu").sum(), table)[0] for _ in range(2)]
+    assert torch.equal(grads[0], grads[1])
