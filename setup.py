@@ -1,5 +1,32 @@
-"""Canonical-atlas video editing toolkit: `pip install -e .` installs the `atlas` command."""
+"""Canonical-atlas video editing toolkit: `pip install -e .` installs the `atlas` command.
+
+Native hash-encoding kernels are built on first use (JIT). To build them ahead of time:
+    ATLAS_BUILD_EXT=1 pip install -e . --no-build-isolation
+(needs torch installed first; add BUILD_NO_CUDA=1 to skip the CUDA kernels; set CUDA_HOME and
+TORCH_CUDA_ARCH_LIST when no GPU can be queried).
+"""
+import os
+
 from setuptools import find_packages, setup
+
+
+def native_extensions() -> dict:
+    """ext_modules + cmdclass for the AOT build, or nothing (the default)."""
+    if not os.environ.get("ATLAS_BUILD_EXT"):
+        return {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    csrc = "cuda_ext/csrc"
+    omp = {"cxx": ["-O3", "-fopenmp"]}
+    exts = [CppExtension("cuda_ext._C_cpu", [f"{csrc}/hashgrid_cpu.cpp"], extra_compile_args=omp, extra_link_args=["-fopenmp"])]
+    if not os.environ.get("BUILD_NO_CUDA"):
+        from cuda_ext.build import cuda_home, wheel_cuda_includes
+
+        if cuda_home() is not None:
+            os.environ.setdefault("CUDA_HOME", str(cuda_home()))
+            exts.append(CUDAExtension("cuda_ext._C_cuda", [f"{csrc}/hashgrid_cuda.cpp", f"{csrc}/hashgrid_cuda.cu"],
+                                      include_dirs=wheel_cuda_includes(), extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]}))
+    return {"ext_modules": exts, "cmdclass": {"build_ext": BuildExtension}}
 
 setup(
     name="atlas-video",
@@ -27,4 +54,5 @@ setup(
         "sam": ["segment-anything"],
     },
     entry_points={"console_scripts": ["atlas=atlas.cli:main"]},
+    **native_extensions(),
 )

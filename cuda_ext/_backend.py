@@ -2,7 +2,8 @@
 
 Nothing is compiled at import. A failed build is remembered for the process and reported
 once. JIT builds are cached by torch.utils.cpp_extension (TORCH_EXTENSIONS_DIR, default
-~/.cache/torch_extensions) and rebuilt when the sources change. Set ATLAS_EXT_VERBOSE=1 to
+~/.cache/torch_extensions) under a name that includes a hash of csrc/, so any source or
+header change is a visible rebuild. Set ATLAS_EXT_VERBOSE=1 to
 see compiler output, ATLAS_NO_EXT=1 to never build.
 """
 from __future__ import annotations
@@ -26,12 +27,17 @@ SOURCES = {
 def _jit(kind: str) -> ModuleType:
     from torch.utils.cpp_extension import load
 
+    from .build import cuda_home, source_hash, wheel_cuda_includes
+
+    if kind == "cuda" and cuda_home() is not None:
+        os.environ.setdefault("CUDA_HOME", str(cuda_home()))
     verbose = bool(os.environ.get("ATLAS_EXT_VERBOSE"))
     print(f"cuda_ext: loading the {kind} hash-encoding kernel (compiled on first use: about a minute)", file=sys.stderr)
     kwargs = {"extra_cflags": ["-O3", "-fopenmp"], "extra_ldflags": ["-fopenmp"]}
     if kind == "cuda":
-        kwargs["extra_cuda_cflags"] = ["-O3", "--use_fast_math"]
-    return load(name=f"atlas_hashgrid_{kind}", sources=[str(CSRC / s) for s in SOURCES[kind]], verbose=verbose, **kwargs)
+        kwargs["extra_cuda_cflags"] = ["-O3"]
+        kwargs["extra_include_paths"] = wheel_cuda_includes()
+    return load(name=f"atlas_hashgrid_{kind}_{source_hash()}", sources=[str(CSRC / s) for s in SOURCES[kind]], verbose=verbose, **kwargs)
 
 
 def load_backend(kind: str) -> ModuleType | None:

@@ -12,7 +12,16 @@
 namespace hashgrid {
 
 constexpr int kMaxDims = 4;
-constexpr uint64_t kPrimes[kMaxDims] = {1ull, 2654435761ull, 805459861ull, 3674653429ull};
+
+// Teschner et al.'s primes (the first is 1 so dimension 0 keeps coherence).
+HG_HD int64_t prime(int d) {
+  switch (d) {
+    case 0: return 1;
+    case 1: return 2654435761ll;
+    case 2: return 805459861ll;
+    default: return 3674653429ll;
+  }
+}
 
 // Table row of integer vertex `c` on a level with resolution `res` (dense when it fits).
 HG_HD int64_t vertex_row(const int64_t* c, const int64_t* res, int dims, int64_t table_size, bool dense) {
@@ -25,8 +34,8 @@ HG_HD int64_t vertex_row(const int64_t* c, const int64_t* res, int dims, int64_t
     return idx;
   }
   // Same arithmetic as the torch reference: int64 products, XOR, then a non-negative modulo.
-  int64_t h = c[0] * static_cast<int64_t>(kPrimes[0]);
-  for (int d = 1; d < dims; ++d) h ^= c[d] * static_cast<int64_t>(kPrimes[d]);
+  int64_t h = c[0] * prime(0);
+  for (int d = 1; d < dims; ++d) h ^= c[d] * prime(d);
   int64_t m = h % table_size;
   return m < 0 ? m + table_size : m;
 }

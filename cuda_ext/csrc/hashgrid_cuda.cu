@@ -1,0 +1,155 @@
+// Multiresolution hash encoding on CUDA: forward, table gradient (atomics), input gradient.
+// Pure CUDA (no torch headers) so it compiles in seconds; hashgrid_cuda.cpp binds it.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "hashgrid_common.h"
+#include "hashgrid_cuda.h"
+
+namespace {
+
+using hashgrid::kMaxDims;
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t load(const scalar_t* p) { return static_cast<acc_t>(*p); }
+template <>
+__device__ __forceinline__ float load<__half, float>(const __half* p) { return __half2float(*p); }
+template <>
+__device__ __forceinline__ double load<__half, double>(const __half* p) { return static_cast<double>(__half2float(*p)); }
+
+__device__ __forceinline__ bool level_dense(const int64_t* r, int dims, int64_t size) {
+  int64_t verts = 1;
+  for (int d = 0; d < dims; ++d) verts *= r[d] + 1;
+  return verts <= size;
+}
+
+// One thread per (point, level).
+template <typename scalar_t, typename table_t>
+__global__ void forward_kernel(const scalar_t* __restrict__ x, const table_t* __restrict__ table, const int64_t* __restrict__ res,
+                               scalar_t* __restrict__ out, int64_t n, int dims, int64_t levels, int64_t size, int64_t feat) {
+  const int64_t tid = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (tid >= n * levels) return;
+  const int64_t i = tid / levels, l = tid % levels;
+  const int64_t* r = res + l * dims;
+  const bool dense = level_dense(r, dims, size);
+  int64_t cell[kMaxDims], c[kMaxDims];
+  scalar_t frac[kMaxDims];
+  bool inside[kMaxDims];
+  hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
+  scalar_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int k = 0; k < (1 << dims); ++k) {
+    scalar_t w = 1;
+    for (int d = 0; d < dims; ++d) {
+      const int bit = (k >> d) & 1;
+      c[d] = cell[d] + bit;
+      w *= bit ? frac[d] : scalar_t(1) - frac[d];
+    }
+    const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
+    for (int64_t f = 0; f < feat; ++f) acc[f] += w * load<table_t, scalar_t>(row + f);
+  }
+  scalar_t* o = out + i * levels * feat + l * feat;
+  for (int64_t f = 0; f < feat; ++f) o[f] = acc[f];
+}
+
+// One thread per (point, level); scatter with atomics into an accumulator in scalar_t.
+template <typename scalar_t>
+__global__ void backward_table_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x, const int64_t* __restrict__ res,
+                                      scalar_t* __restrict__ gtable, int64_t n, int dims, int64_t levels, int64_t size, int64_t feat) {
+  const int64_t tid = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (tid >= n * levels) return;
+  const int64_t i = tid / levels, l = tid % levels;
+  const int64_t* r = res + l * dims;
+  const bool dense = level_dense(r, dims, size);
+  int64_t cell[kMaxDims], c[kMaxDims];
+  scalar_t frac[kMaxDims];
+  bool inside[kMaxDims];
+  hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
+  const scalar_t* g = grad + i * levels * feat + l * feat;
+  for (int k = 0; k < (1 << dims); ++k) {
+    scalar_t w = 1;
+    for (int d = 0; d < dims; ++d) {
+      const int bit = (k >> d) & 1;
+      c[d] = cell[d] + bit;
+      w *= bit ? frac[d] : scalar_t(1) - frac[d];
+    }
+    scalar_t* row = gtable + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
+    for (int64_t f = 0; f < feat; ++f) atomicAdd(row + f, w * g[f]);
+  }
+}
+
+// One thread per point: sum over levels and corners of d(out)/d(x).
+template <typename scalar_t, typename table_t>
+__global__ void backward_input_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x, const table_t* __restrict__ table,
+                                      const int64_t* __restrict__ res, scalar_t* __restrict__ gx, int64_t n, int dims, int64_t levels,
+                                      int64_t size, int64_t feat) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  int64_t cell[kMaxDims], c[kMaxDims];
+  scalar_t frac[kMaxDims];
+  bool inside[kMaxDims];
+  scalar_t acc[kMaxDims] = {0, 0, 0, 0};
+  for (int64_t l = 0; l < levels; ++l) {
+    const int64_t* r = res + l * dims;
+    const bool dense = level_dense(r, dims, size);
+    hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
+    const scalar_t* g = grad + i * levels * feat + l * feat;
+    for (int k = 0; k < (1 << dims); ++k) {
+      for (int d = 0; d < dims; ++d) c[d] = cell[d] + ((k >> d) & 1);
+      const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
+      scalar_t dot = 0;
+      for (int64_t f = 0; f < feat; ++f) dot += g[f] * load<table_t, scalar_t>(row + f);
+      for (int d = 0; d < dims; ++d) {
+        if (!inside[d]) continue;
+        scalar_t dw = static_cast<scalar_t>(r[d]) * (((k >> d) & 1) ? scalar_t(1) : scalar_t(-1));
+        for (int e = 0; e < dims; ++e) {
+          if (e == d) continue;
+          dw *= ((k >> e) & 1) ? frac[e] : scalar_t(1) - frac[e];
+        }
+        acc[d] += dot * dw;
+      }
+    }
+  }
+  for (int d = 0; d < dims; ++d) gx[i * dims + d] = acc[d];
+}
+
+constexpr int kThreads = 256;
+inline unsigned blocks(int64_t work) { return static_cast<unsigned>((work + kThreads - 1) / kThreads); }
+
+}  // namespace
+
+namespace hashgrid {
+
+template <typename scalar_t, typename table_t>
+cudaError_t forward_cuda(const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* out, const Shape& s, cudaStream_t stream) {
+  if (s.n == 0) return cudaSuccess;
+  forward_kernel<scalar_t, table_t><<<blocks(s.n * s.levels), kThreads, 0, stream>>>(x, table, res, out, s.n, s.dims, s.levels, s.size, s.feat);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t>
+cudaError_t backward_table_cuda(const scalar_t* grad, const scalar_t* x, const int64_t* res, scalar_t* gtable, const Shape& s, cudaStream_t stream) {
+  if (s.n == 0) return cudaSuccess;
+  backward_table_kernel<scalar_t><<<blocks(s.n * s.levels), kThreads, 0, stream>>>(grad, x, res, gtable, s.n, s.dims, s.levels, s.size, s.feat);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t, typename table_t>
+cudaError_t backward_input_cuda(const scalar_t* grad, const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* gx, const Shape& s,
+                                cudaStream_t stream) {
+  if (s.n == 0) return cudaSuccess;
+  backward_input_kernel<scalar_t, table_t><<<blocks(s.n), kThreads, 0, stream>>>(grad, x, table, res, gx, s.n, s.dims, s.levels, s.size, s.feat);
+  return cudaGetLastError();
+}
+
+#define HG_INSTANTIATE(S, T)                                                                                         \
+  template cudaError_t forward_cuda<S, T>(const S*, const T*, const int64_t*, S*, const Shape&, cudaStream_t);      \
+  template cudaError_t backward_input_cuda<S, T>(const S*, const S*, const T*, const int64_t*, S*, const Shape&, cudaStream_t);
+HG_INSTANTIATE(float, float)
+HG_INSTANTIATE(float, __half)
+HG_INSTANTIATE(double, double)
+HG_INSTANTIATE(double, __half)
+#undef HG_INSTANTIATE
+template cudaError_t backward_table_cuda<float>(const float*, const float*, const int64_t*, float*, const Shape&, cudaStream_t);
+template cudaError_t backward_table_cuda<double>(const double*, const double*, const int64_t*, double*, const Shape&, cudaStream_t);
+
+}  // namespace hashgrid
