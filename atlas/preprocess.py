@@ -128,15 +128,16 @@ def compute_flow(frames: np.ndarray, method: str = "auto", raft_weights: str | N
     """(fwd, bwd, method actually used) for `auto|raft|dis`."""
     if method not in ("auto", "raft", "dis"):
         raise AtlasInputError(f"--flow must be auto, raft or dis, got {method!r}")
-    small = min(frames.shape[1:3]) < RAFT_MIN_SIZE
-    if method == "raft" and small:
-        raise AtlasInputError(f"--flow raft needs frames of at least {RAFT_MIN_SIZE} pixels on each side; use --flow dis")
-    weights = raft_weights_path(raft_weights) if method != "dis" and not small else None
+    weights = raft_weights_path(raft_weights) if method != "dis" else None
     if method == "raft" and weights is None:
         raise AtlasInputError(
             "--flow raft needs RAFT weights: pass --raft-weights FILE, or fetch them once with "
             "`python -c \"import torchvision; torchvision.models.optical_flow.raft_large(weights='DEFAULT')\"`"
         )
+    if weights is not None and min(frames.shape[1:3]) < RAFT_MIN_SIZE:
+        if method == "raft":
+            raise AtlasInputError(f"--flow raft needs frames of at least {RAFT_MIN_SIZE} pixels on each side; use --flow dis")
+        weights = None  # auto: too small for RAFT
     if weights is not None:
         fwd, bwd = raft_flow(frames, load_raft(weights), torch.device(device))
         return fwd, bwd, "raft"

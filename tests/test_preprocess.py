@@ -60,11 +60,12 @@ def test_raft_from_a_local_checkpoint(tmp_path, clip, monkeypatch):
     big = torch.nn.functional.interpolate(clip.frames[:3].permute(0, 3, 1, 2), size=(128, 136)).permute(0, 2, 3, 1).numpy()
     with pytest.raises(AtlasInputError, match="needs RAFT weights"):
         compute_flow(big, "raft")
-    with pytest.raises(AtlasInputError, match="at least 128"):
-        compute_flow(clip.frames[:2].numpy(), "raft")
     torch.manual_seed(0)
     path = tmp_path / "raft_small.pth"
     torch.save(raft_small(weights=None).state_dict(), path)
+    with pytest.raises(AtlasInputError, match="at least 128"):
+        compute_flow(clip.frames[:2].numpy(), "raft", str(path))
+    assert compute_flow(clip.frames[:2].numpy(), "auto", str(path))[2] == "dis"
     fwd, bwd, method = compute_flow(big, "raft", str(path))
     assert method == "raft" and fwd.shape == (2, 128, 136, 2) and bwd.shape == fwd.shape
     assert np.isfinite(fwd).all()
