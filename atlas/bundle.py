@@ -3,6 +3,7 @@
     bundle.json          format version, source, layers, config, metrics, timings, seed
     model.safetensors    every learned tensor
     atlas/<layer>.png    baked RGBA texture per layer
+    quality/<layer>.png  where the mapping is unreliable (atlas.quality), grey in [0, 1]
     cache/preprocess.safetensors   flow, consistency masks, bootstrap masks
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .model import FrameGeometry, LayeredAtlas
 from .preprocess import Preprocessed
 
 FORMAT_VERSION = 1
+MAP_CACHE_BYTES = 1 << 30
 
 
 def layer_names(num_fg: int) -> list[str]:
@@ -37,12 +39,14 @@ def layer_names(num_fg: int) -> list[str]:
 class AtlasBundle:
     """A fitted video: model, metadata, baked textures, and optionally the preprocessing."""
 
-    def __init__(self, model: LayeredAtlas, meta: dict[str, Any], textures: dict[str, np.ndarray], cache: Preprocessed | None = None, path: Path | None = None) -> None:
+    def __init__(self, model: LayeredAtlas, meta: dict[str, Any], textures: dict[str, np.ndarray], cache: Preprocessed | None = None,
+                 path: Path | None = None, quality: dict[str, np.ndarray] | None = None) -> None:
         self.model = model
         self.meta = meta
         self.textures = textures
         self.cache = cache
         self.path = path
+        self.quality = quality or {}  # {layer: [h, w] unreliability in [0, 1]} (atlas.quality)
 
     # ---- properties users ask for
     @property
@@ -68,14 +72,35 @@ class AtlasBundle:
 
     # ---- evaluation
     def frame_maps(self, t: int) -> FrameMaps:
-        """Reconstruction, uv per layer and layer weights of frame t."""
+        """Reconstruction, uv per layer and layer weights of frame t.
+
+        Kept in memory (up to MAP_CACHE_BYTES) so repeated renders and edits only sample
+        textures instead of re-running the model.
+        """
         if not 0 <= t < self.num_frames:
             raise AtlasInputError(f"frame index {t} out of range 0..{self.num_frames - 1}")
-        return evaluate_frame(self.model, t)
+        cache = self.__dict__.setdefault("_maps", {})
+        if t in cache:
+            return cache[t]
+        maps = evaluate_frame(self.model, t)
+        size = sum(x.numel() * x.element_size() for x in (maps.rgb, maps.uv, maps.weights))
+        if size * (len(cache) + 1) <= MAP_CACHE_BYTES:
+            cache[t] = maps
+        return maps
 
     def render(self) -> torch.Tensor:
         """Reconstruction of every frame, [T, H, W, 3] float in [0, 1]."""
         return torch.stack([self.frame_maps(t).rgb.clamp(0, 1) for t in range(self.num_frames)])
+
+    def edit(self, atlas: dict | None = None, keyframes: dict | None = None, keyframe_masks: dict | None = None,
+             prompt: str | None = None, method: str | None = None, mode: str = "overlay",
+             frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Edited video [T, H, W, 3]; see :func:`editing.edit` (imported lazily: `atlas`
+        itself does not depend on the editors)."""
+        from editing import edit
+
+        return edit(self, atlas=atlas, keyframes=keyframes, keyframe_masks=keyframe_masks, prompt=prompt,
+                    method=method, mode=mode, frames=frames).frames
 
     def info(self) -> dict[str, Any]:
         """Summary for `atlas info`."""
@@ -106,6 +131,10 @@ class AtlasBundle:
             (tmp / "atlas").mkdir()
             for name, tex in self.textures.items():
                 write_png(tmp / "atlas" / f"{name}.png", tex)
+            if self.quality:
+                (tmp / "quality").mkdir()
+                for name, q in self.quality.items():
+                    write_png(tmp / "quality" / f"{name}.png", q)
             if self.cache is not None:
                 (tmp / "cache").mkdir()
                 save_file(self.cache.tensors(), str(tmp / "cache" / "preprocess.safetensors"))
@@ -137,12 +166,17 @@ class AtlasBundle:
             tex_path = path / "atlas" / f"{layer['name']}.png"
             if tex_path.is_file():
                 textures[layer["name"]] = read_image(tex_path)
+        quality = {}
+        for layer in meta["layers"]:
+            q_path = path / "quality" / f"{layer['name']}.png"
+            if q_path.is_file():
+                quality[layer["name"]] = read_image(q_path)[..., 0]
         cache = None
         cache_file = path / "cache" / "preprocess.safetensors"
         if cache_file.is_file():
             pre = meta.get("preprocess", {})
             cache = Preprocessed.from_tensors(load_file(str(cache_file)), pre.get("flow", "?"), pre.get("masks", "?"))
-        return cls(model, meta, textures, cache, path)
+        return cls(model, meta, textures, cache, path, quality)
 
 
 def build_model(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> LayeredAtlas:

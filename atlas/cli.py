@@ -13,6 +13,8 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from .errors import AtlasInputError
 
 
@@ -63,6 +65,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(items: list[str], flag: str, key_type: type = str) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise AtlasInputError(f"{flag} expects KEY=PATH, got {item!r}")
+        try:
+            out[key_type(key)] = value
+        except ValueError:
+            raise AtlasInputError(f"{flag} {item}: {key!r} is not a frame index") from None
+    return out
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from editing import edit
+
+    from .bundle import AtlasBundle
+    from .io import atomic_path, read_video, write_png, write_video
+
+    bundle = AtlasBundle.load(args.bundle)
+    frames = None
+    if args.source:
+        frames = read_video(args.source, frames=tuple(bundle.meta["source"]["frames"]), size=bundle.size).frames
+    result = edit(bundle, atlas=_pairs(args.atlas, "--atlas"), keyframes=_pairs(args.keyframe, "--keyframe", int),
+                  keyframe_masks=_pairs(args.keyframe_mask, "--keyframe-mask", int), prompt=args.prompt, method=args.method,
+                  mode=args.mode, frames=frames)
+    out = Path(args.output)
+    edits_dir = out.with_name(out.stem + "_atlas")
+    write_video(result.frames, out, fps=bundle.fps)
+    with atomic_path(edits_dir, is_dir=True) as tmp:
+        for name, rgba in result.edits.items():
+            base = bundle.textures[name]
+            edited = base[..., :3] + rgba[..., 3:] * (rgba[..., :3] - base[..., :3])
+            write_png(tmp / f"{name}.png", np.concatenate([edited, base[..., 3:]], axis=-1))
+            write_png(tmp / f"{name}_edit.png", rgba)
+    _say(args, f"wrote {out} ({bundle.num_frames} frames) and the edited atlases in {edits_dir}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .bundle import AtlasBundle
 
@@ -76,6 +117,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     for layer in info["layers"]:
         print(f"layer:     {layer['name']:<14} atlas {layer['atlas_size'][0]}x{layer['atlas_size'][1]}")
     print(f"quality:   mean PSNR {met['psnr_mean']:.2f} dB (min {min(met['psnr_per_frame']):.2f}, max {max(met['psnr_per_frame']):.2f})")
+    print("per frame: " + " ".join(f"{p:.1f}" for p in met["psnr_per_frame"]))
+    for name, q in met.get("layers", {}).items():
+        if q.get("flow_consistency_px_mean") is not None:
+            print(f"mapping:   {name:<14} flow drift {q['flow_consistency_px_mean']:.2f} px (p95 {q['flow_consistency_px_p95']:.2f}), "
+                  f"unreliable {100 * q['unreliable_fraction']:.1f}% of the atlas (see quality/{name}.png)")
     print(f"fit:       {met['iterations']} iterations, {info['timings']['fit_s']:.1f} s on {info['device']}, encoding backend {info['encoding_backend']}")
     print(f"inputs:    flow {info['preprocess']['flow']}, masks {info['preprocess']['masks']}, seed {info['seed']}")
     return 0
@@ -124,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("bundle")
     e.add_argument("-o", "--output", required=True, help="folder to write")
     e.set_defaults(func=cmd_export)
+
+    ed = sub.add_parser("edit", parents=[quiet], help="apply an atlas or keyframe edit to every frame")
+    ed.add_argument("bundle")
+    ed.add_argument("-o", "--output", required=True, help=".mp4 file or folder for PNGs; edited atlases go to OUT_atlas/")
+    ed.add_argument("--atlas", action="append", metavar="LAYER=IMAGE", help="edited atlas image for a layer (repeatable)")
+    ed.add_argument("--keyframe", action="append", metavar="INDEX=IMAGE", help="edited frame (repeatable)")
+    ed.add_argument("--keyframe-mask", action="append", metavar="INDEX=MASK", help="what changed in that keyframe (white = edited)")
+    ed.add_argument("--prompt", help="text prompt for a diffusion editor (not implemented yet)")
+    ed.add_argument("--method", choices=["videdit", "diffusion-atlas", "stablevideo"])
+    ed.add_argument("--mode", choices=["overlay", "replace"], default="overlay",
+                    help="overlay: edit over the source frames (default); replace: re-render from edited atlases")
+    ed.add_argument("--source", help="source video to edit (default: the fitted source, re-read from disk)")
+    ed.set_defaults(func=cmd_edit)
 
     i = sub.add_parser("info", help="describe a bundle")
     i.add_argument("bundle")

@@ -106,6 +106,14 @@ def _read_exr(path: Path) -> np.ndarray:
         return np.asarray(first.pixels, dtype=np.float32)
 
 
+def read_exr_channels(path: str | Path) -> dict[str, np.ndarray]:
+    """Every channel (or channel group, e.g. 'RGBA') of an EXR's first part, as float32."""
+    import OpenEXR
+
+    with OpenEXR.File(str(path)) as f:
+        return {name: np.asarray(ch.pixels, dtype=np.float32) for name, ch in f.parts[0].channels.items()}
+
+
 def write_exr(path: str | Path, channels: dict[str, np.ndarray]) -> None:
     """Write float32 channels (each (H, W) or (H, W, C) under a name like 'RGB')."""
     import OpenEXR

@@ -22,11 +22,19 @@ class SyntheticClip:
     camera: np.ndarray  # [T, 2] (ox, oy): frame pixel p shows background texel p + camera[t]
     sprite_centre: np.ndarray  # [T, 2] sprite centre in frame pixels
     sprite_radius: float
+    sprite: np.ndarray  # [s, s, 3] the sprite's texture
     fps: float = 12.0
 
     def background_point(self, t: int, xy: np.ndarray) -> np.ndarray:
         """Background texel seen at frame pixels xy [N, 2] of frame t."""
         return xy + self.camera[t]
+
+    def render(self, background: np.ndarray | None = None, sprite: np.ndarray | None = None) -> torch.Tensor:
+        """The clip's frames with another background and/or sprite texture: the ground
+        truth of an edit made on the true atlas."""
+        frames, _ = _render(self.background if background is None else background, self.sprite if sprite is None else sprite,
+                            self.camera, self.sprite_centre, self.sprite_radius, tuple(self.frames.shape[2:0:-1]))
+        return torch.from_numpy(frames).float()
 
 
 def _texture(h: int, w: int, rng: np.random.Generator, cells: int) -> np.ndarray:
@@ -60,13 +68,22 @@ def make_clip(num_frames: int = 10, width: int = 80, height: int = 60, seed: int
     sprite_tex = 0.35 + 0.65 * sprite_tex[..., ::-1]  # a different palette from the background
     start = np.array([0.7 * width, 0.4 * height], np.float32)
     centres = np.array([start + np.array(sprite_speed) * t for t in range(num_frames)], np.float32)
+    frames, masks = _render(background, sprite_tex, cam, centres, radius, (width, height))
+    return SyntheticClip(torch.from_numpy(frames).float(), torch.from_numpy(masks), background, cam, centres, radius, sprite_tex)
+
+
+def _render(background: np.ndarray, sprite: np.ndarray, cam: np.ndarray, centres: np.ndarray, radius: float,
+            size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Frames [T, H, W, 3] and masks [T, H, W]: camera crop of the background, sprite over it."""
+    width, height = size
+    s = sprite.shape[0]
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
     frames, masks = [], []
-    for t in range(num_frames):
+    for t in range(len(cam)):
         frame = _shift(background, cam[t, 0], cam[t, 1], (width, height))
         c = centres[t]
         mask = ((xs - c[0]) ** 2 + (ys - c[1]) ** 2 <= radius**2).astype(np.float32)
-        sprite = _shift(sprite_tex, -(c[0] - size / 2), -(c[1] - size / 2), (width, height))
-        frames.append(frame * (1 - mask[..., None]) + sprite * mask[..., None])
+        tex = _shift(sprite, -(c[0] - s / 2), -(c[1] - s / 2), (width, height))
+        frames.append(frame * (1 - mask[..., None]) + tex * mask[..., None])
         masks.append(mask)
-    return SyntheticClip(torch.from_numpy(np.stack(frames)).float(), torch.from_numpy(np.stack(masks)), background, cam, centres, radius)
+    return np.stack(frames), np.stack(masks)

@@ -29,6 +29,7 @@ from .initialise import initial_layout
 from .io import Video, read_video
 from .model import FrameGeometry, LayeredAtlas
 from .preprocess import Preprocessed, preprocess
+from .quality import quality_maps
 
 import cuda_ext
 
@@ -254,6 +255,7 @@ def fit(
     timings["evaluate_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     textures = bake(model, maps)
+    quality, quality_summary = quality_maps(model, maps, vid.frames, pre, [tuple(textures[n].shape[1::-1]) for n in names])
     timings["bake_s"] = round(time.perf_counter() - t0, 2)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -263,14 +265,14 @@ def fit(
         "layers": [{"name": n, "atlas_size": list(textures[n].shape[1::-1]), "uv_range": {"lo": lo[i].tolist(), "hi": hi[i].tolist()}}
                    for i, n in enumerate(names)],
         "config": cfg.to_dict(),
-        "metrics": {"psnr_per_frame": per_frame, "psnr_mean": round(float(np.mean(per_frame)), 3), **stats},
+        "metrics": {"psnr_per_frame": per_frame, "psnr_mean": round(float(np.mean(per_frame)), 3), "layers": quality_summary, **stats},
         "timings": timings,
         "encoding_backend": backend,
         "device": dev.type,
         "seed": seed,
         "preprocess": {"flow": pre.flow_method, "masks": pre.mask_source},
     }
-    bundle = AtlasBundle(model.cpu(), meta, textures, pre)
+    bundle = AtlasBundle(model.cpu(), meta, textures, pre, quality=quality)
     bundle.save(out)
     ckpt.remove()
     return bundle

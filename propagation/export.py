@@ -1,18 +1,36 @@
 """`atlas export`: the compositor's hand-off from a bundle.
 
 Writes, atomically into one folder:
-    atlas/<layer>.png     baked RGBA atlas per layer
-    alpha/00000.png...    per-frame total foreground opacity, 8-bit, fitted frame size
-    export.json           what was written, sizes and conventions
+    atlas/<layer>.png               baked RGBA atlas per layer
+    alpha/00000.png ...             total foreground opacity per frame, 8-bit
+    uv/<layer>/00000.exr ...        float32 u, v (texture coordinates) and A (layer weight)
+    stmap/<layer>/00000.exr ...     Nuke STMap: R = u, G = 1 - v, B = 0, A = layer weight
+    quality/<layer>.png             where edits will not hold (copied from the bundle)
+    export.json                     files, sizes and conventions
+
+Texture coordinates: texel (i, j) of a w x h atlas is centred at u = (i + 0.5) / w,
+v = (j + 0.5) / h, v downwards from the top row. Nuke's STMap counts its second
+coordinate upwards from the bottom row, hence G = 1 - v: an STMap node with the atlas as
+source and these maps as stmap input renders the layer into each frame.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import numpy as np
 
 from atlas.bundle import AtlasBundle
 from atlas.errors import AtlasInputError
-from atlas.io import atomic_path, write_png
+from atlas.io import atomic_path, write_exr, write_png
+
+CONVENTIONS = {
+    "uv": "u = (i + 0.5) / atlas_width, v = (j + 0.5) / atlas_height for texel (i, j); v grows downwards",
+    "stmap": "Nuke STMap: R = u, G = 1 - v (bottom-up), B = 0, A = layer weight; filter the atlas with it",
+    "alpha": "1 - background weight = total foreground opacity, 8-bit PNG",
+    "layer_weight": "the layer's compositing weight; frame = sum over layers of weight * atlas(uv)",
+}
 
 
 def export(bundle: AtlasBundle, out: str | Path) -> Path:
@@ -21,19 +39,36 @@ def export(bundle: AtlasBundle, out: str | Path) -> Path:
     if out.exists() and not (out / "export.json").is_file() and (out.is_file() or any(out.iterdir())):
         raise AtlasInputError(f"{out} exists and is not an atlas export; choose another -o path")
     w, h = bundle.size
+    names = bundle.layer_names
     with atomic_path(out, is_dir=True) as tmp:
-        (tmp / "atlas").mkdir()
+        for sub in ["atlas", "alpha"] + [f"{kind}/{n}" for kind in ("uv", "stmap") for n in names]:
+            (tmp / sub).mkdir(parents=True)
         for name, tex in bundle.textures.items():
             write_png(tmp / "atlas" / f"{name}.png", tex)
-        (tmp / "alpha").mkdir()
         for t in range(bundle.num_frames):
-            weights = bundle.frame_maps(t).weights
-            write_png(tmp / "alpha" / f"{t:05d}.png", 1.0 - weights[..., 0])
+            maps = bundle.frame_maps(t)
+            write_png(tmp / "alpha" / f"{t:05d}.png", 1.0 - maps.weights[..., 0])
+            for i, name in enumerate(names):
+                u, v = maps.uv[..., i, 0].numpy(), maps.uv[..., i, 1].numpy()
+                a = maps.weights[..., i].numpy()
+                write_exr(tmp / "uv" / name / f"{t:05d}.exr", {"u": u, "v": v, "A": a})
+                write_exr(tmp / "stmap" / name / f"{t:05d}.exr", {"RGBA": np.stack([u, 1.0 - v, np.zeros_like(u), a], -1)})
+        quality = {}
+        if bundle.path is not None and (bundle.path / "quality").is_dir():
+            shutil.copytree(bundle.path / "quality", tmp / "quality")
+            quality = {n: f"quality/{n}.png" for n in names if (tmp / "quality" / f"{n}.png").is_file()}
         info = {
             "frames": bundle.num_frames,
             "size": [w, h],
-            "atlas": {name: {"file": f"atlas/{name}.png", "size": list(tex.shape[1::-1])} for name, tex in bundle.textures.items()},
-            "alpha": {"pattern": "alpha/%05d.png", "meaning": "total foreground opacity (1 - background weight), 8-bit"},
+            "fps": bundle.fps,
+            "layers": names,
+            "atlas": {n: {"file": f"atlas/{n}.png", "size": list(bundle.textures[n].shape[1::-1])} for n in names},
+            "alpha": "alpha/%05d.png",
+            "uv": {n: f"uv/{n}/%05d.exr" for n in names},
+            "stmap": {n: f"stmap/{n}/%05d.exr" for n in names},
+            "quality": quality,
+            "metrics": bundle.meta["metrics"],
+            "conventions": CONVENTIONS,
         }
         (tmp / "export.json").write_text(json.dumps(info, indent=2))
     return out

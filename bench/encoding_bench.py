@@ -1,0 +1,104 @@
+"""Hash-encoding throughput per backend (points/s), and the fitter's iterations/s.
+
+    python bench/encoding_bench.py [--sizes 14 16 18 20] [--repeat 3] [--fit-iters 40]
+
+Table: L=16 levels, F=2 features, T=19 (2^19 entries per level), 2-D and 3-D inputs,
+forward alone and forward+backward (table and input gradients), for every backend that
+loads here (torch reference, cpu, cuda). Best of --repeat runs after one warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cuda_ext  # noqa: E402
+from atlas.encoding import HashGrid  # noqa: E402
+from cuda_ext import _backend  # noqa: E402
+
+
+def backends() -> list[tuple[str, torch.device]]:
+    out = [("torch", torch.device("cpu")), ("cpu", torch.device("cpu"))]
+    if torch.cuda.is_available():
+        out += [("torch", torch.device("cuda")), ("cuda", torch.device("cuda"))]
+    return [(b, d) for b, d in out if b == "torch" or _backend.load_backend(b) is not None]
+
+
+def timed(fn, device: torch.device, repeat: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def encoding_table(sizes: list[int], repeat: int, max_torch_cpu: int) -> None:
+    print(f"{'backend':<8} {'device':<6} {'dims':>4} {'points':>8} {'fwd ms':>9} {'fwd pts/s':>11} {'fwd+bwd ms':>11} {'f+b pts/s':>11}")
+    for name, dev in backends():
+        for dims in (2, 3):
+            grid = HashGrid(dims, 16, 2, 19, base=16, finest=2048 if dims == 2 else 512, backend=name).to(dev)
+            for log_n in sizes:
+                n = 2**log_n
+                if name == "torch" and dev.type == "cpu" and log_n > max_torch_cpu:
+                    continue
+                x = torch.rand(n, dims, device=dev, requires_grad=True)
+
+                def fwd():
+                    with torch.no_grad():
+                        grid(x)
+
+                def fwd_bwd():
+                    grid.table.grad = None
+                    x.grad = None
+                    grid(x).sum().backward()
+
+                tf, tb = timed(fwd, dev, repeat), timed(fwd_bwd, dev, repeat)
+                print(f"{name:<8} {dev.type:<6} {dims:>4} {'2^' + str(log_n):>8} {tf * 1e3:>9.2f} {n / tf:>11.3g} {tb * 1e3:>11.2f} {n / tb:>11.3g}", flush=True)
+
+
+def fit_table(iters: int) -> None:
+    import tempfile
+
+    import atlas
+    from atlas.io import Video
+    from atlas.synthetic import make_clip
+
+    clip = make_clip(num_frames=16, width=160, height=120)
+    video = Video(clip.frames, clip.fps, "synthetic", (0, 16))
+    print(f"\nfitter on a synthetic 160x120x16 clip, preset fast, {iters} iterations")
+    print(f"{'backend':<8} {'device':<6} {'it/s':>7}")
+    for name, dev in backends():
+        with tempfile.TemporaryDirectory() as tmp:
+            b = atlas.fit(video, Path(tmp) / "b", "fast", [f"model.encoding_backend={name}"], iters=iters,
+                          device=dev.type, quiet=True)
+        print(f"{name:<8} {dev.type:<6} {b.meta['metrics']['iters_per_s']:>7.2f}", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[14, 16, 18, 20], help="log2 of the point counts")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--max-torch-cpu", type=int, default=18, help="skip larger sizes for the slow torch-on-CPU reference")
+    p.add_argument("--fit-iters", type=int, default=40)
+    a = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+          + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"))
+    encoding_table(a.sizes, a.repeat, a.max_torch_cpu)
+    if a.fit_iters:
+        fit_table(a.fit_iters)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

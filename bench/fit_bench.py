@@ -1,0 +1,81 @@
+"""Fitting benchmark on the shared DAVIS clips (first 30 frames at 427x240).
+
+    python bench/fit_bench.py [--preset fast] [--budget 300] [--clips blackswan car-shadow]
+
+Each run is a fresh subprocess (so peak memory is its own). Prints one table row per clip
+and mask mode: DIS preprocessing time, fit time until the running PSNR (moving average
+of the batch PSNR) first reaches 25/30/33 dB, final full-frame PSNR, foreground IoU of
+the fitted opacity against the ground-truth masks, iterations/s and peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DAVIS = ROOT.parent / "shared" / "data" / "davis"
+
+
+def worker(clip: str, masks: bool, preset: str, budget: float, frames: str, size: str) -> dict:
+    import torch
+
+    import atlas
+    from atlas.io import read_video
+
+    folder = DAVIS / clip
+    video = read_video(folder / "frames", frames=frames, size=size)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = atlas.fit(video, Path(tmp) / "b", preset, masks=str(folder / "masks") if masks else None,
+                           time_budget=budget, iters=1_000_000 if budget else None, quiet=True)
+        gt = read_video(folder / "masks", frames=frames, size=size).frames[..., 0] > 0.5
+        alpha = torch.stack([1.0 - bundle.frame_maps(t).weights[..., 0] for t in range(bundle.num_frames)]) > 0.5
+        m, tm = bundle.meta["metrics"], bundle.meta["timings"]
+    return {
+        "clip": clip, "masks": "given" if masks else "none", "preprocess_s": tm["preprocess_s"],
+        "reach": m["running_psnr_reached_s"], "psnr": m["psnr_mean"], "iou": float((alpha & gt).sum() / (alpha | gt).sum()),
+        "iters": m["iterations"], "it_s": m["iters_per_s"], "fit_s": tm["fit_s"], "backend": bundle.meta["encoding_backend"],
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="fast")
+    p.add_argument("--budget", type=float, default=300.0, help="fitting seconds per run (0: the preset's iterations)")
+    p.add_argument("--clips", nargs="+", default=["blackswan", "car-shadow"])
+    p.add_argument("--modes", nargs="+", default=["none", "given"], help="mask modes: none (motion bootstrap) and/or given")
+    p.add_argument("--frames", default="0:30")
+    p.add_argument("--size", default="427x240")
+    p.add_argument("--worker", nargs=2, metavar=("CLIP", "MODE"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        print(json.dumps(worker(a.worker[0], a.worker[1] == "given", a.preset, a.budget, a.frames, a.size)))
+        return 0
+    if not DAVIS.is_dir():
+        print(f"skipped: {DAVIS} not found (the shared DAVIS clips are not part of a user checkout)")
+        return 0
+    print(f"preset {a.preset}, budget {a.budget:g} s, frames {a.frames} at {a.size}; t@X = fit seconds until the running PSNR reached X dB")
+    head = f"{'clip':<11} {'masks':<6} {'DIS s':>6} {'t@25':>6} {'t@30':>6} {'t@33':>6} {'PSNR':>6} {'IoU':>5} {'iters':>6} {'it/s':>6} {'peak MB':>8} backend"
+    print(head)
+    print("-" * len(head))
+    for clip in a.clips:
+        for mode in a.modes:
+            cmd = [sys.executable, __file__, "--worker", clip, mode, "--preset", a.preset, "--budget", str(a.budget), "--frames", a.frames, "--size", a.size]
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if out.returncode != 0:
+                print(f"{clip:<11} {mode:<6} FAILED: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            t = lambda k: f"{r['reach'][k]:.0f}" if k in r["reach"] else "-"
+            print(f"{clip:<11} {r['masks']:<6} {r['preprocess_s']:>6.1f} {t('25'):>6} {t('30'):>6} {t('33'):>6} {r['psnr']:>6.2f} "
+                  f"{r['iou']:>5.2f} {r['iters']:>6} {r['it_s']:>6.1f} {r['peak_mb']:>8.0f} {r['backend']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Hand edits: a painted atlas (RGBA over an exported atlas) or edited keyframes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atlas.bundle import AtlasBundle
+from atlas.errors import AtlasInputError
+from atlas.io import read_image
+from propagation.splat import SplatAccumulator, change_mask, splat_frame
+
+ImageLike = str | Path | np.ndarray | torch.Tensor
+
+
+def _load(image: ImageLike) -> np.ndarray:
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    return arr[..., None] if arr.ndim == 2 else arr.astype(np.float32)
+
+
+def atlas_edits(bundle: AtlasBundle, images: dict[str, ImageLike]) -> dict[str, np.ndarray]:
+    """{layer: RGBA [h, w, 4]} from images painted over the exported atlases.
+
+    A texel is edited where the image's colour differs from the baked atlas, with the
+    image's alpha (if any) as opacity. So both a painted copy of the exported atlas and a
+    decal on a transparent canvas work, and untouched texels leave the video unchanged.
+    """
+    out = {}
+    for name, image in images.items():
+        if name not in bundle.layer_names:
+            raise AtlasInputError(f"--atlas {name}=...: no layer {name!r}; layers: {', '.join(bundle.layer_names)}")
+        arr = _load(image)
+        base = bundle.textures[name]
+        if arr.shape[:2] != base.shape[:2]:
+            raise AtlasInputError(f"atlas edit for {name} is {arr.shape[1]}x{arr.shape[0]}; the {name} atlas is {base.shape[1]}x{base.shape[0]} (edit the exported atlas/{name}.png)")
+        rgb = np.repeat(arr[..., :1], 3, axis=2) if arr.shape[2] in (1, 2) else arr[..., :3]
+        opacity = arr[..., -1] if arr.shape[2] in (2, 4) else np.ones(arr.shape[:2], np.float32)
+        changed = change_mask(torch.from_numpy(np.ascontiguousarray(rgb)), torch.from_numpy(np.ascontiguousarray(base[..., :3]))).numpy()
+        out[name] = np.concatenate([rgb, (opacity * changed)[..., None]], axis=2).astype(np.float32)
+    return out
+
+
+def keyframe_edits(bundle: AtlasBundle, source: torch.Tensor, keyframes: dict[int, ImageLike],
+                   masks: dict[int, ImageLike] | None = None) -> dict[str, np.ndarray]:
+    """{layer: RGBA} splatted from edited keyframes {frame index: image}.
+
+    A keyframe's mask (white = edited) defaults to where it differs from the source frame.
+    """
+    masks = masks or {}
+    unknown = set(masks) - set(keyframes)
+    if unknown:
+        raise AtlasInputError(f"--keyframe-mask given for frame(s) {sorted(unknown)} without a --keyframe")
+    w, h = bundle.size
+    acc = [SplatAccumulator(tex.shape[1], tex.shape[0]) for tex in (bundle.textures[n] for n in bundle.layer_names)]
+    for index, image in sorted(keyframes.items()):
+        if not 0 <= index < bundle.num_frames:
+            raise AtlasInputError(f"keyframe index {index} out of range 0..{bundle.num_frames - 1}")
+        arr = _load(image)
+        if arr.shape[:2] != (h, w):
+            raise AtlasInputError(f"keyframe {index} is {arr.shape[1]}x{arr.shape[0]}; the fitted frames are {w}x{h}")
+        edited = torch.from_numpy(np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[..., :3].copy())
+        if index in masks:
+            m = _load(masks[index])
+            if m.shape[:2] != (h, w):
+                raise AtlasInputError(f"keyframe mask {index} is {m.shape[1]}x{m.shape[0]}; the fitted frames are {w}x{h}")
+            mask = torch.from_numpy(m[..., :3].mean(-1) if m.shape[2] >= 3 else m[..., 0].copy())
+        else:
+            mask = change_mask(edited, source[index])
+        splat_frame(acc, bundle.frame_maps(index), edited, mask)
+    return {name: a.rgba() for name, a in zip(bundle.layer_names, acc)}

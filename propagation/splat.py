@@ -1,0 +1,77 @@
+"""Frames -> atlas: send edited keyframe pixels into each layer's atlas.
+
+Each edited pixel p of a keyframe lands at uv_l(p) on every layer l it belongs to, with
+weight w_l(p) (its compositing weight) times a bilinear footprint over the 4 nearest
+texels. Per texel we keep
+    C = sum(b * w * m * e) / sum(b * w * m)     the edited colour
+    A = sum(b * w * m)     / sum(b * w)         the share of its observations that changed
+where m in [0, 1] is the keyframe's edit mask. Several keyframes are merged by pooling
+these sums: where keyframes disagree about a texel, the result is their weight-averaged
+colour (no keyframe overrides another), and A falls where a keyframe saw the texel
+unedited.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from atlas.evaluate import FrameMaps
+
+
+@dataclass
+class SplatAccumulator:
+    """Sums for one layer's atlas of size (w, h)."""
+
+    width: int
+    height: int
+    colour: torch.Tensor = field(init=False)  # [h*w, 3] sum(b w m e)
+    edited: torch.Tensor = field(init=False)  # [h*w]    sum(b w m)
+    seen: torch.Tensor = field(init=False)  # [h*w]    sum(b w)
+
+    def __post_init__(self) -> None:
+        n = self.width * self.height
+        self.colour = torch.zeros(n, 3, dtype=torch.float64)
+        self.edited = torch.zeros(n, dtype=torch.float64)
+        self.seen = torch.zeros(n, dtype=torch.float64)
+
+    def add(self, uv: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, colour: torch.Tensor) -> None:
+        """uv [N, 2], weight [N], mask [N], colour [N, 3]."""
+        px = uv.double() * torch.tensor([self.width, self.height], dtype=torch.float64) - 0.5
+        base = px.floor()
+        frac = px - base
+        base = base.long()
+        for dx in (0, 1):
+            for dy in (0, 1):
+                b = (frac[:, 0] if dx else 1 - frac[:, 0]) * (frac[:, 1] if dy else 1 - frac[:, 1])
+                x, y = base[:, 0] + dx, base[:, 1] + dy
+                ok = (x >= 0) & (x < self.width) & (y >= 0) & (y < self.height) & (b > 0)
+                idx = (y * self.width + x)[ok]
+                bw = (b * weight.double())[ok]
+                bwm = bw * mask.double()[ok]
+                self.seen.index_add_(0, idx, bw)
+                self.edited.index_add_(0, idx, bwm)
+                self.colour.index_add_(0, idx, bwm[:, None] * colour.double()[ok])
+
+    def rgba(self) -> np.ndarray:
+        """[h, w, 4] float32 RGBA edit."""
+        rgb = self.colour / self.edited.clamp_min(1e-12)[:, None]
+        alpha = self.edited / self.seen.clamp_min(1e-12)
+        out = torch.cat([rgb.clamp(0, 1), alpha.clamp(0, 1)[:, None]], dim=1)
+        return out.reshape(self.height, self.width, 4).float().numpy()
+
+
+def splat_frame(acc: list[SplatAccumulator], maps: FrameMaps, edited: torch.Tensor, mask: torch.Tensor, min_weight: float = 0.05) -> None:
+    """Add one keyframe ([H, W, 3] edited image, [H, W] mask) to every layer's sums."""
+    flat_mask = mask.reshape(-1)
+    colour = edited.reshape(-1, 3)
+    for layer, a in enumerate(acc):
+        w = maps.weights[..., layer].reshape(-1)
+        keep = w > min_weight
+        a.add(maps.uv[..., layer, :].reshape(-1, 2)[keep], w[keep], flat_mask[keep], colour[keep])
+
+
+def change_mask(edited: torch.Tensor, source: torch.Tensor, threshold: float = 3.0 / 255.0) -> torch.Tensor:
+    """[H, W] 1 where the edited keyframe differs from the source by more than `threshold`."""
+    return ((edited - source).abs().amax(dim=-1) > threshold).float()
