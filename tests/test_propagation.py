@@ -92,7 +92,7 @@ def test_export_stmap_round_trip(fitted, tmp_path):
     the exported layer weights gives the same frame as re-rendering the atlases."""
     import json
 
-    from atlas.io import read_exr_channels, read_image
+    from atlas.io import read_exr_channels
     from propagation.export import export
     from propagation.render import replace_frame
 
@@ -104,7 +104,7 @@ def test_export_stmap_round_trip(fitted, tmp_path):
     t = 3
     frame = torch.zeros(60, 80, 3)
     for name in fitted.layer_names:
-        st = read_image(out / "stmap" / name / f"{t:05d}.exr")
+        st = read_exr_channels(out / "stmap" / name / f"{t:05d}.exr")["RGBA"]
         # Nuke: R = s, G = t from the bottom; sample the atlas there
         uv = torch.from_numpy(np.stack([st[..., 0], 1.0 - st[..., 1]], -1))
         frame += torch.from_numpy(st[..., 3:4]) * sample(fitted.textures[name], uv, outside="border")[..., :3]
