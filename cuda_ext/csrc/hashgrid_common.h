@@ -56,4 +56,34 @@ HG_HD void locate(const scalar_t* x, const int64_t* res, int dims, int64_t* cell
   }
 }
 
+// True when the level's (res + 1)^D vertices fit in the table: index it densely.
+HG_HD bool level_dense(const int64_t* res, int dims, int64_t table_size) {
+  int64_t verts = 1;
+  for (int d = 0; d < dims; ++d) verts *= res[d] + 1;
+  return verts <= table_size;
+}
+
+// Corner k of a cell (bit d of k = upper side in dim d): writes its vertex to c and
+// returns its multilinear interpolation weight.
+template <typename scalar_t>
+HG_HD scalar_t corner(int k, const int64_t* cell, const scalar_t* frac, int dims, int64_t* c) {
+  scalar_t w = 1;
+  for (int d = 0; d < dims; ++d) {
+    const int bit = (k >> d) & 1;
+    c[d] = cell[d] + bit;
+    w *= bit ? frac[d] : scalar_t(1) - frac[d];
+  }
+  return w;
+}
+
+// d(weight of corner k) / d(x_d) on a level of resolution res.
+template <typename scalar_t>
+HG_HD scalar_t corner_weight_grad(int k, int d, const scalar_t* frac, const int64_t* res, int dims) {
+  scalar_t dw = static_cast<scalar_t>(res[d]) * (((k >> d) & 1) ? scalar_t(1) : scalar_t(-1));
+  for (int e = 0; e < dims; ++e) {
+    if (e != d) dw *= ((k >> e) & 1) ? frac[e] : scalar_t(1) - frac[e];
+  }
+  return dw;
+}
+
 }  // namespace hashgrid

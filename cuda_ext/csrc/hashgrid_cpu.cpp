@@ -31,19 +31,12 @@ void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, s
     for (int64_t i = begin; i < end; ++i) {
       for (int64_t l = 0; l < levels; ++l) {
         const int64_t* r = res + l * dims;
-        int64_t verts = 1;
-        for (int d = 0; d < dims; ++d) verts *= r[d] + 1;
-        const bool dense = verts <= size;
+        const bool dense = hashgrid::level_dense(r, dims, size);
         hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
         scalar_t* o = out + i * levels * feat + l * feat;
         for (int64_t f = 0; f < feat; ++f) o[f] = 0;
         for (int k = 0; k < corners; ++k) {
-          scalar_t w = 1;
-          for (int d = 0; d < dims; ++d) {
-            const int bit = (k >> d) & 1;
-            c[d] = cell[d] + bit;
-            w *= bit ? frac[d] : scalar_t(1) - frac[d];
-          }
+          const scalar_t w = hashgrid::corner(k, cell, frac, dims, c);
           const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
           for (int64_t f = 0; f < feat; ++f) o[f] += w * static_cast<scalar_t>(row[f]);
         }
@@ -62,19 +55,12 @@ void backward_table_impl(const scalar_t* grad, const scalar_t* x, const int64_t*
     bool inside[kMaxDims];
     for (int64_t l = begin; l < end; ++l) {
       const int64_t* r = res + l * dims;
-      int64_t verts = 1;
-      for (int d = 0; d < dims; ++d) verts *= r[d] + 1;
-      const bool dense = verts <= size;
+      const bool dense = hashgrid::level_dense(r, dims, size);
       for (int64_t i = 0; i < n; ++i) {
         hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
         const scalar_t* g = grad + i * levels * feat + l * feat;
         for (int k = 0; k < corners; ++k) {
-          scalar_t w = 1;
-          for (int d = 0; d < dims; ++d) {
-            const int bit = (k >> d) & 1;
-            c[d] = cell[d] + bit;
-            w *= bit ? frac[d] : scalar_t(1) - frac[d];
-          }
+          const scalar_t w = hashgrid::corner(k, cell, frac, dims, c);
           scalar_t* row = gtable + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
           for (int64_t f = 0; f < feat; ++f) row[f] += w * g[f];
         }
@@ -95,9 +81,7 @@ void backward_input_impl(const scalar_t* grad, const scalar_t* x, const table_t*
       scalar_t acc[kMaxDims] = {0, 0, 0, 0};
       for (int64_t l = 0; l < levels; ++l) {
         const int64_t* r = res + l * dims;
-        int64_t verts = 1;
-        for (int d = 0; d < dims; ++d) verts *= r[d] + 1;
-        const bool dense = verts <= size;
+        const bool dense = hashgrid::level_dense(r, dims, size);
         hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
         const scalar_t* g = grad + i * levels * feat + l * feat;
         for (int k = 0; k < corners; ++k) {
@@ -107,13 +91,7 @@ void backward_input_impl(const scalar_t* grad, const scalar_t* x, const table_t*
           for (int64_t f = 0; f < feat; ++f) dot += g[f] * static_cast<scalar_t>(row[f]);
           for (int d = 0; d < dims; ++d) {
             if (!inside[d]) continue;  // clamped coordinates get no gradient
-            scalar_t dw = static_cast<scalar_t>(r[d]) * (((k >> d) & 1) ? scalar_t(1) : scalar_t(-1));
-            for (int e = 0; e < dims; ++e) {
-              if (e == d) continue;
-              const int bit = (k >> e) & 1;
-              dw *= bit ? frac[e] : scalar_t(1) - frac[e];
-            }
-            acc[d] += dot * dw;
+            acc[d] += dot * hashgrid::corner_weight_grad(k, d, frac, r, dims);
           }
         }
       }

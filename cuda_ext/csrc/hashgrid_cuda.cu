@@ -17,12 +17,6 @@ __device__ __forceinline__ float load<__half, float>(const __half* p) { return _
 template <>
 __device__ __forceinline__ double load<__half, double>(const __half* p) { return static_cast<double>(__half2float(*p)); }
 
-__device__ __forceinline__ bool level_dense(const int64_t* r, int dims, int64_t size) {
-  int64_t verts = 1;
-  for (int d = 0; d < dims; ++d) verts *= r[d] + 1;
-  return verts <= size;
-}
-
 // One thread per (point, level).
 template <typename scalar_t, typename table_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, const table_t* __restrict__ table, const int64_t* __restrict__ res,
@@ -31,19 +25,14 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const table_t* __
   if (tid >= n * levels) return;
   const int64_t i = tid / levels, l = tid % levels;
   const int64_t* r = res + l * dims;
-  const bool dense = level_dense(r, dims, size);
+  const bool dense = hashgrid::level_dense(r, dims, size);
   int64_t cell[kMaxDims], c[kMaxDims];
   scalar_t frac[kMaxDims];
   bool inside[kMaxDims];
   hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
   scalar_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int k = 0; k < (1 << dims); ++k) {
-    scalar_t w = 1;
-    for (int d = 0; d < dims; ++d) {
-      const int bit = (k >> d) & 1;
-      c[d] = cell[d] + bit;
-      w *= bit ? frac[d] : scalar_t(1) - frac[d];
-    }
+    const scalar_t w = hashgrid::corner(k, cell, frac, dims, c);
     const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
     for (int64_t f = 0; f < feat; ++f) acc[f] += w * load<table_t, scalar_t>(row + f);
   }
@@ -59,19 +48,14 @@ __global__ void backward_table_kernel(const scalar_t* __restrict__ grad, const s
   if (tid >= n * levels) return;
   const int64_t i = tid / levels, l = tid % levels;
   const int64_t* r = res + l * dims;
-  const bool dense = level_dense(r, dims, size);
+  const bool dense = hashgrid::level_dense(r, dims, size);
   int64_t cell[kMaxDims], c[kMaxDims];
   scalar_t frac[kMaxDims];
   bool inside[kMaxDims];
   hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
   const scalar_t* g = grad + i * levels * feat + l * feat;
   for (int k = 0; k < (1 << dims); ++k) {
-    scalar_t w = 1;
-    for (int d = 0; d < dims; ++d) {
-      const int bit = (k >> d) & 1;
-      c[d] = cell[d] + bit;
-      w *= bit ? frac[d] : scalar_t(1) - frac[d];
-    }
+    const scalar_t w = hashgrid::corner(k, cell, frac, dims, c);
     scalar_t* row = gtable + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
     for (int64_t f = 0; f < feat; ++f) atomicAdd(row + f, w * g[f]);
   }
@@ -90,7 +74,7 @@ __global__ void backward_input_kernel(const scalar_t* __restrict__ grad, const s
   scalar_t acc[kMaxDims] = {0, 0, 0, 0};
   for (int64_t l = 0; l < levels; ++l) {
     const int64_t* r = res + l * dims;
-    const bool dense = level_dense(r, dims, size);
+    const bool dense = hashgrid::level_dense(r, dims, size);
     hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
     const scalar_t* g = grad + i * levels * feat + l * feat;
     for (int k = 0; k < (1 << dims); ++k) {
@@ -100,12 +84,7 @@ __global__ void backward_input_kernel(const scalar_t* __restrict__ grad, const s
       for (int64_t f = 0; f < feat; ++f) dot += g[f] * load<table_t, scalar_t>(row + f);
       for (int d = 0; d < dims; ++d) {
         if (!inside[d]) continue;
-        scalar_t dw = static_cast<scalar_t>(r[d]) * (((k >> d) & 1) ? scalar_t(1) : scalar_t(-1));
-        for (int e = 0; e < dims; ++e) {
-          if (e == d) continue;
-          dw *= ((k >> e) & 1) ? frac[e] : scalar_t(1) - frac[e];
-        }
-        acc[d] += dot * dw;
+        acc[d] += dot * hashgrid::corner_weight_grad(k, d, frac, r, dims);
       }
     }
   }
