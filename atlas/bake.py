@@ -25,7 +25,7 @@ def texture_size(model: LayeredAtlas, layer: int, density: float = 1.0) -> tuple
     return tuple(int(min(MAX_TEXTURE, max(16, math.ceil(v)))) for v in px)  # type: ignore[return-value]
 
 
-def coverage(model: LayeredAtlas, maps: Iterable[FrameMaps], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+def coverage(maps: Iterable[FrameMaps], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
     """Per layer, a boolean [h, w] texel mask of what the video shows of that layer."""
     counts = [np.zeros((h, w), np.int64) for (w, h) in sizes]
     for fm in maps:
@@ -45,7 +45,7 @@ def bake(model: LayeredAtlas, maps: Iterable[FrameMaps], density: float = 1.0, c
     """{layer name: float32 RGBA [h, w, 4]} from the model's colour fields."""
     device = next(model.parameters()).device
     sizes = [texture_size(model, i, density) for i in range(len(model.layer_names))]
-    seen = coverage(model, maps, sizes)
+    seen = coverage(maps, sizes)
     out = {}
     for i, name in enumerate(model.layer_names):
         w, h = sizes[i]

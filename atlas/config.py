@@ -76,7 +76,7 @@ class TrainConfig:
     """Adam learning rate of the per-frame global transforms."""
     checkpoint_every: int = 500
     """Steps between resumable checkpoints."""
-    eval_every: int = 100
+    eval_every: int = 10
     """Steps between refreshes of the running PSNR shown in the progress bar."""
 
 

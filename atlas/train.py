@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+import cuda_ext
+
 from . import __version__, losses
 from .bake import bake
 from .bundle import FORMAT_VERSION, AtlasBundle, check_output_dir, layer_names
@@ -30,8 +32,6 @@ from .io import Video, read_video
 from .model import FrameGeometry, LayeredAtlas
 from .preprocess import Preprocessed, preprocess
 from .quality import quality_maps
-
-import cuda_ext
 
 
 def pick_device(name: str) -> torch.device:
@@ -163,7 +163,7 @@ def _train(model: LayeredAtlas, video: Video, pre: Preprocessed, cfg: FitConfig,
         for target in (25, 30, 33):
             if run_psnr >= target and target not in reached:
                 reached[target] = round(elapsed0 + time.perf_counter() - t0, 2)
-        if step % 10 == 0:
+        if step % tc.eval_every == 0:
             bar.set_postfix(psnr=f"{run_psnr:.2f}dB", refresh=False)
         bar.update(1)
         if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.iters:
@@ -226,7 +226,10 @@ def fit(
     T, H, W = vid.frames.shape[:3]
     geom = FrameGeometry(T, H, W)
     ckpt = _Checkpoint(out)
-    key = json.dumps([vid.source, vid.frame_range, [W, H], masks, cfg.preprocess.flow, sam_checkpoint, sam_prompt, cfg.to_dict(), seed])
+    # what a checkpoint must match to be resumed: inputs, preprocessing and architecture
+    # (train/loss settings may change, e.g. more --iters)
+    key = json.dumps([vid.source, vid.frame_range, [W, H], masks, sam_checkpoint, sam_prompt, seed,
+                      cfg.to_dict()["preprocess"], cfg.to_dict()["model"]])
     pre = ckpt.load_preprocess({"key": key}) if resume else None
     t0 = time.perf_counter()
     if pre is None:

@@ -122,6 +122,7 @@ def test_cli_edit_writes_video_and_atlases(fitted, tmp_path, capsys):
     paint = fitted.textures["background"].copy()
     paint[5:15, 5:25, :3] = [1.0, 0.0, 1.0]
     write_png(tmp_path / "bg.png", paint)
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
     out = tmp_path / "edited"
     assert main(["edit", str(fitted.path), "-o", str(out), "--atlas", f"background={tmp_path / 'bg.png'}", "--quiet"]) == 0
     assert len(list(out.glob("*.png"))) == fitted.num_frames
@@ -131,6 +132,9 @@ def test_cli_edit_writes_video_and_atlases(fitted, tmp_path, capsys):
         (["--keyframe", "x=frame.png"], "not a frame index"),
         (["--atlas", f"background={tmp_path / 'missing.png'}"], "not found"),
         (["--keyframe", f"0={tmp_path / 'bg.png'}"], "fitted frames are 80x60"),
+        (["--keyframe", f"0={tmp_path / 'corrupt.png'}"], "cannot read image"),
+        (["--keyframe", f"9={tmp_path / 'bg.png'}"], "out of range"),
+        (["--atlas", f"sky={tmp_path / 'bg.png'}"], "no layer 'sky'"),
     ]:
         assert main(["edit", str(fitted.path), "-o", str(tmp_path / "bad.mp4"), *argv]) == 2
         assert match in capsys.readouterr().err
