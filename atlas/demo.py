@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from .io import write_png, write_video
 from .synthetic import make_clip
@@ -23,7 +24,9 @@ def run_demo(out: Path, quiet: bool = False, iters: int = 400) -> dict[str, obje
     bundle = fit(source, out / "clip.atlas", "fast", iters=iters, quiet=quiet)
     recon = write_video(bundle.render(), out / "reconstruction.mp4", fps=bundle.fps)
     painted = bundle.textures["background"].copy()
-    cv2.putText(painted, "atlas", (8, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (1.0, 1.0, 1.0, 1.0), 2)
+    text = np.zeros(painted.shape[:2], np.uint8)
+    cv2.putText(text, "atlas", (8, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 255, 2)
+    painted[text > 0, :3] = 1.0
     write_png(out / "painted_background.png", painted)
     edited = write_video(edit(bundle, atlas={"background": painted}).frames, out / "edited.mp4", fps=bundle.fps)
     exported = export(bundle, out / "export")
