@@ -50,7 +50,7 @@ setup(
         "OpenEXR",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "segment-anything"],
         "sam": ["segment-anything"],
     },
     entry_points={"console_scripts": ["atlas=atlas.cli:main"]},

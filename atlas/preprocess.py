@@ -233,11 +233,46 @@ def motion_masks(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_
     return np.stack([_clean_mask(r > thr) for r in res])
 
 
+SAM_WINDOW = 14  # SAM's image encoder: windowed attention blocks use 14x14 windows
+
+
+def sam_model(embed_dim: int, depth: int, num_heads: int, global_attn: list[int]) -> torch.nn.Module:
+    """SAM's architecture (as in segment-anything's builders) with any image-encoder size."""
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    encoder = ImageEncoderViT(depth=depth, embed_dim=embed_dim, img_size=1024, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                              num_heads=num_heads, patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=global_attn,
+                              window_size=SAM_WINDOW, out_chans=256)
+    prompt = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16)
+    decoder = MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+                          transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
+    return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder,
+               pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
+
+
+def load_sam(path: Path) -> torch.nn.Module:
+    """A SAM checkpoint (ViT-B/L/H or any encoder size), its shape read from the weights,
+    loaded without pickle code."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        embed = state["image_encoder.patch_embed.proj.weight"].shape[0]
+        depth = sum(1 for k in state if k.startswith("image_encoder.blocks.") and k.endswith(".norm1.weight"))
+        rel = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"] for i in range(depth)]
+    except (KeyError, TypeError, AttributeError):
+        raise AtlasInputError(f"{path} is not a segment-anything (SAM) checkpoint") from None
+    global_attn = [i for i, r in enumerate(rel) if r.shape[0] != 2 * SAM_WINDOW - 1]
+    model = sam_model(embed, depth, embed // rel[0].shape[1], global_attn)
+    model.load_state_dict(state)
+    return model
+
+
 def sam_masks(frames: np.ndarray, checkpoint: str, prompt: str, device: torch.device | str = "cpu") -> np.ndarray:
     """SAM masks: prompted on frame 0 by a point `x,y` or a box `x0,y0,x1,y1` (pixels of the
     fitted frames), then tracked by prompting each next frame with the previous mask's box."""
     try:
-        from segment_anything import SamPredictor, sam_model_registry
+        from segment_anything import SamPredictor
     except ImportError:
         raise AtlasInputError("--sam-checkpoint needs segment-anything: pip install -e '.[sam]'") from None
     path = Path(checkpoint)
@@ -249,14 +284,7 @@ def sam_masks(frames: np.ndarray, checkpoint: str, prompt: str, device: torch.de
         coords = []
     if len(coords) not in (2, 4):
         raise AtlasInputError(f"--sam-prompt expects x,y or x0,y0,x1,y1 in pixels, got {prompt!r}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    width = state["image_encoder.patch_embed.proj.weight"].shape[0]
-    kind = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}.get(width)
-    if kind is None:
-        raise AtlasInputError(f"{path} is not a SAM ViT-B/L/H checkpoint")
-    sam = sam_model_registry[kind](checkpoint=None)
-    sam.load_state_dict(state)
-    predictor = SamPredictor(sam.to(device).eval())
+    predictor = SamPredictor(load_sam(path).to(device).eval())
     out, box = [], None
     for i, frame in enumerate(frames):
         predictor.set_image((np.clip(frame, 0, 1) * 255).astype(np.uint8))

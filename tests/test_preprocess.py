@@ -78,3 +78,26 @@ def test_sam_needs_a_prompt(clip, tmp_path):
     (tmp_path / "sam.pth").write_bytes(b"")
     with pytest.raises(AtlasInputError, match="--sam-prompt"):
         preprocess(clip.frames[:2], flow="dis", sam_checkpoint=str(tmp_path / "sam.pth"))
+
+
+def test_sam_masks_from_a_local_checkpoint(tmp_path, clip):
+    """A tiny randomly initialised SAM, saved and loaded through the real loader."""
+    pytest.importorskip("segment_anything")
+    from atlas.preprocess import load_sam, sam_model
+
+    torch.manual_seed(0)
+    tiny = sam_model(embed_dim=32, depth=2, num_heads=2, global_attn=[1])
+    path = tmp_path / "sam_tiny.pth"
+    torch.save(tiny.state_dict(), path)
+    loaded = load_sam(path)
+    assert len(loaded.image_encoder.blocks) == 2
+    pre = preprocess(clip.frames[:3], flow="dis", sam_checkpoint=str(path), sam_prompt="56,24")
+    assert pre.mask_source == "sam" and pre.masks.shape == clip.masks[:3].shape
+    assert set(pre.masks.unique().tolist()) <= {0.0, 1.0}
+    again = preprocess(clip.frames[:3], flow="dis", sam_checkpoint=str(path), sam_prompt="40,10,70,40")
+    assert again.masks.shape == pre.masks.shape
+    torch.save({"junk": torch.zeros(1)}, tmp_path / "junk.pth")
+    with pytest.raises(AtlasInputError, match="not a segment-anything"):
+        preprocess(clip.frames[:2], flow="dis", sam_checkpoint=str(tmp_path / "junk.pth"), sam_prompt="1,1")
+    with pytest.raises(AtlasInputError, match="x,y or x0,y0,x1,y1"):
+        preprocess(clip.frames[:2], flow="dis", sam_checkpoint=str(path), sam_prompt="1,2,3")
