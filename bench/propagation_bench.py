@@ -1,6 +1,6 @@
 """Propagation benchmark: render/edit throughput and keyframe-edit accuracy.
 
-    python bench/propagation_bench.py [--fit-iters 1200]
+    python bench/propagation_bench.py [--fit-iters 1200] [--preset default]
 
 1. Throughput (frames/s) on synthetic clips at 427x240 and 854x480: evaluating the
    frame maps (the model: uv + weights per pixel, done once per frame), then an overlay
@@ -33,9 +33,9 @@ from editing import edit  # noqa: E402
 from propagation.render import iter_overlay, iter_replace  # noqa: E402
 
 
-def _fit(clip, iters: int, tmp: str, name: str):
+def _fit(clip, iters: int, tmp: str, name: str, preset: str = "fast"):
     video = Video(clip.frames, clip.fps, "synthetic", (0, clip.frames.shape[0]))
-    return atlas.fit(video, Path(tmp) / name, "fast", iters=iters, quiet=True)
+    return atlas.fit(video, Path(tmp) / name, preset, iters=iters, quiet=True)
 
 
 def throughput(tmp: str) -> None:
@@ -72,7 +72,7 @@ def chained_flow(frames: torch.Tensor, keyframe: torch.Tensor, mask: torch.Tenso
     return torch.stack(out)
 
 
-def keyframe_accuracy(tmp: str, iters: int) -> None:
+def keyframe_accuracy(tmp: str, iters: int, preset: str) -> None:
     clip = make_clip(num_frames=16, width=160, height=120, seed=3)
     bg = clip.background.copy()
     ys, xs = np.mgrid[0 : bg.shape[0], 0 : bg.shape[1]]
@@ -83,12 +83,12 @@ def keyframe_accuracy(tmp: str, iters: int) -> None:
     bg[text > 0] = (0.1, 0.1, 0.9)
     truth = clip.render(background=bg)
     region = (truth - clip.frames).abs().amax(-1) > 1e-4
-    bundle = _fit(clip, iters, tmp, "accuracy")
+    bundle = _fit(clip, iters, tmp, "accuracy", preset)
     ours = edit(bundle, keyframes={0: truth[0]}, frames=clip.frames).frames
     base = chained_flow(clip.frames, truth[0], region[0])
     score = lambda out: [psnr(out[t][region[t]], truth[t][region[t]]) for t in range(1, len(truth)) if region[t].any()]
     a, b = score(ours), score(base)
-    print(f"\nkeyframe edit on a synthetic 160x120x16 clip (fit: preset fast, {iters} iterations, recon {bundle.meta['metrics']['psnr_mean']:.1f} dB)")
+    print(f"\nkeyframe edit on a synthetic 160x120x16 clip (fit: preset {preset}, {iters} iterations, recon {bundle.meta['metrics']['psnr_mean']:.1f} dB)")
     print(f"{'method':<22} {'mean PSNR':>10} {'min':>6} {'last frame':>11}   (dB inside the edit region, frames 1..15)")
     print(f"{'atlas (ours)':<22} {np.mean(a):>10.2f} {min(a):>6.2f} {a[-1]:>11.2f}")
     print(f"{'chained DIS flow':<22} {np.mean(b):>10.2f} {min(b):>6.2f} {b[-1]:>11.2f}")
@@ -97,11 +97,12 @@ def keyframe_accuracy(tmp: str, iters: int) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fit-iters", type=int, default=1200)
+    p.add_argument("--preset", default="default", help="preset of the accuracy fit (throughput fits use fast)")
     a = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     with tempfile.TemporaryDirectory() as tmp:
         throughput(tmp)
-        keyframe_accuracy(tmp, a.fit_iters)
+        keyframe_accuracy(tmp, a.fit_iters, a.preset)
     return 0
 
 
