@@ -9,6 +9,7 @@ see compiler output, ATLAS_NO_EXT=1 to never build.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,19 +26,24 @@ SOURCES = {
 
 
 def _jit(kind: str) -> ModuleType:
-    from torch.utils.cpp_extension import load
+    # torch.utils.cpp_extension logs a CUDA_HOME guess at import; ours is set below
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils.cpp_extension import get_default_build_root, load
 
     from .build import cuda_home, source_hash, wheel_cuda_includes
 
     if kind == "cuda" and cuda_home() is not None:
         os.environ.setdefault("CUDA_HOME", str(cuda_home()))
+    name = f"atlas_hashgrid_{kind}_{source_hash()}"
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    if not any(root.glob(f"**/{name}/{name}*.so")):
+        print(f"cuda_ext: compiling the {kind} hash-encoding kernel (once; about a minute)", file=sys.stderr)
     verbose = bool(os.environ.get("ATLAS_EXT_VERBOSE"))
-    print(f"cuda_ext: loading the {kind} hash-encoding kernel (compiled on first use: about a minute)", file=sys.stderr)
     kwargs = {"extra_cflags": ["-O3", "-fopenmp"], "extra_ldflags": ["-fopenmp"]}
     if kind == "cuda":
         kwargs["extra_cuda_cflags"] = ["-O3"]
         kwargs["extra_include_paths"] = wheel_cuda_includes()
-    return load(name=f"atlas_hashgrid_{kind}_{source_hash()}", sources=[str(CSRC / s) for s in SOURCES[kind]], verbose=verbose, **kwargs)
+    return load(name=name, sources=[str(CSRC / s) for s in SOURCES[kind]], verbose=verbose, **kwargs)
 
 
 def load_backend(kind: str) -> ModuleType | None:

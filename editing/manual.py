@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -18,7 +19,20 @@ def _load(image: ImageLike) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return read_image(image)
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    return arr[..., None] if arr.ndim == 2 else arr.astype(np.float32)
+    return (arr[..., None] if arr.ndim == 2 else arr).astype(np.float32)
+
+
+def _frame_sized(arr: np.ndarray, size: tuple[int, int], what: str) -> np.ndarray:
+    """A keyframe or mask at the fitted size; a source-resolution image (same aspect) is
+    resized, so frames of a clip fitted with --size can be edited at full resolution."""
+    w, h = size
+    if arr.shape[:2] == (h, w):
+        return arr
+    src_h, src_w = arr.shape[:2]
+    if abs(src_w / src_h - w / h) > 0.02:
+        raise AtlasInputError(f"{what} is {src_w}x{src_h}; the fitted frames are {w}x{h}")
+    out = cv2.resize(arr, (w, h), interpolation=cv2.INTER_AREA)
+    return out[..., None] if out.ndim == 2 else out
 
 
 def atlas_edits(bundle: AtlasBundle, images: dict[str, ImageLike]) -> dict[str, np.ndarray]:
@@ -58,14 +72,10 @@ def keyframe_edits(bundle: AtlasBundle, source: torch.Tensor, keyframes: dict[in
     for index, image in sorted(keyframes.items()):
         if not 0 <= index < bundle.num_frames:
             raise AtlasInputError(f"keyframe index {index} out of range 0..{bundle.num_frames - 1}")
-        arr = _load(image)
-        if arr.shape[:2] != (h, w):
-            raise AtlasInputError(f"keyframe {index} is {arr.shape[1]}x{arr.shape[0]}; the fitted frames are {w}x{h}")
+        arr = _frame_sized(_load(image), (w, h), f"keyframe {index}")
         edited = torch.from_numpy(np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[..., :3].copy())
         if index in masks:
-            m = _load(masks[index])
-            if m.shape[:2] != (h, w):
-                raise AtlasInputError(f"keyframe mask {index} is {m.shape[1]}x{m.shape[0]}; the fitted frames are {w}x{h}")
+            m = _frame_sized(_load(masks[index]), (w, h), f"keyframe mask {index}")
             mask = torch.from_numpy(m[..., :3].mean(-1) if m.shape[2] >= 3 else m[..., 0].copy())
         else:
             mask = change_mask(edited, source[index])

@@ -139,3 +139,15 @@ def test_cli_edit_writes_video_and_atlases(fitted, tmp_path, capsys):
         assert main(["edit", str(fitted.path), "-o", str(tmp_path / "bad.mp4"), *argv]) == 2
         assert match in capsys.readouterr().err
     assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_keyframe_at_source_resolution_is_resized(fitted, clip):
+    """A clip fitted with --size can take keyframes painted on the full-resolution frame."""
+    import cv2
+
+    truth = _true_edit(clip)
+    big = cv2.resize(truth[0].numpy(), (160, 120), interpolation=cv2.INTER_LINEAR)
+    small = edit(fitted, keyframes={0: truth[0]}, frames=clip.frames).frames
+    large = edit(fitted, keyframes={0: big}, frames=clip.frames).frames
+    region = (truth - clip.frames).abs().amax(-1) > 1e-4
+    assert psnr(large[region], small[region]) > 30.0
