@@ -82,7 +82,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from editing import edit
 
     from .bundle import AtlasBundle
-    from .io import atomic_path, read_video, write_png, write_video
+    from .io import atomic_path, check_replaceable, read_video, write_png, write_video
 
     bundle = AtlasBundle.load(args.bundle)
     frames = None
@@ -93,6 +93,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
                   mode=args.mode, frames=frames)
     out = Path(args.output)
     edits_dir = out.with_name(out.stem + "_atlas")
+    check_replaceable(edits_dir, r".+\.png")
     write_video(result.frames, out, fps=bundle.fps)
     with atomic_path(edits_dir, is_dir=True) as tmp:
         for name, rgba in result.edits.items():

@@ -266,6 +266,17 @@ def atomic_path(final: str | Path, is_dir: bool) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_replaceable(folder: Path, pattern: str) -> None:
+    """Refuse to replace an existing folder holding anything but files named like `pattern`
+    (a previous output of ours): a user's folder is never deleted."""
+    if folder.is_file():
+        raise AtlasInputError(f"{folder} is a file; give a folder name or a .mp4 path")
+    if folder.is_dir():
+        foreign = [p.name for p in folder.iterdir() if not re.fullmatch(pattern, p.name)]
+        if foreign:
+            raise AtlasInputError(f"{folder} exists and holds other files ({foreign[0]}, ...); choose another output")
+
+
 def write_png(path: str | Path, image: np.ndarray | torch.Tensor) -> None:
     """Write an (H, W[, C]) float image in [0, 1] as 8-bit PNG."""
     import imageio.v3 as iio
@@ -294,6 +305,7 @@ def write_video(frames: torch.Tensor | np.ndarray, out: str | Path, fps: float =
                 writer.send(np.ascontiguousarray(frame))
             writer.close()
     elif out.suffix == "":
+        check_replaceable(out, r"\d{5}\.png")
         with atomic_path(out, is_dir=True) as tmp:
             for i, frame in enumerate(data):
                 write_png(tmp / f"{i:05d}.png", frame)

@@ -102,3 +102,13 @@ def _corrupt(p):
 def test_write_refuses_unknown_output(tmp_path):
     with pytest.raises(AtlasInputError, match="must end in"):
         write_video(_frames(), tmp_path / "out.avi")
+
+
+def test_png_output_never_replaces_a_user_folder(tmp_path):
+    frames = _frames(t=2)
+    write_video(frames, tmp_path / "out")
+    write_video(frames, tmp_path / "out")  # a previous output of ours is replaced
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(AtlasInputError, match="holds other files"):
+        write_video(frames, tmp_path / "out")
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
