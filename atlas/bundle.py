@@ -47,6 +47,7 @@ class AtlasBundle:
         self.cache = cache
         self.path = path
         self.quality = quality or {}  # {layer: [h, w] unreliability in [0, 1]} (atlas.quality)
+        self._maps: dict[int, FrameMaps] = {}  # frame maps kept in memory (frame_maps)
 
     # ---- properties users ask for
     @property
@@ -79,14 +80,22 @@ class AtlasBundle:
         """
         if not 0 <= t < self.num_frames:
             raise AtlasInputError(f"frame index {t} out of range 0..{self.num_frames - 1}")
-        cache = self.__dict__.setdefault("_maps", {})
-        if t in cache:
-            return cache[t]
+        if t in self._maps:
+            return self._maps[t]
         maps = evaluate_frame(self.model, t)
-        size = sum(x.numel() * x.element_size() for x in (maps.rgb, maps.uv, maps.weights))
-        if size * (len(cache) + 1) <= MAP_CACHE_BYTES:
-            cache[t] = maps
+        self.remember_maps({t: maps})
         return maps
+
+    def remember_maps(self, maps: dict[int, FrameMaps]) -> None:
+        """Keep already computed frame maps (e.g. the fit's final evaluation), up to the cap."""
+        for t, fm in maps.items():
+            size = sum(x.numel() * x.element_size() for x in (fm.rgb, fm.uv, fm.weights))
+            if size * (len(self._maps) + 1) <= MAP_CACHE_BYTES:
+                self._maps[t] = fm
+
+    def forget_maps(self) -> None:
+        """Drop the frame maps kept in memory."""
+        self._maps.clear()
 
     def render(self) -> torch.Tensor:
         """Reconstruction of every frame, [T, H, W, 3] float in [0, 1]."""

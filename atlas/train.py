@@ -276,6 +276,7 @@ def fit(
         "preprocess": {"flow": pre.flow_method, "masks": pre.mask_source},
     }
     bundle = AtlasBundle(model.cpu(), meta, textures, pre, quality=quality)
+    bundle.remember_maps(dict(enumerate(maps)))
     bundle.save(out)
     ckpt.remove()
     return bundle
