@@ -79,7 +79,7 @@ def _pairs(items: list[str], flag: str, key_type: type = str) -> dict:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from editing import edit
+    from editing import edit, edited_textures
 
     from .bundle import AtlasBundle
     from .io import atomic_path, check_replaceable, read_video, write_png, write_video
@@ -96,11 +96,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     check_replaceable(edits_dir, r".+\.png")
     write_video(result.frames, out, fps=bundle.fps)
     with atomic_path(edits_dir, is_dir=True) as tmp:
-        for name, rgba in result.edits.items():
-            base = bundle.textures[name]
-            edited = base[..., :3] + rgba[..., 3:] * (rgba[..., :3] - base[..., :3])
-            write_png(tmp / f"{name}.png", np.concatenate([edited, base[..., 3:]], axis=-1))
-            write_png(tmp / f"{name}_edit.png", rgba)
+        for name, edited in edited_textures(bundle, result.edits).items():
+            write_png(tmp / f"{name}.png", np.concatenate([edited, bundle.textures[name][..., 3:]], axis=-1))
+            write_png(tmp / f"{name}_edit.png", result.edits[name])
     _say(args, f"wrote {out} ({bundle.num_frames} frames) and the edited atlases in {edits_dir}")
     return 0
 

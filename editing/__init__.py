@@ -46,9 +46,14 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
     if mode == "overlay":
         out = list(iter_overlay(bundle, edits, src))
     else:
-        textures = {}
-        for name, rgba in edits.items():
-            base = bundle.textures[name][..., :3]
-            textures[name] = base + rgba[..., 3:] * (rgba[..., :3] - base)
-        out = list(iter_replace(bundle, textures, src))
+        out = list(iter_replace(bundle, edited_textures(bundle, edits), src))
     return EditResult(torch.stack(out), edits)
+
+
+def edited_textures(bundle: AtlasBundle, edits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{layer: RGB [h, w, 3]}: each edited layer's baked atlas with its RGBA edit laid over."""
+    out = {}
+    for name, rgba in edits.items():
+        base = bundle.textures[name][..., :3]
+        out[name] = base + rgba[..., 3:] * (rgba[..., :3] - base)
+    return out
