@@ -1,6 +1,6 @@
 """Hash-encoding throughput per backend (points/s), and the fitter's iterations/s.
 
-    python bench/encoding_bench.py [--sizes 14 16 18 20] [--repeat 3] [--fit-iters 40]
+    python bench/encoding_bench.py [--sizes 14 16 18 20] [--repeat 3] [--fit-iters 40] [--devices cpu cuda]
 
 Table: L=16 levels, F=2 features, T=19 (2^19 entries per level), 2-D and 3-D inputs,
 forward alone and forward+backward (table and input gradients), for every backend that
@@ -22,9 +22,11 @@ from atlas.encoding import HashGrid  # noqa: E402
 from cuda_ext import _backend  # noqa: E402
 
 
-def backends() -> list[tuple[str, torch.device]]:
-    out = [("torch", torch.device("cpu")), ("cpu", torch.device("cpu"))]
-    if torch.cuda.is_available():
+def backends(devices: list[str]) -> list[tuple[str, torch.device]]:
+    out = []
+    if "cpu" in devices:
+        out += [("torch", torch.device("cpu")), ("cpu", torch.device("cpu"))]
+    if "cuda" in devices and torch.cuda.is_available():
         out += [("torch", torch.device("cuda")), ("cuda", torch.device("cuda"))]
     return [(b, d) for b, d in out if b == "torch" or _backend.load_backend(b) is not None]
 
@@ -43,9 +45,9 @@ def timed(fn, device: torch.device, repeat: int) -> float:
     return best
 
 
-def encoding_table(sizes: list[int], repeat: int, max_torch_cpu: int) -> None:
+def encoding_table(sizes: list[int], repeat: int, max_torch_cpu: int, devices: list[str]) -> None:
     print(f"{'backend':<8} {'device':<6} {'dims':>4} {'points':>8} {'fwd ms':>9} {'fwd pts/s':>11} {'fwd+bwd ms':>11} {'f+b pts/s':>11}")
-    for name, dev in backends():
+    for name, dev in backends(devices):
         for dims in (2, 3):
             grid = HashGrid(dims, 16, 2, 19, base=16, finest=2048 if dims == 2 else 512, backend=name).to(dev)
             for log_n in sizes:
@@ -67,7 +69,7 @@ def encoding_table(sizes: list[int], repeat: int, max_torch_cpu: int) -> None:
                 print(f"{name:<8} {dev.type:<6} {dims:>4} {'2^' + str(log_n):>8} {tf * 1e3:>9.2f} {n / tf:>11.3g} {tb * 1e3:>11.2f} {n / tb:>11.3g}", flush=True)
 
 
-def fit_table(iters: int) -> None:
+def fit_table(iters: int, devices: list[str]) -> None:
     import tempfile
 
     import atlas
@@ -78,7 +80,7 @@ def fit_table(iters: int) -> None:
     video = Video(clip.frames, clip.fps, "synthetic", (0, 16))
     print(f"\nfitter on a synthetic 160x120x16 clip, preset fast, {iters} iterations")
     print(f"{'backend':<8} {'device':<6} {'it/s':>7}")
-    for name, dev in backends():
+    for name, dev in backends(devices):
         with tempfile.TemporaryDirectory() as tmp:
             b = atlas.fit(video, Path(tmp) / "b", "fast", [f"model.encoding_backend={name}"], iters=iters,
                           device=dev.type, quiet=True)
@@ -91,12 +93,13 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--max-torch-cpu", type=int, default=18, help="skip larger sizes for the slow torch-on-CPU reference")
     p.add_argument("--fit-iters", type=int, default=40)
+    p.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=["cpu", "cuda"], help="which devices to measure")
     a = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"))
-    encoding_table(a.sizes, a.repeat, a.max_torch_cpu)
+    encoding_table(a.sizes, a.repeat, a.max_torch_cpu, a.devices)
     if a.fit_iters:
-        fit_table(a.fit_iters)
+        fit_table(a.fit_iters, a.devices)
     return 0
 
 

@@ -112,3 +112,11 @@ def test_table_gradient_is_deterministic():
     x, table, res = _case(3, torch.float32, torch.device("cpu"), levels=8, n=20000)
     grads = [torch.autograd.grad(cuda_ext.hash_encode(x, table, res, "cpu").sum(), table)[0] for _ in range(2)]
     assert torch.equal(grads[0], grads[1])
+
+
+def test_table_size_must_be_a_power_of_two(backend):
+    dev = _device(backend)
+    res = level_resolutions(2, [3.0, 3.0], [40, 40]).to(dev)
+    table = torch.randn(2, 1000, 2, device=dev)
+    with pytest.raises(RuntimeError, match="power of two"):
+        cuda_ext.hash_encode(torch.rand(10, 2, device=dev), table, res, backend)
