@@ -114,9 +114,14 @@ def test_table_gradient_is_deterministic():
     assert torch.equal(grads[0], grads[1])
 
 
-def test_table_size_must_be_a_power_of_two(backend):
+
+def test_table_size_need_not_be_a_power_of_two(backend):
     dev = _device(backend)
-    res = level_resolutions(2, [3.0, 3.0], [40, 40]).to(dev)
-    table = torch.randn(2, 1000, 2, device=dev)
-    with pytest.raises(RuntimeError, match="power of two"):
-        cuda_ext.hash_encode(torch.rand(10, 2, device=dev), table, res, backend)
+    res = level_resolutions(3, [3.0, 3.0, 3.0], [60, 60, 60]).to(dev)
+    table = (torch.rand(3, 1000, 2, dtype=torch.float64, device=dev) * 2 - 1).requires_grad_(True)
+    x = torch.rand(500, 3, dtype=torch.float64, device=dev, requires_grad=True)
+    out, ref = (cuda_ext.hash_encode(x, table, res, b) for b in (backend, "torch"))
+    assert torch.allclose(out, ref, atol=1e-10)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (x, table), g), torch.autograd.grad(ref, (x, table), g)):
+        assert torch.allclose(a, b, atol=1e-8)

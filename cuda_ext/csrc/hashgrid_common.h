@@ -24,9 +24,9 @@ HG_HD int64_t prime(int d) {
 }
 
 // Table row of integer vertex `c` on a level with resolution `res` (dense when it fits).
-// table_size must be a power of two (the bindings check): the row then depends only on the
-// hash's low bits, so 32-bit products and a mask give exactly the reference's int64
-// products and non-negative modulo, without a 64-bit division (slow on GPUs).
+// Hashed rows match the reference (int64 products, XOR, non-negative modulo). For the usual
+// power-of-two table the row depends only on the hash's low bits, so 32-bit products and a
+// mask give the same row without a 64-bit division (slow on GPUs).
 HG_HD int64_t vertex_row(const int64_t* c, const int64_t* res, int dims, int64_t table_size, bool dense) {
   if (dense) {
     int64_t idx = 0, stride = 1;
@@ -36,13 +36,16 @@ HG_HD int64_t vertex_row(const int64_t* c, const int64_t* res, int dims, int64_t
     }
     return idx;
   }
-  uint32_t h = static_cast<uint32_t>(c[0]);
-  for (int d = 1; d < dims; ++d) h ^= static_cast<uint32_t>(c[d]) * static_cast<uint32_t>(prime(d));
-  return static_cast<int64_t>(h & static_cast<uint32_t>(table_size - 1));
+  if ((table_size & (table_size - 1)) == 0 && table_size <= (int64_t(1) << 32)) {
+    uint32_t h = static_cast<uint32_t>(c[0]);
+    for (int d = 1; d < dims; ++d) h ^= static_cast<uint32_t>(c[d]) * static_cast<uint32_t>(prime(d));
+    return static_cast<int64_t>(h & static_cast<uint32_t>(table_size - 1));
+  }
+  int64_t h = c[0] * prime(0);
+  for (int d = 1; d < dims; ++d) h ^= c[d] * prime(d);
+  const int64_t m = h % table_size;
+  return m < 0 ? m + table_size : m;
 }
-
-// The bindings' check for vertex_row's precondition.
-inline bool valid_table_size(int64_t size) { return size > 0 && size <= (int64_t(1) << 32) && (size & (size - 1)) == 0; }
 
 // Cell corner and fractional position of x (clamped to [0, 1]) on one level.
 template <typename scalar_t>

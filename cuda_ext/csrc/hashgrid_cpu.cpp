@@ -17,7 +17,6 @@ void check_inputs(const torch::Tensor& x, const torch::Tensor& table, const torc
   TORCH_CHECK(x.size(1) >= 1 && x.size(1) <= kMaxDims, "hash_encode: 1 to 4 input dimensions supported");
   TORCH_CHECK(res.size(0) == table.size(0) && res.size(1) == x.size(1), "hash_encode: resolutions must be [L, D]");
   TORCH_CHECK(res.scalar_type() == torch::kLong, "hash_encode: resolutions must be int64");
-  TORCH_CHECK(hashgrid::valid_table_size(table.size(1)), "hash_encode: table size must be a power of two (at most 2^32)");
   TORCH_CHECK(x.device().is_cpu() && table.device().is_cpu(), "hash_encode (cpu backend): tensors must be on the CPU");
 }
 

@@ -3,7 +3,6 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <cuda_fp16.h>
 
-#include "hashgrid_common.h"
 #include "hashgrid_cuda.h"
 
 namespace {
@@ -15,7 +14,6 @@ hashgrid::Shape shape_of(const torch::Tensor& x, const torch::Tensor& table, con
   TORCH_CHECK(table.size(0) <= 65535, "hash_encode (cuda): at most 65535 levels");
   TORCH_CHECK(res.size(0) == table.size(0) && res.size(1) == x.size(1), "hash_encode: resolutions must be [L, D]");
   TORCH_CHECK(res.scalar_type() == torch::kLong, "hash_encode: resolutions must be int64");
-  TORCH_CHECK(hashgrid::valid_table_size(table.size(1)), "hash_encode: table size must be a power of two (at most 2^32)");
   TORCH_CHECK(x.is_cuda() && table.is_cuda() && res.is_cuda(), "hash_encode (cuda backend): tensors must be on a CUDA device");
   TORCH_CHECK(table.scalar_type() == torch::kHalf || table.scalar_type() == x.scalar_type(),
               "hash_encode: table must be fp16 or match x's dtype");

@@ -1,9 +1,12 @@
 // Multiresolution hash encoding on CUDA: forward, table gradient (atomics), input gradient.
 // Per-level kernels put the level in blockIdx.y, so a block reads one level's table and the
-// coarse levels stay in L2.
+// coarse levels stay in L2. The input dimension is a template parameter and feature loops
+// unroll to kMaxFeat with a guard, so per-thread arrays live in registers, not local memory.
 // Pure CUDA (no torch headers) so it compiles in seconds; hashgrid_cuda.cpp binds it.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "hashgrid_common.h"
 #include "hashgrid_cuda.h"
@@ -11,6 +14,7 @@
 namespace {
 
 using hashgrid::kMaxDims;
+constexpr int kMaxFeat = 8;
 
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t load(const scalar_t* p) { return static_cast<acc_t>(*p); }
@@ -20,9 +24,9 @@ template <>
 __device__ __forceinline__ double load<__half, double>(const __half* p) { return static_cast<double>(__half2float(*p)); }
 
 // One thread per (point, level).
-template <typename scalar_t, typename table_t>
+template <int dims, typename scalar_t, typename table_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, const table_t* __restrict__ table, const int64_t* __restrict__ res,
-                               scalar_t* __restrict__ out, int64_t n, int dims, int64_t levels, int64_t size, int64_t feat) {
+                               scalar_t* __restrict__ out, int64_t n, int64_t levels, int64_t size, int64_t feat) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, l = blockIdx.y;
   if (i >= n) return;
   const int64_t* r = res + l * dims;
@@ -31,34 +35,45 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const table_t* __
   scalar_t frac[kMaxDims];
   bool inside[kMaxDims];
   hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
-  scalar_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  scalar_t acc[kMaxFeat] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll
   for (int k = 0; k < (1 << dims); ++k) {
     const scalar_t w = hashgrid::corner(k, cell, frac, dims, c);
     const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
-    for (int64_t f = 0; f < feat; ++f) acc[f] += w * load<table_t, scalar_t>(row + f);
+#pragma unroll
+    for (int f = 0; f < kMaxFeat; ++f)
+      if (f < feat) acc[f] += w * load<table_t, scalar_t>(row + f);
   }
   scalar_t* o = out + i * levels * feat + l * feat;
-  for (int64_t f = 0; f < feat; ++f) o[f] = acc[f];
+#pragma unroll
+  for (int f = 0; f < kMaxFeat; ++f)
+    if (f < feat) o[f] = acc[f];
 }
 
 // Adds w * g[0:feat] to a table row. sm_90 has 2-wide float atomics: half the operations.
 __device__ __forceinline__ void scatter_add(float* row, const float* g, float w, int64_t feat) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if ((feat & 1) == 0) {
-    for (int64_t f = 0; f < feat; f += 2) atomicAdd(reinterpret_cast<float2*>(row + f), make_float2(w * g[f], w * g[f + 1]));
+#pragma unroll
+    for (int f = 0; f < kMaxFeat; f += 2)
+      if (f < feat) atomicAdd(reinterpret_cast<float2*>(row + f), make_float2(w * g[f], w * g[f + 1]));
     return;
   }
 #endif
-  for (int64_t f = 0; f < feat; ++f) atomicAdd(row + f, w * g[f]);
+#pragma unroll
+  for (int f = 0; f < kMaxFeat; ++f)
+    if (f < feat) atomicAdd(row + f, w * g[f]);
 }
 __device__ __forceinline__ void scatter_add(double* row, const double* g, double w, int64_t feat) {
-  for (int64_t f = 0; f < feat; ++f) atomicAdd(row + f, w * g[f]);
+#pragma unroll
+  for (int f = 0; f < kMaxFeat; ++f)
+    if (f < feat) atomicAdd(row + f, w * g[f]);
 }
 
 // One thread per (point, level); scatter with atomics into an accumulator in scalar_t.
-template <typename scalar_t>
+template <int dims, typename scalar_t>
 __global__ void backward_table_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x, const int64_t* __restrict__ res,
-                                      scalar_t* __restrict__ gtable, int64_t n, int dims, int64_t levels, int64_t size, int64_t feat) {
+                                      scalar_t* __restrict__ gtable, int64_t n, int64_t levels, int64_t size, int64_t feat) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, l = blockIdx.y;
   if (i >= n) return;
   const int64_t* r = res + l * dims;
@@ -67,7 +82,10 @@ __global__ void backward_table_kernel(const scalar_t* __restrict__ grad, const s
   scalar_t frac[kMaxDims];
   bool inside[kMaxDims];
   hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
-  const scalar_t* g = grad + i * levels * feat + l * feat;
+  scalar_t g[kMaxFeat];
+#pragma unroll
+  for (int f = 0; f < kMaxFeat; ++f) g[f] = f < feat ? grad[i * levels * feat + l * feat + f] : scalar_t(0);
+#pragma unroll
   for (int k = 0; k < (1 << dims); ++k) {
     const scalar_t w = hashgrid::corner(k, cell, frac, dims, c);
     scatter_add(gtable + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat, g, w, feat);
@@ -75,9 +93,9 @@ __global__ void backward_table_kernel(const scalar_t* __restrict__ grad, const s
 }
 
 // One thread per point: sum over levels and corners of d(out)/d(x).
-template <typename scalar_t, typename table_t>
+template <int dims, typename scalar_t, typename table_t>
 __global__ void backward_input_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x, const table_t* __restrict__ table,
-                                      const int64_t* __restrict__ res, scalar_t* __restrict__ gx, int64_t n, int dims, int64_t levels,
+                                      const int64_t* __restrict__ res, scalar_t* __restrict__ gx, int64_t n, int64_t levels,
                                       int64_t size, int64_t feat) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
@@ -90,23 +108,42 @@ __global__ void backward_input_kernel(const scalar_t* __restrict__ grad, const s
     const bool dense = hashgrid::level_dense(r, dims, size);
     hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
     const scalar_t* g = grad + i * levels * feat + l * feat;
+#pragma unroll
     for (int k = 0; k < (1 << dims); ++k) {
+#pragma unroll
       for (int d = 0; d < dims; ++d) c[d] = cell[d] + ((k >> d) & 1);
       const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
       scalar_t dot = 0;
-      for (int64_t f = 0; f < feat; ++f) dot += g[f] * load<table_t, scalar_t>(row + f);
+#pragma unroll
+      for (int f = 0; f < kMaxFeat; ++f)
+        if (f < feat) dot += g[f] * load<table_t, scalar_t>(row + f);
+#pragma unroll
       for (int d = 0; d < dims; ++d) {
         if (!inside[d]) continue;
         acc[d] += dot * hashgrid::corner_weight_grad(k, d, frac, r, dims);
       }
     }
   }
+#pragma unroll
   for (int d = 0; d < dims; ++d) gx[i * dims + d] = acc[d];
 }
 
 constexpr int kThreads = 256;
 inline unsigned blocks(int64_t work) { return static_cast<unsigned>((work + kThreads - 1) / kThreads); }
 inline dim3 per_level(const hashgrid::Shape& s) { return dim3(blocks(s.n), static_cast<unsigned>(s.levels)); }
+
+// Calls launch(std::integral_constant<int, D>{}) for the runtime input dimension s.dims.
+template <typename F>
+cudaError_t with_dims(int dims, F&& launch) {
+  switch (dims) {
+    case 1: launch(std::integral_constant<int, 1>{}); break;
+    case 2: launch(std::integral_constant<int, 2>{}); break;
+    case 3: launch(std::integral_constant<int, 3>{}); break;
+    case 4: launch(std::integral_constant<int, 4>{}); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
 
 }  // namespace
 
@@ -115,23 +152,27 @@ namespace hashgrid {
 template <typename scalar_t, typename table_t>
 cudaError_t forward_cuda(const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* out, const Shape& s, cudaStream_t stream) {
   if (s.n == 0) return cudaSuccess;
-  forward_kernel<scalar_t, table_t><<<per_level(s), kThreads, 0, stream>>>(x, table, res, out, s.n, s.dims, s.levels, s.size, s.feat);
-  return cudaGetLastError();
+  return with_dims(s.dims, [&](auto d) {
+    forward_kernel<decltype(d)::value, scalar_t, table_t><<<per_level(s), kThreads, 0, stream>>>(x, table, res, out, s.n, s.levels, s.size, s.feat);
+  });
 }
 
 template <typename scalar_t>
 cudaError_t backward_table_cuda(const scalar_t* grad, const scalar_t* x, const int64_t* res, scalar_t* gtable, const Shape& s, cudaStream_t stream) {
   if (s.n == 0) return cudaSuccess;
-  backward_table_kernel<scalar_t><<<per_level(s), kThreads, 0, stream>>>(grad, x, res, gtable, s.n, s.dims, s.levels, s.size, s.feat);
-  return cudaGetLastError();
+  return with_dims(s.dims, [&](auto d) {
+    backward_table_kernel<decltype(d)::value, scalar_t><<<per_level(s), kThreads, 0, stream>>>(grad, x, res, gtable, s.n, s.levels, s.size, s.feat);
+  });
 }
 
 template <typename scalar_t, typename table_t>
 cudaError_t backward_input_cuda(const scalar_t* grad, const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* gx, const Shape& s,
                                 cudaStream_t stream) {
   if (s.n == 0) return cudaSuccess;
-  backward_input_kernel<scalar_t, table_t><<<blocks(s.n), kThreads, 0, stream>>>(grad, x, table, res, gx, s.n, s.dims, s.levels, s.size, s.feat);
-  return cudaGetLastError();
+  return with_dims(s.dims, [&](auto d) {
+    backward_input_kernel<decltype(d)::value, scalar_t, table_t><<<blocks(s.n), kThreads, 0, stream>>>(grad, x, table, res, gx, s.n, s.levels, s.size,
+                                                                                                        s.feat);
+  });
 }
 
 #define HG_INSTANTIATE(S, T)                                                                                         \
