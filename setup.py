@@ -28,6 +28,9 @@ def native_extensions() -> dict:
                                       include_dirs=wheel_cuda_includes(), extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]}))
     return {"ext_modules": exts, "cmdclass": {"build_ext": BuildExtension}}
 
+# `atlas edit --prompt`: Stable Diffusion pipelines, LoRA, annotators
+DIFFUSION = ["diffusers>=0.30", "transformers>=4.40", "peft>=0.10", "accelerate>=0.30", "controlnet_aux>=0.0.9"]
+
 setup(
     name="atlas-video",
     version="0.1.0",
@@ -50,8 +53,9 @@ setup(
         "OpenEXR",
     ],
     extras_require={
-        "test": ["pytest", "segment-anything"],
+        "test": ["pytest", "segment-anything", *DIFFUSION],
         "sam": ["segment-anything"],
+        "diffusion": DIFFUSION,
     },
     entry_points={"console_scripts": ["atlas=atlas.cli:main"]},
     **native_extensions(),

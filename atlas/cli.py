@@ -88,19 +88,57 @@ def cmd_edit(args: argparse.Namespace) -> int:
     frames = None
     if args.source:
         frames = read_video(args.source, frames=tuple(bundle.meta["source"]["frames"]), size=bundle.size).frames
-    result = edit(bundle, atlas=_pairs(args.atlas, "--atlas"), keyframes=_pairs(args.keyframe, "--keyframe", int),
-                  keyframe_masks=_pairs(args.keyframe_mask, "--keyframe-mask", int), prompt=args.prompt, method=args.method,
-                  mode=args.mode, frames=frames)
+    prompt, options = _prompt_options(args, bundle)
     out = Path(args.output)
     edits_dir = out.with_name(out.stem + "_atlas")
-    check_replaceable(edits_dir, r".+\.png")
+    keys_dir = out.with_name(out.stem + "_keyframes")
+    for folder in (edits_dir, keys_dir):  # before any generation: fail fast, not after minutes of sampling
+        check_replaceable(folder, r".+\.png")
+    result = edit(bundle, atlas=_pairs(args.atlas, "--atlas"), keyframes=_pairs(args.keyframe, "--keyframe", int),
+                  keyframe_masks=_pairs(args.keyframe_mask, "--keyframe-mask", int), prompt=prompt, method=args.method,
+                  mode=args.mode, frames=frames, **options)
     write_video(result.frames, out, fps=bundle.fps)
     with atomic_path(edits_dir, is_dir=True) as tmp:
         for name, edited in edited_textures(bundle, result.edits).items():
             write_png(tmp / f"{name}.png", np.concatenate([edited, bundle.textures[name][..., 3:]], axis=-1))
             write_png(tmp / f"{name}_edit.png", result.edits[name])
-    _say(args, f"wrote {out} ({bundle.num_frames} frames) and the edited atlases in {edits_dir}")
+    if result.keyframes:
+        with atomic_path(keys_dir, is_dir=True) as tmp:
+            for name, image in result.keyframes.items():
+                write_png(tmp / f"{name}.png", image)
+    extra = f" and the generated keyframes in {keys_dir}" if result.keyframes else ""
+    _say(args, f"wrote {out} ({bundle.num_frames} frames), the edited atlases in {edits_dir}{extra}")
     return 0
+
+
+PROMPT_OPTIONS = ("model", "controlnet", "annotator", "annotator_weights", "strength", "steps", "guidance", "seed", "negative_prompt",
+                  "resolution", "region_mask", "sam_checkpoint", "sam_prompt", "keyframe_stride", "max_keyframes", "lora_steps",
+                  "source_prompt")
+
+
+def _prompt_options(args: argparse.Namespace, bundle) -> tuple[str | dict[str, str] | None, dict]:
+    """The prompt (a dict when --background-prompt adds a second layer) and editor options."""
+    given = {k: getattr(args, k) for k in PROMPT_OPTIONS if getattr(args, k) is not None}
+    runtime = {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k) is not None}
+    runtime.update({k: True for k in ("attention_slicing", "vae_tiling", "cpu_offload") if getattr(args, k)})
+    if not args.prompt:
+        if args.background_prompt:
+            raise AtlasInputError("--background-prompt goes with --prompt (the edit of the --layer)")
+        if given or runtime or args.layer:
+            raise AtlasInputError("--model, --strength and the other diffusion options need --prompt")
+        return None, {}
+    from editing import default_layer
+    from editing.models import Runtime
+
+    prompt: str | dict[str, str] = args.prompt
+    if args.background_prompt:
+        layer = args.layer or default_layer(bundle)
+        if layer == "background":
+            raise AtlasInputError("--background-prompt needs --prompt to edit a foreground layer")
+        prompt = {layer: args.prompt, "background": args.background_prompt}
+    elif args.layer:
+        given["layer"] = args.layer
+    return prompt, {**given, "runtime": Runtime(quiet=args.quiet, **runtime)}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -176,8 +214,34 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--atlas", action="append", metavar="LAYER=IMAGE", help="edited atlas image for a layer (repeatable)")
     ed.add_argument("--keyframe", action="append", metavar="INDEX=IMAGE", help="edited frame (repeatable)")
     ed.add_argument("--keyframe-mask", action="append", metavar="INDEX=MASK", help="what changed in that keyframe (white = edited)")
-    ed.add_argument("--prompt", help="text prompt for a diffusion editor (not implemented yet)")
-    ed.add_argument("--method", choices=["videdit", "diffusion-atlas", "stablevideo"])
+    d_ = ed.add_argument_group("prompt edits (Stable Diffusion; see README §Diffusion models)")
+    d_.add_argument("--prompt", help="text prompt: what the edited layer should become")
+    d_.add_argument("--method", choices=["videdit", "diffusion-atlas", "stablevideo"],
+                    help="videdit: atlas region; diffusion-atlas: adapted model + DDIM inversion; stablevideo: keyframes fused into the atlas")
+    d_.add_argument("--layer", help="layer the prompt edits (default: the first foreground, else the background)")
+    d_.add_argument("--background-prompt", help="also edit the background with its own prompt")
+    d_.add_argument("--model", help="Stable Diffusion 1.5-family model: folder, .safetensors or cached hub id (default: $ATLAS_SD_MODEL or stable-diffusion-v1-5/stable-diffusion-v1-5)")
+    d_.add_argument("--controlnet", help="ControlNet folder/file/id, 'auto' (default: $ATLAS_CONTROLNET or the annotator's) or 'none'")
+    d_.add_argument("--annotator", choices=["canny", "hed"], help="structure the ControlNet follows (default canny: needs no weights)")
+    d_.add_argument("--annotator-weights", help="HED weights (ControlNetHED.pth) for --annotator hed")
+    d_.add_argument("--strength", type=float, help="how far from the source to go, 0..1 (default 0.75)")
+    d_.add_argument("--steps", type=int, help="denoising steps (default 30)")
+    d_.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5)")
+    d_.add_argument("--seed", type=int, help="random seed (default 0): same seed, same result")
+    d_.add_argument("--negative-prompt")
+    d_.add_argument("--resolution", type=int, help="long side the model works at (default 512)")
+    d_.add_argument("--region-mask", help="videdit/diffusion-atlas: atlas-sized mask of the region to edit (default: the layer's coverage)")
+    d_.add_argument("--sam-checkpoint", help="videdit: pick the region with SAM on the atlas")
+    d_.add_argument("--sam-prompt", help="videdit: SAM prompt on the atlas, x,y or x0,y0,x1,y1 (atlas pixels)")
+    d_.add_argument("--keyframe-stride", type=int, help="stablevideo: a keyframe every N frames (default: chosen by atlas coverage)")
+    d_.add_argument("--max-keyframes", type=int, help="stablevideo: at most this many keyframes (default 8)")
+    d_.add_argument("--lora-steps", type=int, help="diffusion-atlas: LoRA steps on the atlas (default 200; 0 skips)")
+    d_.add_argument("--source-prompt", help="diffusion-atlas: prompt describing the source, used for inversion (default empty)")
+    d_.add_argument("--device", help="auto (default), cpu or cuda")
+    d_.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], help="default: fp16 on a GPU, fp32 on the CPU")
+    d_.add_argument("--attention-slicing", action="store_true", help="less VRAM, a little slower")
+    d_.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles")
+    d_.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until they run (GPU only; least VRAM)")
     ed.add_argument("--mode", choices=["overlay", "replace"], default="overlay",
                     help="overlay: edit over the source frames (default); replace: re-render from edited atlases")
     ed.add_argument("--source", help="source video to edit (default: the fitted source, re-read from disk)")

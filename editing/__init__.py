@@ -1,11 +1,13 @@
 """Editors that change atlases or keyframes; `edit` turns their output into a video.
 
-Hand edits (`manual`) are implemented. Diffusion editors (VidEdit, DiffusionAtlas,
-StableVideo) are not yet: asking for them raises a clear error.
+Hand edits: `manual`. Text-prompt editors on Stable Diffusion (`models` loads them
+offline): `videdit` (atlas region), `diffusion_atlas` (atlas, adapted model + inversion),
+`stablevideo` (keyframes fused into the atlas).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,13 +22,19 @@ METHODS = ("videdit", "diffusion-atlas", "stablevideo")
 class EditResult:
     frames: torch.Tensor  # [T, H, W, 3] edited video
     edits: dict[str, np.ndarray]  # {layer: RGBA [h, w, 4]} the edit on each atlas
+    keyframes: dict[str, np.ndarray] = field(default_factory=dict)  # {"<layer>_<frame>": [H, W, 3]} generated keyframes
 
 
 def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None = None, keyframe_masks: dict | None = None,
-         prompt: str | None = None, method: str | None = None, mode: str = "overlay", frames: torch.Tensor | None = None) -> EditResult:
-    """Apply an atlas edit, keyframe edits, or (not yet) a text prompt; see DESIGN.md §Edits.
+         prompt: str | dict[str, str] | None = None, method: str | None = None, mode: str = "overlay",
+         frames: torch.Tensor | None = None, layer: str | None = None, **options) -> EditResult:
+    """Apply an atlas edit, keyframe edits, or a text prompt; see DESIGN.md §Edits.
 
-    `frames` are the source frames to edit (default: the bundle's reconstruction).
+    `frames` are the source frames to edit (default: the fitted source). A prompt is a
+    string for `layer` (default: the first foreground, else the background) or a dict
+    {layer: prompt} to edit layers separately. `options` are PromptEdit fields (model,
+    controlnet, strength, steps, guidance, seed, negative_prompt, runtime, ...) and the
+    method's own (see videdit, diffusion_atlas, stablevideo).
     """
     from propagation.render import iter_overlay, iter_replace, source_frames
 
@@ -35,19 +43,69 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
     given = [x for x in (atlas, keyframes, prompt) if x]
     if len(given) != 1:
         raise AtlasInputError("give exactly one kind of edit: atlas images, keyframes, or a prompt")
-    if prompt:
-        if method not in METHODS:
-            raise AtlasInputError(f"--prompt needs --method {'|'.join(METHODS)}")
-        raise AtlasInputError(f"the {method} diffusion editor is not implemented yet; use --atlas or --keyframe edits")
     if mode not in ("overlay", "replace"):
         raise AtlasInputError(f"mode must be overlay or replace, got {mode!r}")
     src = source_frames(bundle, frames)
-    edits = atlas_edits(bundle, atlas) if atlas else keyframe_edits(bundle, src, keyframes, keyframe_masks)
+    generated: dict[str, np.ndarray] = {}
+    if prompt:
+        edits, generated = prompt_edits(bundle, src, prompt, method, layer, options)
+    elif options:
+        raise AtlasInputError(f"options {', '.join(sorted(options))} only apply to --prompt edits")
+    else:
+        edits = atlas_edits(bundle, atlas) if atlas else keyframe_edits(bundle, src, keyframes, keyframe_masks)
     if mode == "overlay":
         out = list(iter_overlay(bundle, edits, src))
     else:
         out = list(iter_replace(bundle, edited_textures(bundle, edits), src))
-    return EditResult(torch.stack(out), edits)
+    return EditResult(torch.stack(out), edits, generated)
+
+
+def default_layer(bundle: AtlasBundle) -> str:
+    return bundle.layer_names[1] if len(bundle.layer_names) > 1 else bundle.layer_names[0]
+
+
+def prompt_edits(bundle: AtlasBundle, source: torch.Tensor, prompt: str | dict[str, str], method: str | None, layer: str | None,
+                 options: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """({layer: RGBA edit}, {"<layer>_<frame>": generated keyframe}) from a diffusion editor."""
+    from .diffuse import PromptEdit
+
+    if method not in METHODS:
+        raise AtlasInputError(f"--prompt needs --method {'|'.join(METHODS)}")
+    prompts = dict(prompt) if isinstance(prompt, dict) else {layer or default_layer(bundle): prompt}
+    for name in prompts:
+        if name not in bundle.layer_names:
+            raise AtlasInputError(f"no layer {name!r} to edit; layers: {', '.join(bundle.layer_names)}")
+    fields = {f.name for f in dataclasses.fields(PromptEdit)} - {"prompt"}
+    common = {k: v for k, v in options.items() if k in fields and v is not None}
+    extra = {k: v for k, v in options.items() if k not in fields and v is not None}
+    settings = {name: PromptEdit(prompt=text, **common) for name, text in prompts.items()}
+    if method == "videdit":
+        from .videdit import videdit
+
+        edits: dict[str, np.ndarray] = {}
+        for name, s in settings.items():
+            edits.update(_call(videdit, bundle, s, name, **extra))
+        return edits, {}
+    if method == "diffusion-atlas":
+        from .diffusion_atlas import diffusion_atlas
+
+        edits = {}
+        for name, s in settings.items():
+            edits.update(_call(diffusion_atlas, bundle, s, name, **extra))
+        return edits, {}
+    from .stablevideo import stablevideo
+
+    return _call(stablevideo, bundle, source, settings, **extra)
+
+
+def _call(fn, *args, **extra):
+    """fn(*args, **extra), with a one-line error for options the method does not take."""
+    import inspect
+
+    unknown = set(extra) - set(inspect.signature(fn).parameters)
+    if unknown:
+        raise AtlasInputError(f"{fn.__name__} does not take option(s) {', '.join(sorted(unknown))}")
+    return fn(*args, **extra)
 
 
 def edited_textures(bundle: AtlasBundle, edits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

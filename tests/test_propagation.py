@@ -78,7 +78,9 @@ def test_sample_convention():
         (lambda b: {"keyframes": {99: np.zeros((60, 80, 3), np.float32)}}, "out of range"),
         (lambda b: {"keyframes": {0: np.zeros((10, 10, 3), np.float32)}}, "fitted frames are 80x60"),
         (lambda b: {"keyframes": {0: np.zeros((60, 80, 3), np.float32)}, "keyframe_masks": {1: np.ones((60, 80))}}, "without a --keyframe"),
-        (lambda b: {"prompt": "origami", "method": "stablevideo"}, "not implemented yet"),
+        (lambda b: {"prompt": "origami", "method": "warp"}, "needs --method"),
+        (lambda b: {"prompt": "origami", "method": "videdit", "layer": "sky"}, "no layer .sky."),
+        (lambda b: {"atlas": {"background": b.textures["background"]}, "strength": 0.5}, "only apply to --prompt"),
         (lambda b: {}, "exactly one kind"),
     ],
 )

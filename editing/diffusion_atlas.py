@@ -1,0 +1,122 @@
+"""DiffusionAtlas-style editing: adapt Stable Diffusion to this video's atlas, invert the
+atlas with DDIM, and regenerate it with the target prompt.
+
+1. LoRA fine-tune of the UNet's attention projections (peft) on random crops of the layer's
+   atlas, so the model's prior matches the atlas's look (its textures, its distortions);
+2. DDIM inversion (DDIMInverseScheduler) of the region's crop under the source prompt, up
+   to `strength` of the schedule;
+3. DDIM sampling back down from the inverted latents under the target prompt with
+   classifier-free guidance; the result is pasted into the region with a feather.
+
+The LoRA is removed afterwards, so later edits in the process see the original model.
+Not done: re-fitting the foreground mapping and opacity to the edited atlas, so an edit
+that changes the object's silhouette is clipped to the fitted opacity.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from atlas.bundle import AtlasBundle
+
+from .diffuse import PromptEdit, resize, working_size
+from .models import load_pipeline
+from .regions import atlas_region, bounding_box, feather, paste
+
+ADAPTER = "atlas_lora"
+
+
+def _to_latents(pipe, images: np.ndarray, sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[B, H, W, 3] float images -> scaled VAE latents."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(pipe.device, pipe.vae.dtype) * 2 - 1
+    dist = pipe.vae.encode(x).latent_dist
+    z = dist.sample(generator) if sample else dist.mean
+    return z * pipe.vae.config.scaling_factor
+
+
+def _from_latents(pipe, z: torch.Tensor) -> np.ndarray:
+    x = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
+    return ((x.float() + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+
+
+def adapt_lora(pipe, atlas: np.ndarray, size: tuple[int, int], prompt_embeds: torch.Tensor, steps: int, rank: int, seed: int,
+               quiet: bool) -> None:
+    """Add a LoRA adapter to pipe.unet and train it on random crops of `atlas` (RGB)."""
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    torch.manual_seed(seed)
+    unet = pipe.unet
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name=ADAPTER)
+    cast_training_params(unet, dtype=torch.float32)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+    h, w = atlas.shape[:2]
+    ch, cw = min(h, max(size[1], h // 2)), min(w, max(size[0], w // 2))
+    sched = pipe.scheduler
+    unet.train()
+    for _ in tqdm(range(steps), desc="LoRA on the atlas", disable=quiet, leave=False):
+        y0 = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+        x0 = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+        crop = resize(np.ascontiguousarray(atlas[y0 : y0 + ch, x0 : x0 + cw]), size)
+        with torch.no_grad():
+            z = _to_latents(pipe, crop[None], sample=True, generator=gen)
+        noise = torch.randn(z.shape, generator=gen).to(z)
+        t = torch.randint(0, sched.config.num_train_timesteps, (1,), generator=gen).to(z.device)
+        with torch.autocast(z.device.type, enabled=z.device.type == "cuda"):
+            pred = unet(sched.add_noise(z, noise, t), t, encoder_hidden_states=prompt_embeds).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    unet.eval()
+
+
+@torch.no_grad()
+def invert_and_regenerate(pipe, z: torch.Tensor, edit: PromptEdit, source_embeds: torch.Tensor, quiet: bool) -> torch.Tensor:
+    """Latents DDIM-inverted to `edit.strength` of the schedule under the source prompt, then
+    sampled back down under the target prompt with classifier-free guidance."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    forward = DDIMScheduler.from_config(pipe.scheduler.config)
+    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
+    forward.set_timesteps(edit.steps, device=pipe.device)
+    inverse.set_timesteps(edit.steps, device=pipe.device)
+    depth = max(1, int(round(edit.steps * edit.strength)))
+    for t in tqdm(inverse.timesteps[:depth], desc="DDIM inversion", disable=quiet, leave=False):
+        z = inverse.step(pipe.unet(z, t, encoder_hidden_states=source_embeds).sample, t, z).prev_sample
+    cond, uncond = pipe.encode_prompt(edit.prompt, pipe.device, 1, True, edit.negative_prompt or None)
+    embeds = torch.cat([uncond, cond])
+    for t in tqdm(forward.timesteps[-depth:], desc="DDIM sampling", disable=quiet, leave=False):
+        noise_uncond, noise_cond = pipe.unet(torch.cat([z, z]), t, encoder_hidden_states=embeds).sample.chunk(2)
+        z = forward.step(noise_uncond + edit.guidance * (noise_cond - noise_uncond), t, z).prev_sample
+    return z
+
+
+def diffusion_atlas(bundle: AtlasBundle, edit: PromptEdit, layer: str, region_mask=None, source_prompt: str = "",
+                    lora_steps: int = 200, lora_rank: int = 4) -> dict[str, np.ndarray]:
+    """{layer: RGBA edit} for one layer's atlas."""
+    region = atlas_region(bundle, layer, region_mask)
+    tex = bundle.textures[layer]
+    extent = max(region.shape)
+    box = bounding_box(region, margin=max(4, extent // 32))
+    x0, y0, x1, y1 = box
+    crop = np.ascontiguousarray(tex[y0:y1, x0:x1, :3])
+    size = working_size(x1 - x0, y1 - y0, edit.resolution)
+    pipe = load_pipeline("txt2img", edit.model, None, edit.runtime)
+    quiet = edit.runtime.quiet
+    try:
+        with torch.no_grad():
+            source_embeds = pipe.encode_prompt(source_prompt, pipe.device, 1, False)[0]
+        if lora_steps > 0:
+            adapt_lora(pipe, np.ascontiguousarray(tex[..., :3]), size, source_embeds, lora_steps, lora_rank, edit.seed, quiet)
+        with torch.no_grad():
+            z = invert_and_regenerate(pipe, _to_latents(pipe, resize(crop, size)[None], sample=False), edit, source_embeds, quiet)
+            out = _from_latents(pipe, z)
+    finally:
+        if ADAPTER in getattr(pipe.unet, "peft_config", {}):
+            pipe.unet.delete_adapters(ADAPTER)
+    return {layer: paste(region.shape, resize(out, (x1 - x0, y1 - y0)), box, feather(region, radius=max(1, extent // 128)))}
