@@ -102,14 +102,14 @@ class AtlasBundle:
         return torch.stack([self.frame_maps(t).rgb.clamp(0, 1) for t in range(self.num_frames)])
 
     def edit(self, atlas: dict | None = None, keyframes: dict | None = None, keyframe_masks: dict | None = None,
-             prompt: str | None = None, method: str | None = None, mode: str = "overlay",
-             frames: torch.Tensor | None = None) -> torch.Tensor:
-        """Edited video [T, H, W, 3]; see :func:`editing.edit` (imported lazily: `atlas`
-        itself does not depend on the editors)."""
+             prompt: str | dict[str, str] | None = None, method: str | None = None, mode: str = "overlay",
+             frames: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+        """Edited video [T, H, W, 3]; see :func:`editing.edit` for prompt `options` (imported
+        lazily: `atlas` itself does not depend on the editors)."""
         from editing import edit
 
         return edit(self, atlas=atlas, keyframes=keyframes, keyframe_masks=keyframe_masks, prompt=prompt,
-                    method=method, mode=mode, frames=frames).frames
+                    method=method, mode=mode, frames=frames, **options).frames
 
     def info(self) -> dict[str, Any]:
         """Summary for `atlas info`."""

@@ -3,11 +3,14 @@
     python bench/editing_bench.py                         # tiny random models, CPU (what CI-like machines can run)
     python bench/editing_bench.py --model PATH_OR_ID --controlnet PATH_OR_ID \\
         --resolution 512 --steps 30 --clip ../shared/data/davis/blackswan --frames 70   # real SD 1.5 on a GPU
+    python bench/editing_bench.py --random-sd15 --resolution 512 --steps 30 --frames 70   # SD 1.5's cost, no weights
 
-Without --model it builds tiny randomly initialised Stable Diffusion parts (as the tests
-do), so times measure our code and the pipeline plumbing, not a real model. Peak memory is
-the GPU's peak allocation when the editors run on CUDA, else the rise in process RSS.
-The fit (preset fast, --fit-iters) is not part of the timed edit.
+Without --model it builds randomly initialised Stable Diffusion parts as the tests do:
+tiny ones by default (times then measure our code and the pipeline plumbing), or with
+--random-sd15 ones with SD 1.5's and ControlNet 1.0's exact architecture, whose time and
+memory are a real model's (their images are noise). Peak memory is the GPU's peak
+allocation when the editors run on CUDA, else the process's peak RSS. The fit (preset
+fast, --fit-iters) is not part of the timed edit.
 """
 from __future__ import annotations
 
@@ -52,14 +55,15 @@ class PeakRSS:
         self.thread.join()
 
     @property
-    def rise_mb(self) -> float:
-        return max(0, self.peak - self.start) / 2**20
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="Stable Diffusion 1.5 folder/file/cached id (default: tiny random models)")
     p.add_argument("--controlnet", help="ControlNet (canny) for videdit/stablevideo (default: tiny random, or none with --model)")
+    p.add_argument("--random-sd15", action="store_true", help="random weights in SD 1.5's architecture instead of tiny models")
     p.add_argument("--clip", help="video or frame folder (default: a synthetic clip)")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", default="160x120", help="fitted frame size WxH")
@@ -67,6 +71,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--lora-steps", type=int, default=20)
     p.add_argument("--fit-iters", type=int, default=300)
+    p.add_argument("--fit-device", default="auto", help="device for the (untimed) fit")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     a = p.parse_args()
 
@@ -75,20 +80,21 @@ def main() -> int:
         if a.model:
             models = {"model": a.model, "controlnet": a.controlnet or "none"}
         else:
-            from tiny_diffusion import save_tiny_controlnet, save_tiny_sd
+            from tiny_diffusion import SD15, TINY, save_controlnet, save_sd
 
-            models = {"model": str(save_tiny_sd(Path(tmp) / "sd")), "controlnet": str(save_tiny_controlnet(Path(tmp) / "cn"))}
+            shapes = SD15 if a.random_sd15 else TINY
+            models = {"model": str(save_sd(Path(tmp) / "sd", shapes)), "controlnet": str(save_controlnet(Path(tmp) / "cn", shapes))}
         if a.clip:
             video = read_video(a.clip, frames=(0, a.frames), size=(w, h))
         else:
             clip = make_clip(num_frames=a.frames, width=w, height=h)
             video = Video(clip.frames, clip.fps, "synthetic", (0, a.frames))
         t0 = time.perf_counter()
-        bundle = atlas.fit(video, Path(tmp) / "b", "fast", iters=a.fit_iters, quiet=True)
+        bundle = atlas.fit(video, Path(tmp) / "b", "fast", iters=a.fit_iters, quiet=True, device=a.fit_device)
         print(f"fit: {video.frames.shape[0]} frames {w}x{h}, {a.fit_iters} iterations, {time.perf_counter() - t0:.1f} s")
         cuda = torch.cuda.is_available()
         print(f"editors on {'GPU ' + torch.cuda.get_device_name() if cuda else 'CPU'}, "
-              f"{'real model ' + a.model if a.model else 'tiny random models'}, {a.resolution}px, {a.steps} steps\n")
+              f"{a.model or ('random SD 1.5-shaped models' if a.random_sd15 else 'tiny random models')}, {a.resolution}px, {a.steps} steps\n")
         print(f"{'method':<16} {'time s':>8} {'peak MB':>9} {'memory':<8} {'keyframes':>9}")
         for method in a.methods:
             extra = {"lora_steps": a.lora_steps} if method == "diffusion-atlas" else {}
@@ -105,7 +111,7 @@ def main() -> int:
                 if cuda:
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
-            peak, kind = (torch.cuda.max_memory_allocated() / 2**20, "VRAM") if cuda else (rss.rise_mb, "RSS rise")
+            peak, kind = (torch.cuda.max_memory_allocated() / 2**20, "VRAM") if cuda else (rss.peak_mb, "RSS")
             print(f"{method:<16} {dt:>8.2f} {peak:>9.0f} {kind:<8} {len(out.keyframes):>9}", flush=True)
         release_models()
     return 0

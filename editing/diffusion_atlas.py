@@ -51,6 +51,8 @@ def adapt_lora(pipe, atlas: np.ndarray, size: tuple[int, int], prompt_embeds: to
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name=ADAPTER)
     cast_training_params(unet, dtype=torch.float32)
+    if unet.device.type == "cuda":
+        unet.enable_gradient_checkpointing()  # SD 1.5 at 512 px: activations dominate VRAM
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     gen = torch.Generator().manual_seed(seed)
@@ -73,6 +75,8 @@ def adapt_lora(pipe, atlas: np.ndarray, size: tuple[int, int], prompt_embeds: to
         loss.backward()
         opt.step()
     unet.eval()
+    if unet.device.type == "cuda":
+        unet.disable_gradient_checkpointing()
 
 
 @torch.no_grad()

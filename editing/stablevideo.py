@@ -81,13 +81,13 @@ def _stack(partials: list[np.ndarray]) -> torch.Tensor:
 
 
 def train_aggregation(source_partials: list[np.ndarray], target: np.ndarray, mask: np.ndarray, steps: int, seed: int,
-                      crop: int = 128) -> AggregationNet:
+                      crop: int = 128, device: torch.device | str = "cpu") -> AggregationNet:
     """Fit the network to map source partial atlases to the source atlas on `mask` texels."""
     torch.manual_seed(seed)
-    net = AggregationNet(len(source_partials))
-    x = _stack(source_partials)
-    y = torch.from_numpy(target[..., :3]).permute(2, 0, 1)[None].float()
-    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    net = AggregationNet(len(source_partials)).to(device)
+    x = _stack(source_partials).to(device)
+    y = torch.from_numpy(target[..., :3]).permute(2, 0, 1)[None].float().to(device)
+    m = torch.from_numpy(mask.astype(np.float32))[None, None].to(device)
     h, w = target.shape[:2]
     ch, cw = min(crop, h), min(crop, w)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
@@ -140,8 +140,9 @@ def stablevideo(bundle: AtlasBundle, source: torch.Tensor, settings: dict[str, P
             fresh = (part[..., 3:] > 0) & (union[..., 3:] == 0)
             union = np.where(fresh, part, union)
         covered = union[..., 3] > 0
-        net = train_aggregation(source_parts, tex, covered & (tex[..., 3] > 0.5), fusion_steps, edit.seed)
+        device = edit.runtime.torch_device
+        net = train_aggregation(source_parts, tex, covered & (tex[..., 3] > 0.5), fusion_steps, edit.seed, device=device)
         with torch.no_grad():
-            fused = net(_stack(edited_parts))[0].permute(1, 2, 0).numpy()
+            fused = net(_stack(edited_parts).to(device))[0].permute(1, 2, 0).cpu().numpy()
         edits[name] = np.concatenate([fused, covered[..., None].astype(np.float32)], axis=-1)
     return edits, generated
