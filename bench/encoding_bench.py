@@ -2,7 +2,8 @@
 
     python bench/encoding_bench.py [--sizes 14 16 18 20] [--repeat 3] [--fit-iters 40] [--devices cpu cuda]
 
-Table: L=16 levels, F=2 features, T=19 (2^19 entries per level), 2-D and 3-D inputs,
+Table: L=16 levels, F=2 features, T=19 (2^19 entries per level), 2-D and 3-D inputs, fp32
+and (native backends) fp16 table storage,
 forward alone and forward+backward (table and input gradients), for every backend that
 loads here (torch reference, cpu, cuda). Best of --repeat runs after one warm-up.
 """
@@ -46,10 +47,13 @@ def timed(fn, device: torch.device, repeat: int) -> float:
 
 
 def encoding_table(sizes: list[int], repeat: int, max_torch_cpu: int, devices: list[str]) -> None:
-    print(f"{'backend':<8} {'device':<6} {'dims':>4} {'points':>8} {'fwd ms':>9} {'fwd pts/s':>11} {'fwd+bwd ms':>11} {'f+b pts/s':>11}")
-    for name, dev in backends(devices):
+    print(f"{'backend':<8} {'device':<6} {'table':<5} {'dims':>4} {'points':>8} {'fwd ms':>9} {'fwd pts/s':>11} {'fwd+bwd ms':>11} {'f+b pts/s':>11}")
+    rows = [(name, dev, table) for name, dev in backends(devices) for table in (("fp32", "fp16") if name != "torch" else ("fp32",))]
+    for name, dev, table in rows:
         for dims in (2, 3):
             grid = HashGrid(dims, 16, 2, 19, base=16, finest=2048 if dims == 2 else 512, backend=name).to(dev)
+            if table == "fp16":  # fp16 table storage, fp32 math
+                grid.table.data = grid.table.data.half()
             for log_n in sizes:
                 n = 2**log_n
                 if name == "torch" and dev.type == "cpu" and log_n > max_torch_cpu:
@@ -66,7 +70,7 @@ def encoding_table(sizes: list[int], repeat: int, max_torch_cpu: int, devices: l
                     grid(x).sum().backward()
 
                 tf, tb = timed(fwd, dev, repeat), timed(fwd_bwd, dev, repeat)
-                print(f"{name:<8} {dev.type:<6} {dims:>4} {'2^' + str(log_n):>8} {tf * 1e3:>9.2f} {n / tf:>11.3g} {tb * 1e3:>11.2f} {n / tb:>11.3g}", flush=True)
+                print(f"{name:<8} {dev.type:<6} {table:<5} {dims:>4} {'2^' + str(log_n):>8} {tf * 1e3:>9.2f} {n / tf:>11.3g} {tb * 1e3:>11.2f} {n / tb:>11.3g}", flush=True)
 
 
 def fit_table(iters: int, devices: list[str]) -> None:

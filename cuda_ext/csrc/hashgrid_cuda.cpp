@@ -58,7 +58,7 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
       gtable = acc.to(table.scalar_type());
     }
     if (need_input) {
-      gx = torch::empty_like(x);
+      gx = torch::zeros_like(x);  // the kernel adds each level's share
       if (table.scalar_type() == torch::kHalf) {
         check(hashgrid::backward_input_cuda<scalar_t, __half>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                                                               reinterpret_cast<const __half*>(table.data_ptr<at::Half>()),
