@@ -99,8 +99,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
                   mode=args.mode, frames=frames, **options)
     write_video(result.frames, out, fps=bundle.fps)
     with atomic_path(edits_dir, is_dir=True) as tmp:
-        for name, edited in edited_textures(bundle, result.edits).items():
-            write_png(tmp / f"{name}.png", np.concatenate([edited, bundle.textures[name][..., 3:]], axis=-1))
+        rendered = result.bundle or bundle  # its atlas alpha follows a re-fitted silhouette
+        for name, edited in edited_textures(rendered, result.edits).items():
+            write_png(tmp / f"{name}.png", np.concatenate([edited, rendered.textures[name][..., 3:]], axis=-1))
             write_png(tmp / f"{name}_edit.png", result.edits[name])
     if result.keyframes:
         with atomic_path(keys_dir, is_dir=True) as tmp:
@@ -113,7 +114,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 PROMPT_OPTIONS = ("model", "controlnet", "annotator", "annotator_weights", "strength", "steps", "guidance", "seed", "negative_prompt",
                   "resolution", "region_mask", "sam_checkpoint", "sam_prompt", "keyframe_stride", "max_keyframes", "lora_steps",
-                  "source_prompt")
+                  "source_prompt", "shape_mask", "refit_steps")
 
 
 def _prompt_options(args: argparse.Namespace, bundle) -> tuple[str | dict[str, str] | None, dict]:
@@ -231,12 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     d_.add_argument("--negative-prompt")
     d_.add_argument("--resolution", type=int, help="long side the model works at (default 512)")
     d_.add_argument("--region-mask", help="videdit/diffusion-atlas: atlas-sized mask of the region to edit (default: the layer's coverage)")
-    d_.add_argument("--sam-checkpoint", help="videdit: pick the region with SAM on the atlas")
+    d_.add_argument("--sam-checkpoint", help="videdit: pick the region with SAM on the atlas; "
+                    "diffusion-atlas: find the edited object's new silhouette with SAM and re-fit the opacity to it")
     d_.add_argument("--sam-prompt", help="videdit: SAM prompt on the atlas, x,y or x0,y0,x1,y1 (atlas pixels)")
     d_.add_argument("--keyframe-stride", type=int, help="stablevideo: a keyframe every N frames (default: chosen by atlas coverage)")
     d_.add_argument("--max-keyframes", type=int, help="stablevideo: at most this many keyframes (default 8)")
     d_.add_argument("--lora-steps", type=int, help="diffusion-atlas: LoRA steps on the atlas (default 200; 0 skips)")
     d_.add_argument("--source-prompt", help="diffusion-atlas: prompt describing the source, used for inversion (default empty)")
+    d_.add_argument("--shape-mask", help="diffusion-atlas: atlas-sized mask of the edited object's silhouette; its opacity is re-fitted to it")
+    d_.add_argument("--refit-steps", type=int, help="diffusion-atlas: opacity re-fit steps (default 300)")
     d_.add_argument("--device", help="auto (default), cpu or cuda")
     d_.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], help="default: fp16 on a GPU, fp32 on the CPU")
     d_.add_argument("--attention-slicing", action="store_true", help="less VRAM, a little slower")

@@ -23,6 +23,7 @@ class EditResult:
     frames: torch.Tensor  # [T, H, W, 3] edited video
     edits: dict[str, np.ndarray]  # {layer: RGBA [h, w, 4]} the edit on each atlas
     keyframes: dict[str, np.ndarray] = field(default_factory=dict)  # {"<layer>_<frame>": [H, W, 3]} generated keyframes
+    bundle: AtlasBundle | None = None  # what was rendered: the input, or DiffusionAtlas's copy with re-fitted opacity
 
 
 def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None = None, keyframe_masks: dict | None = None,
@@ -48,7 +49,7 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
     src = source_frames(bundle, frames)
     generated: dict[str, np.ndarray] = {}
     if prompt:
-        edits, generated = prompt_edits(bundle, src, prompt, method, layer, options)
+        edits, generated, bundle = prompt_edits(bundle, src, prompt, method, layer, options)
     elif options:
         raise AtlasInputError(f"options {', '.join(sorted(options))} only apply to --prompt edits")
     else:
@@ -57,7 +58,7 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
         out = list(iter_overlay(bundle, edits, src))
     else:
         out = list(iter_replace(bundle, edited_textures(bundle, edits), src))
-    return EditResult(torch.stack(out), edits, generated)
+    return EditResult(torch.stack(out), edits, generated, bundle)
 
 
 def default_layer(bundle: AtlasBundle) -> str:
@@ -65,8 +66,9 @@ def default_layer(bundle: AtlasBundle) -> str:
 
 
 def prompt_edits(bundle: AtlasBundle, source: torch.Tensor, prompt: str | dict[str, str], method: str | None, layer: str | None,
-                 options: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """({layer: RGBA edit}, {"<layer>_<frame>": generated keyframe}) from a diffusion editor."""
+                 options: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], AtlasBundle]:
+    """({layer: RGBA edit}, {"<layer>_<frame>": generated keyframe}, the bundle to render
+    with: DiffusionAtlas may re-fit opacity to an edited silhouette) from a diffusion editor."""
     from .diffuse import PromptEdit
 
     if method not in METHODS:
@@ -85,17 +87,18 @@ def prompt_edits(bundle: AtlasBundle, source: torch.Tensor, prompt: str | dict[s
         edits: dict[str, np.ndarray] = {}
         for name, s in settings.items():
             edits.update(_call(videdit, bundle, s, name, **extra))
-        return edits, {}
+        return edits, {}, bundle
     if method == "diffusion-atlas":
         from .diffusion_atlas import diffusion_atlas
 
         edits = {}
         for name, s in settings.items():
-            edits.update(_call(diffusion_atlas, bundle, s, name, **extra))
-        return edits, {}
+            layer_edit, bundle = _call(diffusion_atlas, bundle, s, name, **extra)
+            edits.update(layer_edit)
+        return edits, {}, bundle
     from .stablevideo import stablevideo
 
-    return _call(stablevideo, bundle, source, settings, **extra)
+    return (*_call(stablevideo, bundle, source, settings, **extra), bundle)
 
 
 def _call(fn, *args, **extra):

@@ -8,9 +8,11 @@ atlas with DDIM, and regenerate it with the target prompt.
 3. DDIM sampling back down from the inverted latents under the target prompt with
    classifier-free guidance; the result is pasted into the region with a feather.
 
+4. with the edited object's silhouette (`shape_mask`, or SAM on the edited atlas), the
+   layer's opacity is re-fitted to it (editing.refit), so a grown or shrunk object shows
+   in every frame; without one the edit is clipped to the fitted opacity.
+
 The LoRA is removed afterwards, so later edits in the process see the original model.
-Not done: re-fitting the foreground mapping and opacity to the edited atlas, so an edit
-that changes the object's silhouette is clipped to the fitted opacity.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from atlas.bundle import AtlasBundle
 
 from .diffuse import PromptEdit, resize, working_size
 from .models import load_pipeline
+from .refit import refit_opacity
 from .regions import atlas_region, bounding_box, feather, paste
 
 ADAPTER = "atlas_lora"
@@ -101,8 +104,10 @@ def invert_and_regenerate(pipe, z: torch.Tensor, edit: PromptEdit, source_embeds
 
 
 def diffusion_atlas(bundle: AtlasBundle, edit: PromptEdit, layer: str, region_mask=None, source_prompt: str = "",
-                    lora_steps: int = 200, lora_rank: int = 4) -> dict[str, np.ndarray]:
-    """{layer: RGBA edit} for one layer's atlas."""
+                    lora_steps: int = 200, lora_rank: int = 4, shape_mask=None, sam_checkpoint: str | None = None,
+                    refit_steps: int = 300) -> tuple[dict[str, np.ndarray], AtlasBundle]:
+    """({layer: RGBA edit}, the bundle to render with: `bundle`, or a copy whose opacity
+    follows the edited silhouette when one is given)."""
     region = atlas_region(bundle, layer, region_mask)
     tex = bundle.textures[layer]
     extent = max(region.shape)
@@ -123,4 +128,29 @@ def diffusion_atlas(bundle: AtlasBundle, edit: PromptEdit, layer: str, region_ma
     finally:
         if ADAPTER in getattr(pipe.unet, "peft_config", {}):
             pipe.unet.delete_adapters(ADAPTER)
-    return {layer: paste(region.shape, resize(out, (x1 - x0, y1 - y0)), box, feather(region, radius=max(1, extent // 128)))}
+    generated = resize(out, (x1 - x0, y1 - y0))
+    shape = _silhouette(bundle, layer, tex, generated, box, shape_mask, sam_checkpoint)
+    radius = max(1, extent // 128)
+    if shape is None or layer == bundle.layer_names[0]:
+        return {layer: paste(region.shape, generated, box, feather(region, radius))}, bundle
+    reshaped = refit_opacity(bundle, layer, shape, box, steps=refit_steps, seed=edit.seed, quiet=quiet)
+    return {layer: paste(region.shape, generated, box, feather(shape, radius))}, reshaped
+
+
+def _silhouette(bundle: AtlasBundle, layer: str, tex: np.ndarray, generated: np.ndarray, box, shape_mask, sam_checkpoint) -> np.ndarray | None:
+    """bool [h, w] where the edited object is, within `box`: a given mask, or SAM on the
+    edited atlas prompted with the box; None when neither is asked for."""
+    x0, y0, x1, y1 = box
+    if shape_mask is not None:
+        shape = atlas_region(bundle, layer, shape_mask)
+    elif sam_checkpoint:
+        from atlas.preprocess import sam_masks
+
+        edited = tex[..., :3].copy()
+        edited[y0:y1, x0:x1] = generated
+        shape = sam_masks(edited[None], sam_checkpoint, f"{x0},{y0},{x1 - 1},{y1 - 1}")[0] > 0.5
+    else:
+        return None
+    inside = np.zeros_like(shape)
+    inside[y0:y1, x0:x1] = True
+    return shape & inside

@@ -198,3 +198,28 @@ def test_cli_prompt_errors_exit_2(fitted, tmp_path, capsys, argv, message):
 def test_real_stable_diffusion_videdit(fitted, clip):
     out = edit(fitted, frames=clip.frames, prompt="a red brick wall", method="videdit", layer="background", controlnet="none", steps=20)
     assert out.frames.shape == clip.frames.shape
+
+
+def test_diffusion_atlas_refits_opacity_to_a_grown_silhouette(fitted, clip, tiny_models):
+    import cv2
+
+    fg = fitted.textures["foreground"]
+    old = fg[..., 3] > 0.5
+    grown = cv2.dilate(old.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    before = [p.detach().clone() for p in fitted.model.parameters()]
+    out = edit(fitted, frames=clip.frames, prompt="a bigger ball", method="diffusion-atlas", model=tiny_models["model"], lora_steps=0,
+               shape_mask=grown.astype(np.float32), refit_steps=150, **FAST)
+    assert all(torch.equal(a, b) for a, b in zip(before, fitted.model.parameters())), "the given bundle must not change"
+    assert out.bundle is not fitted and (out.bundle.textures["foreground"][..., 3] > 0.5).sum() > old.sum()
+    # pixels whose foreground mapping lands on the new ring now belong to the foreground
+    ring = torch.from_numpy((grown & ~old).astype(np.float32))[..., None]
+    from propagation.sample import sample
+
+    gained = []
+    for t in range(fitted.num_frames):
+        old_maps, new_maps = fitted.frame_maps(t), out.bundle.frame_maps(t)
+        on_ring = (sample(ring, new_maps.uv[..., 1, :])[..., 0] > 0.99) & (old_maps.weights[..., 1] < 0.5)
+        gained.append(new_maps.weights[..., 1][on_ring])
+    gained = torch.cat(gained)
+    assert gained.numel() > 20 and gained.mean() > 0.7
+    assert out.edits["foreground"][..., 3][~grown].max() == 0.0
