@@ -22,9 +22,11 @@ from atlas.errors import AtlasInputError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub at import: never reach the network
 
 DEFAULT_SD = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_CONTROLNET = {"canny": "lllyasviel/sd-controlnet-canny", "hed": "lllyasviel/sd-controlnet-hed"}
-ENV_SD, ENV_CONTROLNET, ENV_HED = "ATLAS_SD_MODEL", "ATLAS_CONTROLNET", "ATLAS_HED_WEIGHTS"
-ANNOTATORS = ("canny", "hed")
+DEFAULT_CONTROLNET = {"canny": "lllyasviel/sd-controlnet-canny", "hed": "lllyasviel/sd-controlnet-hed",
+                      "depth": "lllyasviel/sd-controlnet-depth"}
+DEFAULT_DEPTH = "Intel/dpt-hybrid-midas"
+ENV_SD, ENV_CONTROLNET, ENV_HED, ENV_DEPTH = "ATLAS_SD_MODEL", "ATLAS_CONTROLNET", "ATLAS_HED_WEIGHTS", "ATLAS_DEPTH_MODEL"
+ANNOTATORS = ("canny", "hed", "depth")
 
 PIPELINES = {
     ("txt2img", False): "StableDiffusionPipeline",
@@ -182,10 +184,12 @@ def release_models() -> None:
 
 
 def structure_map(image: np.ndarray, annotator: str = "canny", weights: str | None = None) -> np.ndarray:
-    """[H, W, 3] float edge map of an [H, W, 3] float image, as ControlNets expect it.
+    """[H, W, 3] float structure map of an [H, W, 3] float image, as ControlNets expect it.
 
     canny: OpenCV, no weights. hed: controlnet_aux's HED network (soft edges), weights from
     `weights` or $ATLAS_HED_WEIGHTS (ControlNetHED.pth, loaded with weights_only=True).
+    depth: a transformers depth estimator (DPT/MiDaS, Depth Anything) from `weights`,
+    $ATLAS_DEPTH_MODEL or the cached Intel/dpt-hybrid-midas; near is bright.
     """
     u8 = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
     if annotator == "canny":
@@ -195,6 +199,8 @@ def structure_map(image: np.ndarray, annotator: str = "canny", weights: str | No
         side = max(u8.shape[:2])
         edges = _hed(weights)(u8, detect_resolution=side, image_resolution=side, output_type="np")
         return cv2.resize(edges, (u8.shape[1], u8.shape[0]), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    if annotator == "depth":
+        return _depth_map(u8, weights)
     raise AtlasInputError(f"unknown annotator {annotator!r}; expected {' or '.join(ANNOTATORS)}")
 
 
@@ -222,3 +228,23 @@ def _hed(weights: str | None) -> Any:
             raise AtlasInputError(f"{path} is not a ControlNetHED checkpoint: {str(exc).splitlines()[0]}") from None
         _hed_cache[ref] = HEDdetector(net.eval())
     return _hed_cache[ref]
+
+
+_depth_cache: dict[str, Any] = {}
+
+
+def _depth_map(u8: np.ndarray, weights: str | None) -> np.ndarray:
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    ref = weights or os.environ.get(ENV_DEPTH) or DEFAULT_DEPTH
+    if ref not in _depth_cache:
+        _quiet_libraries(True)
+        model = _load(AutoModelForDepthEstimation, ref, "depth model", ENV_DEPTH)
+        _depth_cache[ref] = (_load(AutoImageProcessor, ref, "depth model's image processor", ENV_DEPTH), model.eval())
+    processor, model = _depth_cache[ref]
+    with torch.no_grad():
+        depth = model(**processor(images=u8, return_tensors="pt")).predicted_depth[0].float().numpy()
+    depth = cv2.resize(depth, (u8.shape[1], u8.shape[0]), interpolation=cv2.INTER_CUBIC)
+    span = float(depth.max() - depth.min())
+    depth = (depth - depth.min()) / span if span > 1e-6 else np.zeros_like(depth)  # flat: no structure
+    return np.repeat(depth[..., None], 3, axis=2).astype(np.float32)

@@ -17,7 +17,7 @@ import torch
 from atlas.errors import AtlasInputError
 from editing import edit
 from editing.models import ModelNotFoundError, Runtime, load_pipeline, structure_map
-from tiny_diffusion import save_tiny_controlnet, save_tiny_sd
+from tiny_diffusion import save_tiny_controlnet, save_tiny_depth, save_tiny_sd
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = dict(steps=3, resolution=64, runtime=Runtime(quiet=True))
@@ -81,6 +81,11 @@ def test_structure_maps(tmp_path, monkeypatch):
     monkeypatch.delenv("ATLAS_HED_WEIGHTS", raising=False)
     with pytest.raises(ModelNotFoundError, match="ATLAS_HED_WEIGHTS"):
         structure_map(image, "hed")
+    depth = structure_map(image, "depth", str(save_tiny_depth(tmp_path / "dpt")))
+    assert depth.shape == image.shape and depth.min() == 0.0 and depth.max() <= 1.0
+    monkeypatch.delenv("ATLAS_DEPTH_MODEL", raising=False)
+    with pytest.raises(ModelNotFoundError, match="hf download Intel/dpt-hybrid-midas"):
+        structure_map(image, "depth")
 
 
 def test_videdit_stays_in_its_region_and_repeats_for_a_seed(fitted, clip, tiny_models):

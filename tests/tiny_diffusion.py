@@ -79,3 +79,15 @@ def save_tiny_sd(folder: Path, seed: int = 0) -> Path:
 
 def save_tiny_controlnet(folder: Path, seed: int = 1) -> Path:
     return save_controlnet(folder, TINY, seed)
+
+
+def save_tiny_depth(folder: Path, seed: int = 2) -> Path:
+    """A tiny DPT depth estimator and its image processor."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    cfg = DPTConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=8,
+                    neck_hidden_sizes=[8, 8, 8, 8], fusion_hidden_size=8, backbone_out_indices=[0, 1, 2, 3])
+    DPTForDepthEstimation(cfg).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
