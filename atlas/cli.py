@@ -114,7 +114,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 PROMPT_OPTIONS = ("model", "controlnet", "annotator", "annotator_weights", "strength", "steps", "guidance", "seed", "negative_prompt",
                   "resolution", "region_mask", "sam_checkpoint", "sam_prompt", "keyframe_stride", "max_keyframes", "lora_steps",
-                  "source_prompt", "shape_mask", "refit_steps")
+                  "source_prompt", "shape_mask", "refit_steps", "inpaint")
 
 
 def _prompt_options(args: argparse.Namespace, bundle) -> tuple[str | dict[str, str] | None, dict]:
@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     d_.add_argument("--sam-checkpoint", help="videdit: pick the region with SAM on the atlas; "
                     "diffusion-atlas: find the edited object's new silhouette with SAM and re-fit the opacity to it")
     d_.add_argument("--sam-prompt", help="videdit: SAM prompt on the atlas, x,y or x0,y0,x1,y1 (atlas pixels)")
+    d_.add_argument("--inpaint", action="store_true", default=None, help="videdit: regenerate only the region (inpainting pipeline)")
     d_.add_argument("--keyframe-stride", type=int, help="stablevideo: a keyframe every N frames (default: chosen by atlas coverage)")
     d_.add_argument("--max-keyframes", type=int, help="stablevideo: at most this many keyframes (default 8)")
     d_.add_argument("--lora-steps", type=int, help="diffusion-atlas: LoRA steps on the atlas (default 200; 0 skips)")

@@ -71,17 +71,21 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def sdedit(edit: PromptEdit, image: np.ndarray, strength: float | None = None, prompt: str | None = None,
-           seed_offset: int = 0) -> np.ndarray:
+           seed_offset: int = 0, mask: np.ndarray | None = None) -> np.ndarray:
     """[H, W, 3] float image re-generated towards the prompt (ControlNet-conditioned on the
-    image's own structure unless edit.controlnet is "none"), returned at its input size."""
+    image's own structure unless edit.controlnet is "none"), returned at its input size.
+    With a `mask` [H, W] (1 = regenerate) an inpainting pipeline keeps the rest."""
     h, w = image.shape[:2]
     size = working_size(w, h, edit.resolution)
     small = resize(image, size)
     controlnet = edit.controlnet_ref
-    pipe = load_pipeline("img2img", edit.model, controlnet, edit.runtime)
+    pipe = load_pipeline("img2img" if mask is None else "inpaint", edit.model, controlnet, edit.runtime)
     kwargs = {}
     if controlnet is not None:
         kwargs["control_image"] = structure_map(small, edit.annotator, edit.annotator_weights)[None]
+    if mask is not None:
+        kwargs["mask_image"] = resize(mask.astype(np.float32), size)[None, ..., None]
+    if kwargs:
         kwargs.update(height=size[1], width=size[0])
     # img2img runs int(steps * strength) steps: keep at least one
     strength = max(strength or edit.strength, 1.0 / edit.steps)

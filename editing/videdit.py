@@ -1,5 +1,6 @@
 """VidEdit (zero-shot, atlas level): SDEdit of an atlas region, conditioned on the atlas's
-own edge structure through a ControlNet, pasted back with a feather and propagated.
+own edge structure through a ControlNet (or inpainting of the region alone), pasted back
+with a feather and propagated.
 
 The region is the layer's coverage, a user mask or a SAM mask on the atlas. The model sees
 the region's bounding box plus a margin of context, resized to its working resolution, so
@@ -16,12 +17,14 @@ from .regions import atlas_region, bounding_box, feather, paste
 
 
 def videdit(bundle: AtlasBundle, edit: PromptEdit, layer: str, region_mask=None, sam_checkpoint: str | None = None,
-            sam_prompt: str | None = None) -> dict[str, np.ndarray]:
-    """{layer: RGBA edit} for one layer's atlas."""
+            sam_prompt: str | None = None, inpaint: bool = False) -> dict[str, np.ndarray]:
+    """{layer: RGBA edit} for one layer's atlas. `inpaint`: an inpainting pipeline
+    regenerates only the region (SDEdit otherwise regenerates the whole crop, then the
+    paste keeps the region)."""
     region = atlas_region(bundle, layer, region_mask, sam_checkpoint, sam_prompt)
     tex = bundle.textures[layer]
     extent = max(region.shape)
     box = bounding_box(region, margin=max(4, extent // 32))
     x0, y0, x1, y1 = box
-    generated = sdedit(edit, np.ascontiguousarray(tex[y0:y1, x0:x1, :3]))
+    generated = sdedit(edit, np.ascontiguousarray(tex[y0:y1, x0:x1, :3]), mask=region[y0:y1, x0:x1] if inpaint else None)
     return {layer: paste(region.shape, generated, box, feather(region, radius=max(1, extent // 128)))}

@@ -105,11 +105,13 @@ def test_videdit_stays_in_its_region_and_repeats_for_a_seed(fitted, clip, tiny_m
     assert torch.equal(a.frames, b.frames) and not torch.equal(a.frames, c.frames)
 
 
-def test_videdit_default_region_is_the_layer_coverage(fitted, clip, tiny_models):
-    out = _run(fitted, clip, tiny_models, prompt="a red ball", method="videdit", controlnet="none")
+@pytest.mark.parametrize("inpaint", [False, True])
+def test_videdit_default_region_is_the_layer_coverage(fitted, clip, tiny_models, inpaint):
+    out = _run(fitted, clip, tiny_models, prompt="a red ball", method="videdit", controlnet="none", inpaint=inpaint)
     fg = fitted.textures["foreground"]
     assert set(out.edits) == {"foreground"}
     assert out.edits["foreground"][..., 3][fg[..., 3] <= 0.5].max() == 0.0
+    assert out.edits["foreground"][..., 3][fg[..., 3] > 0.5].max() > 0.5
 
 
 def test_stablevideo_keyframes_and_fusion(fitted, clip, tiny_models):
