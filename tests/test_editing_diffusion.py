@@ -230,3 +230,25 @@ def test_diffusion_atlas_refits_opacity_to_a_grown_silhouette(fitted, clip, tiny
     gained = torch.cat(gained)
     assert gained.numel() > 20 and gained.mean() > 0.7
     assert out.edits["foreground"][..., 3][~grown].max() == 0.0
+
+
+def test_stablevideo_carries_the_first_keyframe_forward(fitted, clip, monkeypatch):
+    """With a stand-in model that paints keyframe 0 red and leaves later keyframes as they
+    start, every later keyframe must start red where the atlas already knows the layer,
+    and the video's foreground must come out red."""
+    import editing.stablevideo as sv
+
+    def painter(edit, image, strength=None, prompt=None, seed_offset=0, mask=None):
+        return np.broadcast_to(np.float32([1, 0, 0]), image.shape).copy() if seed_offset == 0 else image
+
+    monkeypatch.setattr(sv, "sdedit", painter)
+    out = edit(fitted, frames=clip.frames, prompt="red", method="stablevideo", max_keyframes=3, fusion_steps=50, **FAST)
+    red = lambda img: (img[..., 0] > 0.8) & (img[..., 1] < 0.2) & (img[..., 2] < 0.2)  # noqa: E731
+    later = [k for k in out.keyframes if not k.endswith("_0000")]
+    assert later
+    for key in later:
+        t = int(key.rsplit("_", 1)[1])
+        fg = (fitted.frame_maps(t).weights[..., 1] > 0.9).numpy()
+        assert red(out.keyframes[key])[fg].mean() > 0.8
+    fg = torch.stack([fitted.frame_maps(t).weights[..., 1] > 0.9 for t in range(fitted.num_frames)])
+    assert red(out.frames.numpy())[fg.numpy()].mean() > 0.8
