@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from atlas.bundle import AtlasBundle
 from atlas.errors import AtlasInputError
@@ -81,7 +82,7 @@ def _stack(partials: list[np.ndarray]) -> torch.Tensor:
 
 
 def train_aggregation(source_partials: list[np.ndarray], target: np.ndarray, mask: np.ndarray, steps: int, seed: int,
-                      crop: int = 128, device: torch.device | str = "cpu") -> AggregationNet:
+                      crop: int = 128, device: torch.device | str = "cpu", quiet: bool = True) -> AggregationNet:
     """Fit the network to map source partial atlases to the source atlas on `mask` texels."""
     torch.manual_seed(seed)
     net = AggregationNet(len(source_partials)).to(device)
@@ -92,7 +93,7 @@ def train_aggregation(source_partials: list[np.ndarray], target: np.ndarray, mas
     ch, cw = min(crop, h), min(crop, w)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="training the aggregation network", disable=quiet, leave=False):
         y0 = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
         x0 = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
         win = (..., slice(y0, y0 + ch), slice(x0, x0 + cw))
@@ -141,7 +142,8 @@ def stablevideo(bundle: AtlasBundle, source: torch.Tensor, settings: dict[str, P
             union = np.where(fresh, part, union)
         covered = union[..., 3] > 0
         device = edit.runtime.torch_device
-        net = train_aggregation(source_parts, tex, covered & (tex[..., 3] > 0.5), fusion_steps, edit.seed, device=device)
+        net = train_aggregation(source_parts, tex, covered & (tex[..., 3] > 0.5), fusion_steps, edit.seed, device=device,
+                                quiet=edit.runtime.quiet)
         with torch.no_grad():
             fused = net(_stack(edited_parts).to(device))[0].permute(1, 2, 0).cpu().numpy()
         edits[name] = np.concatenate([fused, covered[..., None].astype(np.float32)], axis=-1)
