@@ -18,7 +18,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import cuda_ext  # noqa: E402
 from atlas.encoding import HashGrid  # noqa: E402
 from cuda_ext import _backend  # noqa: E402
 
