@@ -30,12 +30,15 @@ from .regions import atlas_region, bounding_box, feather, paste
 ADAPTER = "atlas_lora"
 
 
-def _to_latents(pipe, images: np.ndarray, sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[B, H, W, 3] float images -> scaled VAE latents."""
+def _latent_dist(pipe, images: np.ndarray):
+    """[B, H, W, 3] float images -> the VAE's latent distribution (unscaled)."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).to(pipe.device, pipe.vae.dtype) * 2 - 1
-    dist = pipe.vae.encode(x).latent_dist
-    z = dist.sample(generator) if sample else dist.mean
-    return z * pipe.vae.config.scaling_factor
+    return pipe.vae.encode(x).latent_dist
+
+
+def _to_latents(pipe, images: np.ndarray) -> torch.Tensor:
+    """[B, H, W, 3] float images -> scaled VAE latents (the distribution's mean)."""
+    return _latent_dist(pipe, images).mean * pipe.vae.config.scaling_factor
 
 
 def _from_latents(pipe, z: torch.Tensor) -> np.ndarray:
@@ -59,16 +62,23 @@ def adapt_lora(pipe, atlas: np.ndarray, size: tuple[int, int], prompt_embeds: to
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     gen = torch.Generator().manual_seed(seed)
+    # Crops of about half the atlas, seen at the working size. The whole atlas is encoded
+    # once at that scale and training crops its latents: no VAE pass per step.
     h, w = atlas.shape[:2]
     ch, cw = min(h, max(size[1], h // 2)), min(w, max(size[0], w // 2))
+    f = pipe.vae_scale_factor
+    full = (f * -(-round(w * size[0] / cw) // f), f * -(-round(h * size[1] / ch) // f))
+    with torch.no_grad():
+        dist = _latent_dist(pipe, resize(np.ascontiguousarray(atlas), full)[None])
+    lh, lw = size[1] // f, size[0] // f
     sched = pipe.scheduler
     unet.train()
     for _ in tqdm(range(steps), desc="LoRA on the atlas", disable=quiet, leave=False):
-        y0 = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-        x0 = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-        crop = resize(np.ascontiguousarray(atlas[y0 : y0 + ch, x0 : x0 + cw]), size)
-        with torch.no_grad():
-            z = _to_latents(pipe, crop[None], sample=True, generator=gen)
+        y0 = int(torch.randint(0, dist.mean.shape[2] - lh + 1, (1,), generator=gen))
+        x0 = int(torch.randint(0, dist.mean.shape[3] - lw + 1, (1,), generator=gen))
+        win = (..., slice(y0, y0 + lh), slice(x0, x0 + lw))
+        eps = torch.randn(dist.mean[win].shape, generator=gen).to(dist.mean)
+        z = (dist.mean[win] + dist.std[win] * eps) * pipe.vae.config.scaling_factor
         noise = torch.randn(z.shape, generator=gen).to(z)
         t = torch.randint(0, sched.config.num_train_timesteps, (1,), generator=gen).to(z.device)
         with torch.autocast(z.device.type, enabled=z.device.type == "cuda"):
@@ -123,7 +133,7 @@ def diffusion_atlas(bundle: AtlasBundle, edit: PromptEdit, layer: str, region_ma
         if lora_steps > 0:
             adapt_lora(pipe, np.ascontiguousarray(tex[..., :3]), size, source_embeds, lora_steps, lora_rank, edit.seed, quiet)
         with torch.no_grad():
-            z = invert_and_regenerate(pipe, _to_latents(pipe, resize(crop, size)[None], sample=False), edit, source_embeds, quiet)
+            z = invert_and_regenerate(pipe, _to_latents(pipe, resize(crop, size)[None]), edit, source_embeds, quiet)
             out = _from_latents(pipe, z)
     finally:
         if ADAPTER in getattr(pipe.unet, "peft_config", {}):
