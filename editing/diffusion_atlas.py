@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from atlas.bundle import AtlasBundle
+from atlas.errors import AtlasInputError
 
 from .diffuse import PromptEdit, resize, working_size
 from .models import load_pipeline
@@ -118,6 +119,8 @@ def diffusion_atlas(bundle: AtlasBundle, edit: PromptEdit, layer: str, region_ma
                     refit_steps: int = 300) -> tuple[dict[str, np.ndarray], AtlasBundle]:
     """({layer: RGBA edit}, the bundle to render with: `bundle`, or a copy whose opacity
     follows the edited silhouette when one is given)."""
+    if (shape_mask is not None or sam_checkpoint) and layer == bundle.layer_names[0]:
+        raise AtlasInputError("--shape-mask/--sam-checkpoint re-fit a foreground's opacity; the background has none (use --layer)")
     region = atlas_region(bundle, layer, region_mask)
     tex = bundle.textures[layer]
     extent = max(region.shape)
@@ -141,7 +144,7 @@ def diffusion_atlas(bundle: AtlasBundle, edit: PromptEdit, layer: str, region_ma
     generated = resize(out, (x1 - x0, y1 - y0))
     shape = _silhouette(bundle, layer, tex, generated, box, shape_mask, sam_checkpoint)
     radius = max(1, extent // 128)
-    if shape is None or layer == bundle.layer_names[0]:
+    if shape is None:
         return {layer: paste(region.shape, generated, box, feather(region, radius))}, bundle
     reshaped = refit_opacity(bundle, layer, shape, box, steps=refit_steps, seed=edit.seed, quiet=quiet)
     return {layer: paste(region.shape, generated, box, feather(shape, radius))}, reshaped
