@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one run (about 4 minutes on an H100):
 # CUDA kernel tests, the encoding benchmark on the GPU, and the prompt editors with
-# SD 1.5-shaped random weights (time and VRAM). Tables go to stdout and to $OUT (if set).
+# SD 1.5-shaped random weights (time and VRAM; needs the diffusion extras). Tables go to
+# stdout and to $OUT (if set).
 #   bash bench/gpu_checks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
