@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -265,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not os.environ.get("ATLAS_DEBUG"):  # warnings as one line each, like errors
+        warnings.formatwarning = lambda message, *_, **__: f"atlas {args.command}: warning: {message}\n"
     try:
         return args.func(args)
     except AtlasInputError as exc:
