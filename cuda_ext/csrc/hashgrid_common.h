@@ -2,6 +2,7 @@
 // The layout and hashing match cuda_ext/reference.py exactly (the oracle in tests).
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #ifdef __CUDACC__
 #define HG_HD __host__ __device__ __forceinline__
@@ -91,6 +92,20 @@ HG_HD scalar_t corner_weight_grad(int k, int d, const scalar_t* frac, const int6
     if (e != d) dw *= ((k >> e) & 1) ? frac[e] : scalar_t(1) - frac[e];
   }
   return dw;
+}
+
+// Host side: calls launch(std::integral_constant<int, D>{}) for dims = D in 1..4, so
+// kernels take the input dimension as a template parameter (loops unroll, per-point arrays
+// stay in registers). Returns false for other dims.
+template <typename F>
+inline bool dispatch_dims(int dims, F&& launch) {
+  switch (dims) {
+    case 1: launch(std::integral_constant<int, 1>{}); return true;
+    case 2: launch(std::integral_constant<int, 2>{}); return true;
+    case 3: launch(std::integral_constant<int, 3>{}); return true;
+    case 4: launch(std::integral_constant<int, 4>{}); return true;
+    default: return false;
+  }
 }
 
 }  // namespace hashgrid

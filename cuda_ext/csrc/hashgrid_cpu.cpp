@@ -20,9 +20,9 @@ void check_inputs(const torch::Tensor& x, const torch::Tensor& table, const torc
   TORCH_CHECK(x.device().is_cpu() && table.device().is_cpu(), "hash_encode (cpu backend): tensors must be on the CPU");
 }
 
-template <typename scalar_t, typename table_t>
+template <int dims, typename scalar_t, typename table_t>
 void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* out,
-                  int64_t n, int dims, int64_t levels, int64_t size, int64_t feat) {
+                  int64_t n, int64_t levels, int64_t size, int64_t feat) {
   const int corners = 1 << dims;
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
     int64_t cell[kMaxDims], c[kMaxDims];
@@ -45,9 +45,9 @@ void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, s
   });
 }
 
-template <typename scalar_t>
+template <int dims, typename scalar_t>
 void backward_table_impl(const scalar_t* grad, const scalar_t* x, const int64_t* res, scalar_t* gtable,
-                         int64_t n, int dims, int64_t levels, int64_t size, int64_t feat) {
+                         int64_t n, int64_t levels, int64_t size, int64_t feat) {
   const int corners = 1 << dims;
   at::parallel_for(0, levels, 1, [&](int64_t begin, int64_t end) {
     int64_t cell[kMaxDims], c[kMaxDims];
@@ -69,9 +69,9 @@ void backward_table_impl(const scalar_t* grad, const scalar_t* x, const int64_t*
   });
 }
 
-template <typename scalar_t, typename table_t>
+template <int dims, typename scalar_t, typename table_t>
 void backward_input_impl(const scalar_t* grad, const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* gx,
-                         int64_t n, int dims, int64_t levels, int64_t size, int64_t feat) {
+                         int64_t n, int64_t levels, int64_t size, int64_t feat) {
   const int corners = 1 << dims;
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
     int64_t cell[kMaxDims], c[kMaxDims];
@@ -108,14 +108,18 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
   const int64_t n = x.size(0), levels = table.size(0), size = table.size(1), feat = table.size(2);
   auto out = torch::empty({n, levels * feat}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_cpu_fwd", [&] {
-    if (table.scalar_type() == torch::kHalf) {
-      forward_impl<scalar_t, at::Half>(x.data_ptr<scalar_t>(), table.data_ptr<at::Half>(), res.data_ptr<int64_t>(),
-                                       out.data_ptr<scalar_t>(), n, x.size(1), levels, size, feat);
-    } else {
-      TORCH_CHECK(table.scalar_type() == x.scalar_type(), "hash_encode: table must be fp16 or match x's dtype");
-      forward_impl<scalar_t, scalar_t>(x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),
-                                       out.data_ptr<scalar_t>(), n, x.size(1), levels, size, feat);
-    }
+    const bool half = table.scalar_type() == torch::kHalf;
+    TORCH_CHECK(half || table.scalar_type() == x.scalar_type(), "hash_encode: table must be fp16 or match x's dtype");
+    hashgrid::dispatch_dims(x.size(1), [&](auto d) {
+      constexpr int D = decltype(d)::value;
+      if (half) {
+        forward_impl<D, scalar_t, at::Half>(x.data_ptr<scalar_t>(), table.data_ptr<at::Half>(), res.data_ptr<int64_t>(),
+                                            out.data_ptr<scalar_t>(), n, levels, size, feat);
+      } else {
+        forward_impl<D, scalar_t, scalar_t>(x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),
+                                            out.data_ptr<scalar_t>(), n, levels, size, feat);
+      }
+    });
   });
   return out;
 }
@@ -133,19 +137,24 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
     if (need_table) {
       // accumulate in x's precision, cast to the table's dtype at the end
       auto acc = torch::zeros({levels, size, feat}, x.options());
-      backward_table_impl<scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),
-                                              acc.data_ptr<scalar_t>(), n, x.size(1), levels, size, feat);
+      hashgrid::dispatch_dims(x.size(1), [&](auto d) {
+        backward_table_impl<decltype(d)::value, scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),
+                                                          acc.data_ptr<scalar_t>(), n, levels, size, feat);
+      });
       gtable = acc.to(table.scalar_type());
     }
     if (need_input) {
       gx = torch::empty_like(x);
-      if (table.scalar_type() == torch::kHalf) {
-        backward_input_impl<scalar_t, at::Half>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table.data_ptr<at::Half>(),
-                                                res.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), n, x.size(1), levels, size, feat);
-      } else {
-        backward_input_impl<scalar_t, scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(),
-                                                res.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), n, x.size(1), levels, size, feat);
-      }
+      hashgrid::dispatch_dims(x.size(1), [&](auto d) {
+        constexpr int D = decltype(d)::value;
+        if (table.scalar_type() == torch::kHalf) {
+          backward_input_impl<D, scalar_t, at::Half>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table.data_ptr<at::Half>(),
+                                                     res.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), n, levels, size, feat);
+        } else {
+          backward_input_impl<D, scalar_t, scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(),
+                                                     res.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), n, levels, size, feat);
+        }
+      });
     }
   });
   return {gtable, gx};

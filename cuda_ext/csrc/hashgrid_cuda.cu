@@ -6,8 +6,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <type_traits>
-
 #include "hashgrid_common.h"
 #include "hashgrid_cuda.h"
 
@@ -132,17 +130,10 @@ constexpr int kThreads = 256;
 inline unsigned blocks(int64_t work) { return static_cast<unsigned>((work + kThreads - 1) / kThreads); }
 inline dim3 per_level(const hashgrid::Shape& s) { return dim3(blocks(s.n), static_cast<unsigned>(s.levels)); }
 
-// Calls launch(std::integral_constant<int, D>{}) for the runtime input dimension s.dims.
+// Launches through hashgrid::dispatch_dims and reports the launch's error.
 template <typename F>
 cudaError_t with_dims(int dims, F&& launch) {
-  switch (dims) {
-    case 1: launch(std::integral_constant<int, 1>{}); break;
-    case 2: launch(std::integral_constant<int, 2>{}); break;
-    case 3: launch(std::integral_constant<int, 3>{}); break;
-    case 4: launch(std::integral_constant<int, 4>{}); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return hashgrid::dispatch_dims(dims, launch) ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 }  // namespace
