@@ -6,11 +6,14 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+
 #include "hashgrid_common.h"
 
 namespace {
 
 using hashgrid::kMaxDims;
+constexpr int64_t kMaxFeat = 8;
 
 void check_inputs(const torch::Tensor& x, const torch::Tensor& table, const torch::Tensor& res) {
   TORCH_CHECK(x.dim() == 2 && table.dim() == 3 && res.dim() == 2, "hash_encode: x [N,D], table [L,S,F], resolutions [L,D]");
@@ -18,6 +21,7 @@ void check_inputs(const torch::Tensor& x, const torch::Tensor& table, const torc
   TORCH_CHECK(res.size(0) == table.size(0) && res.size(1) == x.size(1), "hash_encode: resolutions must be [L, D]");
   TORCH_CHECK(res.scalar_type() == torch::kLong, "hash_encode: resolutions must be int64");
   TORCH_CHECK(x.device().is_cpu() && table.device().is_cpu(), "hash_encode (cpu backend): tensors must be on the CPU");
+  TORCH_CHECK(table.size(2) <= kMaxFeat, "hash_encode (cpu): at most 8 features per level");
 }
 
 template <int dims, typename scalar_t, typename table_t>
@@ -33,13 +37,13 @@ void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, s
         const int64_t* r = res + l * dims;
         const bool dense = hashgrid::level_dense(r, dims, size);
         hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
-        scalar_t* o = out + i * levels * feat + l * feat;
-        for (int64_t f = 0; f < feat; ++f) o[f] = 0;
+        scalar_t acc[kMaxFeat] = {0, 0, 0, 0, 0, 0, 0, 0};  // in registers, not through `out`
         for (int k = 0; k < corners; ++k) {
           const scalar_t w = hashgrid::corner(k, cell, frac, dims, c);
           const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
-          for (int64_t f = 0; f < feat; ++f) o[f] += w * static_cast<scalar_t>(row[f]);
+          for (int64_t f = 0; f < feat; ++f) acc[f] += w * static_cast<scalar_t>(row[f]);
         }
+        std::copy(acc, acc + feat, out + i * levels * feat + l * feat);
       }
     }
   });
