@@ -49,8 +49,9 @@ void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, s
   });
 }
 
+// grad_by_level is [L, N, F]: each level's pass reads its gradients contiguously.
 template <int dims, typename scalar_t>
-void backward_table_impl(const scalar_t* grad, const scalar_t* x, const int64_t* res, scalar_t* gtable,
+void backward_table_impl(const scalar_t* grad_by_level, const scalar_t* x, const int64_t* res, scalar_t* gtable,
                          int64_t n, int64_t levels, int64_t size, int64_t feat) {
   const int corners = 1 << dims;
   at::parallel_for(0, levels, 1, [&](int64_t begin, int64_t end) {
@@ -62,7 +63,7 @@ void backward_table_impl(const scalar_t* grad, const scalar_t* x, const int64_t*
       const bool dense = hashgrid::level_dense(r, dims, size);
       for (int64_t i = 0; i < n; ++i) {
         hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
-        const scalar_t* g = grad + i * levels * feat + l * feat;
+        const scalar_t* g = grad_by_level + (l * n + i) * feat;
         for (int k = 0; k < corners; ++k) {
           const scalar_t w = hashgrid::corner(k, cell, frac, dims, c);
           scalar_t* row = gtable + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
@@ -141,8 +142,9 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
     if (need_table) {
       // accumulate in x's precision, cast to the table's dtype at the end
       auto acc = torch::zeros({levels, size, feat}, x.options());
+      auto by_level = grad.view({n, levels, feat}).transpose(0, 1).contiguous();
       hashgrid::dispatch_dims(x.size(1), [&](auto d) {
-        backward_table_impl<decltype(d)::value, scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),
+        backward_table_impl<decltype(d)::value, scalar_t>(by_level.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),
                                                           acc.data_ptr<scalar_t>(), n, levels, size, feat);
       });
       gtable = acc.to(table.scalar_type());
