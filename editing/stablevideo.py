@@ -11,10 +11,13 @@ Per edited layer (each with its own prompt):
    into its own partial atlas;
 4. an aggregation network (a few convolutions on the stacked partial atlases) is trained to
    turn partial atlases of the *source* keyframes into the source atlas, then applied to the
-   edited partial atlases: the fused atlas is the edit.
+   edited partial atlases: the fused atlas is the edit;
+5. texels the video shows that no keyframe covered, if near covered ones, are inpainted
+   from them (thin gaps would otherwise show the source as seams).
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -28,6 +31,7 @@ from propagation.splat import SplatAccumulator
 from .diffuse import PromptEdit, sdedit
 
 VISIBLE = 0.5  # a pixel belongs to a layer's keyframe edit where its weight exceeds this
+GAP_REACH = 8.0  # texels: gaps between keyframes up to this far from covered texels are filled
 
 
 def choose_keyframes(bundle: AtlasBundle, layer: int, stride: int | None = None, coverage: float = 0.95,
@@ -113,6 +117,24 @@ def _splat(width: int, height: int, maps, layer: int, image: torch.Tensor) -> np
     return acc.rgba()
 
 
+def fill_gaps(rgb: np.ndarray, covered: np.ndarray, seen: np.ndarray, reach: float = GAP_REACH) -> tuple[np.ndarray, np.ndarray]:
+    """Texels the video shows but no keyframe covered, within `reach` texels of the covered
+    part, take the mean colour of their already-known neighbours, ring by ring outwards, so
+    thin gaps between keyframes do not show the source as seams. Returns the filled colours
+    and the texels now edited."""
+    fill = seen & ~covered & (cv2.distanceTransform((~covered).astype(np.uint8), cv2.DIST_L2, 5) <= reach)
+    out, known = rgb.copy(), covered.copy()
+    while (fill & ~known).any():
+        total = cv2.boxFilter(out * known[..., None], -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        count = cv2.boxFilter(known.astype(np.float32), -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        ring = fill & ~known & (count > 0)
+        if not ring.any():
+            break
+        out[ring] = total[ring] / count[ring][:, None]
+        known |= ring
+    return out, known
+
+
 def stablevideo(bundle: AtlasBundle, source: torch.Tensor, settings: dict[str, PromptEdit], keyframe_stride: int | None = None,
                 max_keyframes: int = 8, coverage: float = 0.95, next_strength: float | None = None,
                 fusion_steps: int = 300) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -146,5 +168,6 @@ def stablevideo(bundle: AtlasBundle, source: torch.Tensor, settings: dict[str, P
                                 quiet=edit.runtime.quiet)
         with torch.no_grad():
             fused = net(_stack(edited_parts).to(device))[0].permute(1, 2, 0).cpu().numpy()
-        edits[name] = np.concatenate([fused, covered[..., None].astype(np.float32)], axis=-1)
+        fused, edited = fill_gaps(fused, covered, tex[..., 3] > 0.5)
+        edits[name] = np.concatenate([fused, edited[..., None].astype(np.float32)], axis=-1)
     return edits, generated

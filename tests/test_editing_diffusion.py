@@ -252,3 +252,17 @@ def test_stablevideo_carries_the_first_keyframe_forward(fitted, clip, monkeypatc
         assert red(out.keyframes[key])[fg].mean() > 0.8
     fg = torch.stack([fitted.frame_maps(t).weights[..., 1] > 0.9 for t in range(fitted.num_frames)])
     assert red(out.frames.numpy())[fg.numpy()].mean() > 0.8
+
+
+def test_thin_gaps_between_keyframes_are_filled_far_ones_are_not():
+    from editing.stablevideo import fill_gaps
+
+    rgb = np.zeros((40, 60, 3), np.float32)
+    rgb[:, :20] = [0.2, 0.4, 0.6]
+    covered = np.zeros((40, 60), bool)
+    covered[:, :20] = True
+    seen = np.ones((40, 60), bool)
+    filled, edited = fill_gaps(rgb, covered, seen, reach=5)
+    assert edited[:, 20:25].all() and not edited[:, 30:].any()  # near gaps filled, far ones left to the source
+    assert np.allclose(filled[:, 20:24], [0.2, 0.4, 0.6], atol=0.05)
+    assert np.array_equal(filled[:, :20], rgb[:, :20])
