@@ -94,6 +94,34 @@ HG_HD scalar_t corner_weight_grad(int k, int d, const scalar_t* frac, const int6
   return dw;
 }
 
+// One point's cell on one level: the set-up every kernel needs before visiting the cell's
+// 2^dims corners.
+template <int dims, typename scalar_t>
+struct LevelCell {
+  const int64_t* res;  // this level's resolution per dimension
+  int64_t base;        // first table row of this level
+  int64_t size;        // table rows per level
+  bool dense;
+  int64_t cell[kMaxDims];
+  scalar_t frac[kMaxDims];
+  bool inside[kMaxDims];  // x_d was in [0, 1]: clamped coordinates get no gradient
+
+  HG_HD LevelCell(const scalar_t* x, const int64_t* resolutions, int64_t level, int64_t table_size)
+      : res(resolutions + level * dims), base(level * table_size), size(table_size), dense(level_dense(res, dims, table_size)) {
+    locate(x, res, dims, cell, frac, inside);
+  }
+
+  // Table row of corner k (bit d of k = upper side in dim d); its weight goes to *weight.
+  HG_HD int64_t corner_row(int k, scalar_t* weight) const {
+    int64_t c[kMaxDims];
+    *weight = corner(k, cell, frac, dims, c);
+    return base + vertex_row(c, res, dims, size, dense);
+  }
+
+  // d(weight of corner k) / d(x_d).
+  HG_HD scalar_t weight_grad(int k, int d) const { return corner_weight_grad(k, d, frac, res, dims); }
+};
+
 // Host side: calls launch(std::integral_constant<int, D>{}) for dims = D in 1..4, so
 // kernels take the input dimension as a template parameter (loops unroll, per-point arrays
 // stay in registers). Returns false for other dims.

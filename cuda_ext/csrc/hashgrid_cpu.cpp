@@ -29,18 +29,13 @@ void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, s
                   int64_t n, int64_t levels, int64_t size, int64_t feat) {
   const int corners = 1 << dims;
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
-    int64_t cell[kMaxDims], c[kMaxDims];
-    scalar_t frac[kMaxDims];
-    bool inside[kMaxDims];
     for (int64_t i = begin; i < end; ++i) {
       for (int64_t l = 0; l < levels; ++l) {
-        const int64_t* r = res + l * dims;
-        const bool dense = hashgrid::level_dense(r, dims, size);
-        hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
+        const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
         scalar_t acc[kMaxFeat] = {0, 0, 0, 0, 0, 0, 0, 0};  // in registers, not through `out`
         for (int k = 0; k < corners; ++k) {
-          const scalar_t w = hashgrid::corner(k, cell, frac, dims, c);
-          const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
+          scalar_t w;
+          const table_t* row = table + p.corner_row(k, &w) * feat;
           for (int64_t f = 0; f < feat; ++f) acc[f] += w * static_cast<scalar_t>(row[f]);
         }
         std::copy(acc, acc + feat, out + i * levels * feat + l * feat);
@@ -55,18 +50,13 @@ void backward_table_impl(const scalar_t* grad_by_level, const scalar_t* x, const
                          int64_t n, int64_t levels, int64_t size, int64_t feat) {
   const int corners = 1 << dims;
   at::parallel_for(0, levels, 1, [&](int64_t begin, int64_t end) {
-    int64_t cell[kMaxDims], c[kMaxDims];
-    scalar_t frac[kMaxDims];
-    bool inside[kMaxDims];
     for (int64_t l = begin; l < end; ++l) {
-      const int64_t* r = res + l * dims;
-      const bool dense = hashgrid::level_dense(r, dims, size);
       for (int64_t i = 0; i < n; ++i) {
-        hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
+        const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
         const scalar_t* g = grad_by_level + (l * n + i) * feat;
         for (int k = 0; k < corners; ++k) {
-          const scalar_t w = hashgrid::corner(k, cell, frac, dims, c);
-          scalar_t* row = gtable + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
+          scalar_t w;
+          scalar_t* row = gtable + p.corner_row(k, &w) * feat;
           for (int64_t f = 0; f < feat; ++f) row[f] += w * g[f];
         }
       }
@@ -79,24 +69,19 @@ void backward_input_impl(const scalar_t* grad, const scalar_t* x, const table_t*
                          int64_t n, int64_t levels, int64_t size, int64_t feat) {
   const int corners = 1 << dims;
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
-    int64_t cell[kMaxDims], c[kMaxDims];
-    scalar_t frac[kMaxDims];
-    bool inside[kMaxDims];
     for (int64_t i = begin; i < end; ++i) {
       scalar_t acc[kMaxDims] = {0, 0, 0, 0};
       for (int64_t l = 0; l < levels; ++l) {
-        const int64_t* r = res + l * dims;
-        const bool dense = hashgrid::level_dense(r, dims, size);
-        hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
+        const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
         const scalar_t* g = grad + i * levels * feat + l * feat;
         for (int k = 0; k < corners; ++k) {
-          for (int d = 0; d < dims; ++d) c[d] = cell[d] + ((k >> d) & 1);
-          const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
+          scalar_t w;
+          const table_t* row = table + p.corner_row(k, &w) * feat;
           scalar_t dot = 0;
           for (int64_t f = 0; f < feat; ++f) dot += g[f] * static_cast<scalar_t>(row[f]);
           for (int d = 0; d < dims; ++d) {
-            if (!inside[d]) continue;  // clamped coordinates get no gradient
-            acc[d] += dot * hashgrid::corner_weight_grad(k, d, frac, r, dims);
+            if (!p.inside[d]) continue;
+            acc[d] += dot * p.weight_grad(k, d);
           }
         }
       }

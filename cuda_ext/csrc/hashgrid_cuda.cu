@@ -27,17 +27,12 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const table_t* __
                                scalar_t* __restrict__ out, int64_t n, int64_t levels, int64_t size, int64_t feat) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, l = blockIdx.y;
   if (i >= n) return;
-  const int64_t* r = res + l * dims;
-  const bool dense = hashgrid::level_dense(r, dims, size);
-  int64_t cell[kMaxDims], c[kMaxDims];
-  scalar_t frac[kMaxDims];
-  bool inside[kMaxDims];
-  hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
+  const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
   scalar_t acc[kMaxFeat] = {0, 0, 0, 0, 0, 0, 0, 0};
 #pragma unroll
   for (int k = 0; k < (1 << dims); ++k) {
-    const scalar_t w = hashgrid::corner(k, cell, frac, dims, c);
-    const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
+    scalar_t w;
+    const table_t* row = table + p.corner_row(k, &w) * feat;
 #pragma unroll
     for (int f = 0; f < kMaxFeat; ++f)
       if (f < feat) acc[f] += w * load<table_t, scalar_t>(row + f);
@@ -74,23 +69,18 @@ __global__ void backward_table_kernel(const scalar_t* __restrict__ grad, const s
                                       scalar_t* __restrict__ gtable, int64_t n, int64_t levels, int64_t size, int64_t feat) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, l = blockIdx.y;
   if (i >= n) return;
-  const int64_t* r = res + l * dims;
-  const bool dense = hashgrid::level_dense(r, dims, size);
-  int64_t cell[kMaxDims], c[kMaxDims];
-  scalar_t frac[kMaxDims];
-  bool inside[kMaxDims];
-  hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
+  const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
   scalar_t g[kMaxFeat];
 #pragma unroll
   for (int f = 0; f < kMaxFeat; ++f) g[f] = f < feat ? grad[i * levels * feat + l * feat + f] : scalar_t(0);
 #pragma unroll
   for (int k = 0; k < (1 << dims); ++k) {
-    const scalar_t w = hashgrid::corner(k, cell, frac, dims, c);
-    scatter_add(gtable + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat, g, w, feat);
+    scalar_t w;
+    const int64_t row = p.corner_row(k, &w);
+    scatter_add(gtable + row * feat, g, w, feat);
   }
 }
 
-// One thread per point: sum over levels and corners of d(out)/d(x).
 // One thread per (point, level): this level's share of d(out)/d(x), added atomically into
 // gx (zeroed by the caller); 16 levels give 16x the parallelism of a per-point loop.
 template <int dims, typename scalar_t, typename table_t>
@@ -99,27 +89,21 @@ __global__ void backward_input_kernel(const scalar_t* __restrict__ grad, const s
                                       int64_t size, int64_t feat) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, l = blockIdx.y;
   if (i >= n) return;
-  int64_t cell[kMaxDims], c[kMaxDims];
-  scalar_t frac[kMaxDims];
-  bool inside[kMaxDims];
+  const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
   scalar_t acc[kMaxDims] = {0, 0, 0, 0};
-  const int64_t* r = res + l * dims;
-  const bool dense = hashgrid::level_dense(r, dims, size);
-  hashgrid::locate(x + i * dims, r, dims, cell, frac, inside);
   const scalar_t* g = grad + i * levels * feat + l * feat;
 #pragma unroll
   for (int k = 0; k < (1 << dims); ++k) {
-#pragma unroll
-    for (int d = 0; d < dims; ++d) c[d] = cell[d] + ((k >> d) & 1);
-    const table_t* row = table + (l * size + hashgrid::vertex_row(c, r, dims, size, dense)) * feat;
+    scalar_t w;
+    const table_t* row = table + p.corner_row(k, &w) * feat;
     scalar_t dot = 0;
 #pragma unroll
     for (int f = 0; f < kMaxFeat; ++f)
       if (f < feat) dot += g[f] * load<table_t, scalar_t>(row + f);
 #pragma unroll
     for (int d = 0; d < dims; ++d) {
-      if (!inside[d]) continue;
-      acc[d] += dot * hashgrid::corner_weight_grad(k, d, frac, r, dims);
+      if (!p.inside[d]) continue;
+      acc[d] += dot * p.weight_grad(k, d);
     }
   }
 #pragma unroll
