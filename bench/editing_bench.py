@@ -101,7 +101,7 @@ def main() -> int:
             controlnet = "none" if method == "diffusion-atlas" else models["controlnet"]
             kwargs = dict(prompt="a red ball", method=method, frames=video.frames, model=models["model"], controlnet=controlnet,
                           steps=a.steps, resolution=a.resolution, runtime=Runtime(quiet=True), **extra)
-            edit(bundle, **{**kwargs, "steps": 1, "lora_steps": 1} if method == "diffusion-atlas" else {**kwargs, "steps": 1})  # load + warm up
+            edit(bundle, **{**kwargs, "steps": 1, **{k: 1 for k in extra}})  # load + warm up
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()

@@ -46,6 +46,8 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
         raise AtlasInputError("give exactly one kind of edit: atlas images, keyframes, or a prompt")
     if mode not in ("overlay", "replace"):
         raise AtlasInputError(f"mode must be overlay or replace, got {mode!r}")
+    if prompt and method not in METHODS:
+        raise AtlasInputError(f"--prompt needs --method {'|'.join(METHODS)}")
     src = source_frames(bundle, frames)
     generated: dict[str, np.ndarray] = {}
     if prompt:
@@ -71,8 +73,6 @@ def prompt_edits(bundle: AtlasBundle, source: torch.Tensor, prompt: str | dict[s
     with: DiffusionAtlas may re-fit opacity to an edited silhouette) from a diffusion editor."""
     from .diffuse import PromptEdit
 
-    if method not in METHODS:
-        raise AtlasInputError(f"--prompt needs --method {'|'.join(METHODS)}")
     prompts = dict(prompt) if isinstance(prompt, dict) else {layer or default_layer(bundle): prompt}
     for name in prompts:
         if name not in bundle.layer_names:

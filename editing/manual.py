@@ -15,7 +15,8 @@ from propagation.splat import SplatAccumulator, change_mask, splat_frame
 ImageLike = str | Path | np.ndarray | torch.Tensor
 
 
-def _load(image: ImageLike) -> np.ndarray:
+def load_image(image: ImageLike) -> np.ndarray:
+    """[H, W, C] float image from a path, an array or a tensor."""
     if isinstance(image, (str, Path)):
         return read_image(image)
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
@@ -46,7 +47,7 @@ def atlas_edits(bundle: AtlasBundle, images: dict[str, ImageLike]) -> dict[str, 
     for name, image in images.items():
         if name not in bundle.layer_names:
             raise AtlasInputError(f"--atlas {name}=...: no layer {name!r}; layers: {', '.join(bundle.layer_names)}")
-        arr = _load(image)
+        arr = load_image(image)
         base = bundle.textures[name]
         if arr.shape[:2] != base.shape[:2]:
             raise AtlasInputError(f"atlas edit for {name} is {arr.shape[1]}x{arr.shape[0]}; the {name} atlas is {base.shape[1]}x{base.shape[0]} (edit the exported atlas/{name}.png)")
@@ -72,10 +73,10 @@ def keyframe_edits(bundle: AtlasBundle, source: torch.Tensor, keyframes: dict[in
     for index, image in sorted(keyframes.items()):
         if not 0 <= index < bundle.num_frames:
             raise AtlasInputError(f"keyframe index {index} out of range 0..{bundle.num_frames - 1}")
-        arr = _frame_sized(_load(image), (w, h), f"keyframe {index}")
+        arr = _frame_sized(load_image(image), (w, h), f"keyframe {index}")
         edited = torch.from_numpy(np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[..., :3].copy())
         if index in masks:
-            m = _frame_sized(_load(masks[index]), (w, h), f"keyframe mask {index}")
+            m = _frame_sized(load_image(masks[index]), (w, h), f"keyframe mask {index}")
             mask = torch.from_numpy(m[..., :3].mean(-1) if m.shape[2] >= 3 else m[..., 0].copy())
         else:
             mask = change_mask(edited, source[index])

@@ -34,11 +34,8 @@ def refit_opacity(bundle: AtlasBundle, layer: str, shape: np.ndarray, box: Box, 
     lo = torch.tensor([x0 / w, y0 / h], device=device)
     hi = torch.tensor([x1 / w, y1 / h], device=device)
     target_tex = torch.from_numpy(shape.astype(np.float32))[..., None].to(device)
-    params = list(model.alpha_grid.parameters()) + list(model.alpha_net.parameters())
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+    for name, p in model.named_parameters():  # only the opacity field learns
+        p.requires_grad_(name.startswith(("alpha_grid.", "alpha_net.")))
     cfg = bundle.config.train
     opt = torch.optim.Adam([{"params": model.alpha_grid.parameters(), "lr": cfg.lr_grid},
                             {"params": model.alpha_net.parameters(), "lr": cfg.lr_mlp}])

@@ -13,7 +13,8 @@ import numpy as np
 
 from atlas.bundle import AtlasBundle
 from atlas.errors import AtlasInputError
-from atlas.io import read_image
+
+from .manual import load_image
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 
@@ -27,8 +28,7 @@ def atlas_region(bundle: AtlasBundle, layer: str, mask: str | Path | np.ndarray 
     tex = bundle.textures[layer]
     h, w = tex.shape[:2]
     if mask is not None:
-        arr = read_image(mask) if isinstance(mask, (str, Path)) else np.asarray(mask, dtype=np.float32)
-        arr = arr if arr.ndim == 2 else arr[..., :3].mean(-1)
+        arr = load_image(mask)[..., :3].mean(-1)
         if arr.shape != (h, w):
             raise AtlasInputError(f"region mask is {arr.shape[1]}x{arr.shape[0]}; the {layer} atlas is {w}x{h}")
         region = arr > 0.5

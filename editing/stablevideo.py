@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from atlas.bundle import AtlasBundle
 from atlas.errors import AtlasInputError
 from propagation.sample import sample
-from propagation.splat import SplatAccumulator
+from propagation.splat import SplatAccumulator, splat_layer
 
 from .diffuse import PromptEdit, sdedit
 
@@ -111,9 +111,7 @@ def train_aggregation(source_partials: list[np.ndarray], target: np.ndarray, mas
 def _splat(width: int, height: int, maps, layer: int, image: torch.Tensor) -> np.ndarray:
     """RGBA partial atlas of one keyframe's pixels on `layer`."""
     acc = SplatAccumulator(width, height)
-    w = maps.weights[..., layer].reshape(-1)
-    keep = w > VISIBLE
-    acc.add(maps.uv[..., layer, :].reshape(-1, 2)[keep], w[keep], torch.ones(int(keep.sum())), image.reshape(-1, 3)[keep])
+    splat_layer(acc, maps, layer, image, torch.ones(image.shape[:2]), min_weight=VISIBLE)
     return acc.rgba()
 
 

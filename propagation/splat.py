@@ -62,14 +62,19 @@ class SplatAccumulator:
         return out.reshape(self.height, self.width, 4).float().numpy()
 
 
+def splat_layer(acc: SplatAccumulator, maps: FrameMaps, layer: int, edited: torch.Tensor, mask: torch.Tensor,
+                min_weight: float = 0.05) -> None:
+    """Add one keyframe ([H, W, 3] edited image, [H, W] mask) to one layer's sums, from the
+    pixels whose weight on that layer exceeds `min_weight`."""
+    w = maps.weights[..., layer].reshape(-1)
+    keep = w > min_weight
+    acc.add(maps.uv[..., layer, :].reshape(-1, 2)[keep], w[keep], mask.reshape(-1)[keep], edited.reshape(-1, 3)[keep])
+
+
 def splat_frame(acc: list[SplatAccumulator], maps: FrameMaps, edited: torch.Tensor, mask: torch.Tensor, min_weight: float = 0.05) -> None:
-    """Add one keyframe ([H, W, 3] edited image, [H, W] mask) to every layer's sums."""
-    flat_mask = mask.reshape(-1)
-    colour = edited.reshape(-1, 3)
+    """Add one keyframe to every layer's sums (see splat_layer)."""
     for layer, a in enumerate(acc):
-        w = maps.weights[..., layer].reshape(-1)
-        keep = w > min_weight
-        a.add(maps.uv[..., layer, :].reshape(-1, 2)[keep], w[keep], flat_mask[keep], colour[keep])
+        splat_layer(a, maps, layer, edited, mask, min_weight)
 
 
 def change_mask(edited: torch.Tensor, source: torch.Tensor, threshold: float = 3.0 / 255.0) -> torch.Tensor:
