@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 
-def charbonnier(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Smooth L1: robust to the flow's outliers, differentiable at 0."""
-    return torch.sqrt(x * x + eps * eps)
+def charbonnier(sq_norm: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """sqrt(|d|^2 + eps^2) from |d|^2: a smooth L1, robust to the flow's outliers, with a
+    finite gradient at d = 0 (a norm's gradient there is NaN, which no zero weight cancels)."""
+    return torch.sqrt(sq_norm + eps * eps)
 
 
 def reconstruction(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -19,9 +20,10 @@ def flow_consistency(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tens
     """A pixel and its flow target must land on the same atlas point, per layer.
 
     uv_a, uv_b: [N, layers, 2]; weights: [N, layers] (layer visibility at the source
-    pixel, detached); px_per_uv: [layers, 2] converts uv to atlas pixels.
+    pixel, detached; 0 where the flow is unreliable); px_per_uv: [layers, 2] converts uv
+    to atlas pixels.
     """
-    err = charbonnier(((uv_a - uv_b) * px_per_uv[None]).norm(dim=-1))
+    err = charbonnier(((uv_a - uv_b) * px_per_uv[None]).square().sum(dim=-1))
     return (err * weights).sum() / weights.sum().clamp_min(1.0)
 
 
@@ -41,9 +43,13 @@ def mask_bootstrap(alpha_union: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return F.binary_cross_entropy(alpha_union.clamp(1e-5, 1 - 1e-5), mask)
 
 
-def alpha_flow(alpha_a: torch.Tensor, alpha_b: torch.Tensor) -> torch.Tensor:
-    """Opacity is carried along the flow."""
-    return (alpha_a - alpha_b).abs().mean()
+def alpha_flow(alpha_a: torch.Tensor, alpha_b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Opacity is carried along the flow: mean |a - b| over the pixels whose flow is valid.
+
+    alpha_a, alpha_b: [N, k]; valid: [N] in {0, 1}.
+    """
+    err = (alpha_a - alpha_b).abs() * valid[:, None]
+    return err.sum() / (valid.sum() * alpha_a.shape[1]).clamp_min(1.0)
 
 
 def sparsity(alpha: torch.Tensor) -> torch.Tensor:

@@ -49,9 +49,12 @@ class FrameGeometry:
         return float(max(self.width, self.height))
 
     def normalise(self, xy: torch.Tensor) -> torch.Tensor:
-        """Pixel coordinates [N, 2] (x right, y down; pixel centres at +0.5) -> q."""
-        centre = xy.new_tensor([self.width / 2.0, self.height / 2.0])
-        return (xy + 0.5 - centre) / self.scale
+        """Pixel coordinates [N, 2] (x right, y down; pixel centres at +0.5) -> q.
+
+        Python scalars only: a constant tensor made here would be a host-to-device copy,
+        which makes a GPU step wait for the host.
+        """
+        return torch.stack([xy[:, 0] + (0.5 - self.width / 2.0), xy[:, 1] + (0.5 - self.height / 2.0)], dim=-1) / self.scale
 
     def grid_input(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """[N, 3] in [0, 1]^3 for the 3-D grids: (x / W, y / H, t / (T - 1))."""
@@ -141,11 +144,16 @@ class LayeredAtlas(nn.Module):
             remaining = remaining * (1.0 - alpha[:, i])
         return torch.stack([remaining] + fg, dim=1)
 
-    def forward(self, xy: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Evaluate pixels xy [N, 2] (pixel units) of frames t [N] (int64)."""
+    def forward(self, xy: torch.Tensor, t: torch.Tensor, colour_rows: int | None = None) -> dict[str, torch.Tensor]:
+        """Evaluate pixels xy [N, 2] (pixel units) of frames t [N] (int64).
+
+        `colour_rows` colours only the first rows ("rgb_layers" and "rgb" have that many);
+        the fitter needs just the mapping and opacity at its flow targets.
+        """
         uv = self.uv(xy, t)
         alpha = self.alpha(xy, t)
         weights = self.layer_weights(alpha)
-        rgb_layers = self.colour(uv)
-        rgb = (rgb_layers * weights[..., None]).sum(dim=1)
+        n = xy.shape[0] if colour_rows is None else colour_rows
+        rgb_layers = self.colour(uv[:n])
+        rgb = (rgb_layers * weights[:n, :, None]).sum(dim=1)
         return {"uv": uv, "alpha": alpha, "weights": weights, "rgb_layers": rgb_layers, "rgb": rgb}

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 import cuda_ext
 
-from . import __version__, losses
+from . import __version__
 from .bake import bake
 from .bundle import FORMAT_VERSION, AtlasBundle, check_output_dir, layer_names
 from .config import FitConfig, load_config
@@ -32,6 +32,7 @@ from .io import Video, read_video
 from .model import FrameGeometry, LayeredAtlas
 from .preprocess import Preprocessed, preprocess
 from .quality import quality_maps
+from .step import Stepper
 
 
 def pick_device(name: str) -> torch.device:
@@ -43,17 +44,6 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise AtlasInputError(f"--device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
-
-
-def _optimizer(model: LayeredAtlas, cfg: FitConfig) -> torch.optim.Adam:
-    grids, transforms, nets = [], [], []
-    for name, p in model.named_parameters():
-        (grids if name.endswith("table") else transforms if name.endswith("transforms") else nets).append(p)
-    t = cfg.train
-    return torch.optim.Adam(
-        [{"params": grids, "lr": t.lr_grid}, {"params": nets, "lr": t.lr_mlp}, {"params": transforms, "lr": t.lr_transform}],
-        betas=(0.9, 0.99), eps=1e-15,
-    )
 
 
 class _Checkpoint:
@@ -89,27 +79,54 @@ class _Checkpoint:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class _RunningPsnr:
+    """Moving average of the batch MSE as a PSNR, and when it first reached 25/30/33 dB.
+
+    Batch MSEs stay on the device and are read back every `every` steps, so a GPU step
+    never waits for the host (one sync per `every` steps instead of one per step).
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every, self.pending, self.ema, self.reached = max(every, 1), [], None, {}
+
+    def add(self, mse: torch.Tensor, elapsed: float) -> None:
+        self.pending.append(mse.detach())
+        if len(self.pending) >= self.every:
+            self.flush(elapsed)
+
+    def flush(self, elapsed: float) -> None:
+        for v in torch.stack(self.pending).tolist() if self.pending else []:
+            self.ema = v if self.ema is None else 0.95 * self.ema + 0.05 * v
+            for target in (25, 30, 33):
+                if self.psnr >= target and target not in self.reached:
+                    self.reached[target] = round(elapsed, 2)
+        self.pending = []
+
+    @property
+    def psnr(self) -> float:
+        return -10.0 * float(np.log10(max(self.ema, 1e-10))) if self.ema is not None else 0.0
+
+
 def _train(model: LayeredAtlas, video: Video, pre: Preprocessed, cfg: FitConfig, device: torch.device, seed: int,
            time_budget: float | None, ckpt: _Checkpoint, resume_state: dict[str, Any] | None, quiet: bool) -> dict[str, Any]:
     g = model.geom
-    T, H, W, HW = g.num_frames, g.height, g.width, g.height * g.width
-    rgb = video.frames.reshape(-1, 3).to(device)
-    flow = pre.flow_fwd.reshape(-1, 2).to(device)
-    valid = pre.valid_fwd.reshape(-1).to(device)
-    masks = pre.masks.reshape(-1).to(device)
-    lw, tc = cfg.loss, cfg.train
-    opt = _optimizer(model, cfg)
-    base_lrs = [grp["lr"] for grp in opt.param_groups]
-    gen = torch.Generator().manual_seed(seed)
+    data = {
+        "rgb": video.frames.reshape(-1, 3).to(device),
+        "flow": pre.flow_fwd.reshape(-1, 2).to(device),
+        "valid": pre.valid_fwd.reshape(-1).to(device),
+        "masks": pre.masks.reshape(-1).to(device),
+    }
+    tc = cfg.train
+    stepper = Stepper(model, data, cfg, device, cuda_graph=tc.cuda_graph)
+    # drawn on the device: a host generator would need a host-to-device copy (a sync) per step
+    gen = torch.Generator(device=device).manual_seed(seed)
     start, elapsed0 = 0, 0.0
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
-        opt.load_state_dict(resume_state["optim"])
+        stepper.load_optimizer(resume_state["optim"])
         gen.set_state(resume_state["rng"])
         start, elapsed0 = int(resume_state["step"]), float(resume_state["elapsed"])
-    px_per_uv = torch.stack([m.pixels_per_uv for m in model.mappings])  # [layers, 2]
-    eye = torch.eye(2, device=device)
-    ema, reached, t0 = None, {}, time.perf_counter()
+    running, t0 = _RunningPsnr(tc.eval_every), time.perf_counter()
     bar = tqdm(total=tc.iters, initial=start, disable=quiet, desc="fit", unit="it", dynamic_ncols=True)
     step = start
     for step in range(start, tc.iters):
@@ -120,59 +137,21 @@ def _train(model: LayeredAtlas, video: Video, pre: Preprocessed, cfg: FitConfig,
         progress = step / max(tc.iters, 1)
         if time_budget is not None:
             progress = max(progress, elapsed / time_budget)
-        decay = 0.1**progress
-        for grp, lr in zip(opt.param_groups, base_lrs):
-            grp["lr"] = lr * decay
-        idx = torch.randint(0, T * HW, (tc.batch,), generator=gen).to(device)
-        t = idx // HW
-        rem = idx % HW
-        xy = torch.stack([rem % W, rem // W], dim=-1).float()
-        out = model(xy, t)
-        mse = losses.reconstruction(out["rgb"], rgb[idx])
-        loss = lw.recon * mse
-        if model.num_fg:
-            union = 1.0 - out["weights"][:, 0]
-            mask_w = lw.mask * max(0.0, 1.0 - progress / max(lw.mask_anneal, 1e-6))
-            if mask_w > 0:
-                loss = loss + mask_w * losses.mask_bootstrap(union, masks[idx])
-            loss = loss + lw.sparsity * losses.sparsity(out["alpha"])
-        # flow consistency on the first half of the batch (pixels with a reliable forward flow)
-        half = tc.batch // 2
-        fidx = (t[:half] * HW + rem[:half])
-        sel = (t[:half] < T - 1)
-        sel = sel & valid[fidx.clamp_max(valid.numel() - 1)]
-        if sel.any():
-            xy2 = xy[:half][sel] + flow[fidx[sel]]
-            t2 = t[:half][sel] + 1
-            uv2 = model.uv(xy2, t2)
-            loss = loss + lw.flow * losses.flow_consistency(out["uv"][:half][sel], uv2, out["weights"][:half][sel].detach(), px_per_uv)
-            if model.num_fg:
-                loss = loss + lw.alpha_flow * losses.alpha_flow(out["alpha"][:half][sel], model.alpha(xy2, t2))
-        # rigidity of the residual on a quarter of the batch
-        q = tc.batch // 4
-        for i, m in enumerate(model.mappings):
-            r0 = m.residual(xy[:q], t[:q])
-            rx = m.residual(xy[:q] + eye[0], t[:q])
-            ry = m.residual(xy[:q] + eye[1], t[:q])
-            loss = loss + lw.rigidity * losses.rigidity(r0, rx, ry, px_per_uv[i : i + 1])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema = mse.item() if ema is None else 0.95 * ema + 0.05 * mse.item()
-        run_psnr = -10.0 * np.log10(max(ema, 1e-10))
-        for target in (25, 30, 33):
-            if run_psnr >= target and target not in reached:
-                reached[target] = round(elapsed0 + time.perf_counter() - t0, 2)
-        if step % tc.eval_every == 0:
-            bar.set_postfix(psnr=f"{run_psnr:.2f}dB", refresh=False)
+        stepper.schedule(progress)
+        idx = torch.randint(0, g.num_frames * g.height * g.width, (tc.batch,), generator=gen, device=device)
+        running.add(stepper(idx), elapsed0 + time.perf_counter() - t0)
+        if not running.pending:  # just flushed
+            bar.set_postfix(psnr=f"{running.psnr:.2f}dB", refresh=False)
         bar.update(1)
         if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.iters:
-            ckpt.save_state(model, opt, step + 1, gen, elapsed0 + time.perf_counter() - t0)
+            ckpt.save_state(model, stepper.opt, step + 1, gen, elapsed0 + time.perf_counter() - t0)
     else:
         step = tc.iters
+    running.flush(elapsed0 + time.perf_counter() - t0)
+    stepper.opt.zero_grad(set_to_none=True)  # frees the gradients (a CUDA graph's pool) before evaluation
     bar.close()
     fit_s = elapsed0 + time.perf_counter() - t0
-    return {"iterations": step, "fit_s": round(fit_s, 2), "running_psnr_reached_s": {str(k): v for k, v in reached.items()},
+    return {"iterations": step, "fit_s": round(fit_s, 2), "running_psnr_reached_s": {str(k): v for k, v in running.reached.items()},
             "iters_per_s": round((step - start) / max(time.perf_counter() - t0, 1e-9), 3)}
 
 

@@ -81,13 +81,20 @@ def fit_table(iters: int, devices: list[str]) -> None:
 
     clip = make_clip(num_frames=16, width=160, height=120)
     video = Video(clip.frames, clip.fps, "synthetic", (0, 16))
-    print(f"\nfitter on a synthetic 160x120x16 clip, preset fast, {iters} iterations")
-    print(f"{'backend':<8} {'device':<6} {'it/s':>7}")
-    for name, dev in backends(devices):
+    print(f"\nfitter on a synthetic 160x120x16 clip, preset fast, {iters} iterations (x: against torch on that device)")
+    print(f"{'backend':<8} {'device':<6} {'graph':<5} {'it/s':>7} {'x':>6}")
+    runs = [(name, dev, False) for name, dev in backends(devices)]
+    runs += [(name, dev, True) for name, dev, _ in runs if dev.type == "cuda" and name != "torch"]
+    reference: dict[str, float] = {}
+    for name, dev, graph in runs:
         with tempfile.TemporaryDirectory() as tmp:
-            b = atlas.fit(video, Path(tmp) / "b", "fast", [f"model.encoding_backend={name}"], iters=iters,
-                          device=dev.type, quiet=True)
-        print(f"{name:<8} {dev.type:<6} {b.meta['metrics']['iters_per_s']:>7.2f}", flush=True)
+            b = atlas.fit(video, Path(tmp) / "b", "fast", [f"model.encoding_backend={name}", f"train.cuda_graph={str(graph).lower()}"],
+                          iters=iters, device=dev.type, quiet=True)
+        its = b.meta["metrics"]["iters_per_s"]
+        if name == "torch":
+            reference[dev.type] = its
+        ratio = f"{its / reference[dev.type]:.1f}" if dev.type in reference else "-"
+        print(f"{name:<8} {dev.type:<6} {'yes' if graph else 'no':<5} {its:>7.2f} {ratio:>6}", flush=True)
 
 
 def main() -> int:

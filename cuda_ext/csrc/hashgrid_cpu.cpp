@@ -45,12 +45,15 @@ void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, s
 }
 
 // grad_by_level is [L, N, F]: each level's pass reads its gradients contiguously.
+// gtable need not be zeroed: each level's thread zeroes its slice just before scattering
+// into it, while the slice is still in its cache (one pass over the table, not two).
 template <int dims, typename scalar_t>
 void backward_table_impl(const scalar_t* grad_by_level, const scalar_t* x, const int64_t* res, scalar_t* gtable,
                          int64_t n, int64_t levels, int64_t size, int64_t feat) {
   const int corners = 1 << dims;
   at::parallel_for(0, levels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t l = begin; l < end; ++l) {
+      std::fill(gtable + l * size * feat, gtable + (l + 1) * size * feat, scalar_t(0));
       for (int64_t i = 0; i < n; ++i) {
         const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
         const scalar_t* g = grad_by_level + (l * n + i) * feat;
@@ -126,7 +129,7 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_cpu_bwd", [&] {
     if (need_table) {
       // accumulate in x's precision, cast to the table's dtype at the end
-      auto acc = torch::zeros({levels, size, feat}, x.options());
+      auto acc = torch::empty({levels, size, feat}, x.options());  // zeroed per level by the kernel
       auto by_level = grad.view({n, levels, feat}).transpose(0, 1).contiguous();
       hashgrid::dispatch_dims(x.size(1), [&](auto d) {
         backward_table_impl<decltype(d)::value, scalar_t>(by_level.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),

@@ -1,0 +1,135 @@
+"""One fitting step: the batch loss (DESIGN.md §Fit) and how a step runs, launched op by
+op or replayed from a CUDA graph.
+
+A step is a few hundred small kernels. Launched one by one from Python, a GPU step is
+bound by launch overhead and by every host sync, not by the GPU. So the loss has static
+shapes and copies nothing from the host (no step waits for the host), and with
+`train.cuda_graph` the whole step (forward, backward, Adam) is captured once and
+replayed: one launch per step.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import losses
+from .config import FitConfig, LossConfig
+from .model import LayeredAtlas
+
+
+def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Tensor, mask_w: torch.Tensor, lw: LossConfig,
+              px_per_uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, reconstruction MSE) for a batch of pixel indices `idx` into the video.
+
+    data: "rgb" [T*H*W, 3], "flow" [(T-1)*H*W, 2], "valid" [(T-1)*H*W] bool, "masks"
+    [T*H*W]; `mask_w` is the annealed mask-bootstrap weight (a 0-dim tensor).
+    Shapes never depend on the data (no boolean indexing, no `.any()`). Each grid is
+    evaluated once per step where possible: the batch and its flow targets go through
+    the model together, the rigidity stencil through each residual grid together.
+    """
+    g = model.geom
+    T, W, HW = g.num_frames, g.width, g.height * g.width
+    B = idx.shape[0]
+    half, q = B // 2, B // 4
+    t, rem = idx // HW, idx % HW
+    xy = torch.stack([rem % W, rem // W], dim=-1).float()
+    # flow targets of the first half of the batch; pixels without a reliable forward flow
+    # (last frame, occluded) get weight 0 instead of being dropped
+    fidx = idx[:half].clamp_max(data["valid"].numel() - 1)
+    has_flow = ((t[:half] < T - 1) & data["valid"][fidx]).float()
+    xy2 = xy[:half] + data["flow"][fidx]
+    t2 = (t[:half] + 1).clamp_max(T - 1)
+    out = model(torch.cat([xy, xy2]), torch.cat([t, t2]), colour_rows=B)
+    mse = losses.reconstruction(out["rgb"], data["rgb"][idx])
+    loss = lw.recon * mse
+    uv, alpha, weights = out["uv"], out["alpha"], out["weights"]
+    flow_w = weights[:half].detach() * has_flow[:, None]
+    loss = loss + lw.flow * losses.flow_consistency(uv[:half], uv[B:], flow_w, px_per_uv)
+    if model.num_fg:
+        loss = loss + mask_w * losses.mask_bootstrap(1.0 - weights[:B, 0], data["masks"][idx])
+        loss = loss + lw.sparsity * losses.sparsity(alpha[:B])
+        loss = loss + lw.alpha_flow * losses.alpha_flow(alpha[:half], alpha[B:], has_flow)
+    # rigidity of each residual on a quarter of the batch: the pixel and its +x, +y neighbours
+    x, y = xy[:q].unbind(-1)
+    stencil = torch.cat([xy[:q], torch.stack([x + 1.0, y], -1), torch.stack([x, y + 1.0], -1)])
+    for i, m in enumerate(model.mappings):
+        r0, rx, ry = m.residual(stencil, t[:q].repeat(3)).split(q)
+        loss = loss + lw.rigidity * losses.rigidity(r0, rx, ry, px_per_uv[i : i + 1])
+    return loss, mse
+
+
+class Stepper:
+    """Owns the optimiser and runs steps: `stepper(idx)` -> the batch MSE (detached, on
+    the device, not synced).
+
+    Learning rates and the mask weight are device tensors updated in place by
+    :meth:`schedule`, so a captured graph sees each step's values. With `cuda_graph` (on
+    a CUDA device) the first `warmup` steps run eagerly on a side stream, as capture
+    requires; the next is captured, and every later step replays it.
+    """
+
+    def __init__(self, model: LayeredAtlas, data: dict[str, torch.Tensor], cfg: FitConfig, device: torch.device,
+                 cuda_graph: bool = False, warmup: int = 3) -> None:
+        self.model, self.data, self.loss_cfg = model, data, cfg.loss
+        self.device = device
+        t = cfg.train
+        self.base_lrs = [t.lr_grid, t.lr_mlp, t.lr_transform]
+        groups: list[list[torch.nn.Parameter]] = [[], [], []]
+        for name, p in model.named_parameters():
+            groups[0 if name.endswith("table") else 2 if name.endswith("transforms") else 1].append(p)
+        self.opt = torch.optim.Adam(
+            [{"params": ps, "lr": torch.tensor(lr, device=device)} for ps, lr in zip(groups, self.base_lrs)],
+            betas=(0.9, 0.99), eps=1e-15, fused=True, capturable=device.type == "cuda",
+        )
+        self.mask_w = torch.zeros((), device=device)
+        self.px_per_uv = torch.stack([m.pixels_per_uv for m in model.mappings])  # [layers, 2]
+        self.use_graph = cuda_graph and device.type == "cuda"
+        self.warmup = warmup
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_idx: torch.Tensor | None = None  # the graph's input buffer
+        self.eager_steps = 0
+
+    def load_optimizer(self, state: dict) -> None:
+        """Restore a checkpoint's optimiser state (its learning rates come back as device tensors)."""
+        self.opt.load_state_dict(state)
+        for grp in self.opt.param_groups:
+            grp["lr"] = torch.as_tensor(grp["lr"], dtype=torch.float32).to(self.device)
+
+    def schedule(self, progress: float) -> None:
+        """Set the schedules for `progress` in [0, 1]: learning rates decay 10x; the mask
+        bootstrap's weight falls linearly to 0 over the first `mask_anneal` of the fit."""
+        for grp, lr in zip(self.opt.param_groups, self.base_lrs):
+            grp["lr"].fill_(lr * 0.1**progress)
+        lw = self.loss_cfg
+        self.mask_w.fill_(lw.mask * max(0.0, 1.0 - progress / max(lw.mask_anneal, 1e-6)))
+
+    def _run(self, idx: torch.Tensor) -> torch.Tensor:
+        loss, mse = step_loss(self.model, self.data, idx, self.mask_w, self.loss_cfg, self.px_per_uv)
+        loss.backward()
+        self.opt.step()
+        return mse.detach()
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        if not self.use_graph:
+            self.opt.zero_grad(set_to_none=True)
+            return self._run(idx)
+        if self.static_idx is None:
+            self.static_idx = torch.empty_like(idx)
+            self.side = torch.cuda.Stream(device=self.device)
+        self.static_idx.copy_(idx)
+        if self.graph is None and self.eager_steps < self.warmup:
+            main = torch.cuda.current_stream(self.device)
+            self.side.wait_stream(main)
+            with torch.cuda.stream(self.side):
+                self.opt.zero_grad(set_to_none=True)
+                mse = self._run(self.static_idx)
+            main.wait_stream(self.side)
+            self.eager_steps += 1
+            return mse.clone()
+        if self.graph is None:
+            # gradients are allocated inside the graph's pool and overwritten by each replay
+            self.opt.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.graph_mse = self._run(self.static_idx)
+        self.graph.replay()
+        return self.graph_mse.clone()

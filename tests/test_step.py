@@ -1,0 +1,136 @@
+"""The fitting step: its batched, sync-free loss against the plain formulation, and (on a
+GPU) that it never waits for the host and replays from a CUDA graph."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from atlas import losses
+from atlas.config import FitConfig
+from atlas.model import FrameGeometry, LayeredAtlas
+from atlas.step import Stepper, step_loss
+
+GEOM = FrameGeometry(num_frames=5, height=24, width=32)
+
+
+def _setup(device: str = "cpu", seed: int = 0) -> tuple[LayeredAtlas, dict[str, torch.Tensor], FitConfig]:
+    gen = torch.Generator().manual_seed(seed)
+    cfg = FitConfig()
+    cfg.model.log2_table_size = 12
+    cfg.model.num_foregrounds = 2
+    layers, T = 3, GEOM.num_frames
+    transforms = torch.eye(3).expand(layers, T, 3, 3).clone()
+    transforms[:, :, :2, 2] = torch.randn(layers, T, 2, generator=gen) * 0.02  # a little motion per frame
+    model = LayeredAtlas(GEOM, cfg.model, ["background", "fg1", "fg2"], transforms, torch.full((layers, 2), -0.6),
+                         torch.full((layers, 2), 0.6), backend="auto")
+    with torch.no_grad():  # non-trivial residuals and opacities
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    HW = GEOM.height * GEOM.width
+    data = {
+        "rgb": torch.rand(T * HW, 3, generator=gen),
+        "flow": torch.randn((T - 1) * HW, 2, generator=gen) * 2.0,
+        "valid": torch.rand((T - 1) * HW, generator=gen) > 0.3,
+        "masks": (torch.rand(T * HW, generator=gen) > 0.5).float(),
+    }
+    return model.to(device), {k: v.to(device) for k, v in data.items()}, cfg
+
+
+def _plain_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Tensor, mask_w: float, cfg: FitConfig) -> torch.Tensor:
+    """The loss written the direct way: boolean selection of the pixels with a valid flow
+    and one model call per term (the oracle for the batched step)."""
+    lw, g = cfg.loss, GEOM
+    HW, T = g.height * g.width, g.num_frames
+    t, rem = idx // HW, idx % HW
+    xy = torch.stack([rem % g.width, rem // g.width], -1).float()
+    px = torch.stack([m.pixels_per_uv for m in model.mappings])
+    out = model(xy, t)
+    loss = lw.recon * losses.reconstruction(out["rgb"], data["rgb"][idx])
+    loss = loss + mask_w * losses.mask_bootstrap(1.0 - out["weights"][:, 0], data["masks"][idx])
+    loss = loss + lw.sparsity * losses.sparsity(out["alpha"])
+    half, q = len(idx) // 2, len(idx) // 4
+    sel = (t[:half] < T - 1) & data["valid"][idx[:half].clamp_max((T - 1) * HW - 1)]
+    xy2 = xy[:half][sel] + data["flow"][idx[:half][sel]]
+    t2 = t[:half][sel] + 1
+    d = ((out["uv"][:half][sel] - model.uv(xy2, t2)) * px[None]).norm(dim=-1)
+    w = out["weights"][:half][sel].detach()
+    loss = loss + lw.flow * (torch.sqrt(d * d + 1e-6) * w).sum() / w.sum()
+    loss = loss + lw.alpha_flow * (out["alpha"][:half][sel] - model.alpha(xy2, t2)).abs().mean()
+    for i, m in enumerate(model.mappings):
+        r0 = m.residual(xy[:q], t[:q])
+        rx = m.residual(xy[:q] + torch.tensor([1.0, 0.0]), t[:q])
+        ry = m.residual(xy[:q] + torch.tensor([0.0, 1.0]), t[:q])
+        loss = loss + lw.rigidity * losses.rigidity(r0, rx, ry, px[i : i + 1])
+    return loss
+
+
+def test_batched_step_loss_equals_the_plain_formulation():
+    model, data, cfg = _setup()
+    HW = GEOM.height * GEOM.width
+    idx = torch.randint(0, GEOM.num_frames * HW, (512,), generator=torch.Generator().manual_seed(1))
+    idx[:20] = torch.arange(20) + (GEOM.num_frames - 1) * HW  # last frame: no forward flow
+    px = torch.stack([m.pixels_per_uv for m in model.mappings])
+    loss, mse = step_loss(model, data, idx, torch.tensor(0.3), cfg.loss, px)
+    expected = _plain_loss(model, data, idx, 0.3, cfg)
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-7), (loss.item(), expected.item())
+    assert mse.item() > 0
+    # the gradients agree too (the zero-weighted rows contribute nothing, not NaN)
+    table = model.alpha_grid.table
+    (g_step,) = torch.autograd.grad(loss, table)
+    (g_plain,) = torch.autograd.grad(_plain_loss(model, data, idx, 0.3, cfg), table)
+    assert torch.isfinite(g_step).all()
+    assert torch.allclose(g_step, g_plain, rtol=1e-4, atol=1e-9)
+
+
+def test_stepper_schedule_and_a_step_lowers_the_loss():
+    model, data, cfg = _setup()
+    data["rgb"][:] = torch.tensor([0.9, 0.2, 0.5])  # a target the model can learn in a few steps
+    stepper = Stepper(model, data, cfg, torch.device("cpu"))
+    stepper.schedule(0.5)
+    assert [round(float(g["lr"]), 8) for g in stepper.opt.param_groups] == [round(lr * 0.1**0.5, 8) for lr in stepper.base_lrs]
+    assert float(stepper.mask_w) == 0.0  # annealed to 0 by half of the fit (mask_anneal 0.5)
+    stepper.schedule(0.25)
+    assert float(stepper.mask_w) == pytest.approx(cfg.loss.mask * 0.5)
+    idx = torch.randint(0, GEOM.num_frames * GEOM.height * GEOM.width, (1024,), generator=torch.Generator().manual_seed(2))
+    first = stepper(idx).item()
+    for _ in range(20):
+        last = stepper(idx).item()
+    assert last < 0.75 * first, (first, last)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_gpu_step_never_waits_for_the_host():
+    model, data, cfg = _setup("cuda")
+    stepper = Stepper(model, data, cfg, torch.device("cuda"))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    n = GEOM.num_frames * GEOM.height * GEOM.width
+    stepper(torch.randint(0, n, (1024,), generator=gen, device="cuda"))  # first step: lazy initialisation
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(3):
+            stepper.schedule(step / 10)
+            stepper(torch.randint(0, n, (1024,), generator=gen, device="cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+def test_cuda_graph_replay_matches_eager_steps():
+    n = GEOM.num_frames * GEOM.height * GEOM.width
+    idxs = [torch.randint(0, n, (1024,), generator=torch.Generator().manual_seed(s)).cuda() for s in range(8)]
+    runs = []
+    for graph in (False, True):
+        model, data, cfg = _setup("cuda")
+        stepper = Stepper(model, data, cfg, torch.device("cuda"), cuda_graph=graph, warmup=2)
+        mses = []
+        for step, idx in enumerate(idxs):
+            stepper.schedule(step / len(idxs))
+            mses.append(stepper(idx))
+        assert (stepper.graph is not None) == graph
+        runs.append((torch.stack(mses).cpu(), model.alpha_grid.table.detach().cpu()))
+    # the same kernels in the same order; only float atomics may reorder sums
+    assert torch.allclose(runs[0][0], runs[1][0], rtol=1e-3)
+    assert torch.allclose(runs[0][1], runs[1][1], rtol=1e-3, atol=1e-6)
