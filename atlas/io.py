@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,9 @@ def read_image(path: str | Path) -> np.ndarray:
         else:
             import imageio.v3 as iio
 
-            raw = iio.imread(path)
+            with warnings.catch_warnings():  # imageio probes its legacy plugins on files it cannot read, with warnings
+                warnings.simplefilter("ignore")
+                raw = iio.imread(path)
             scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
             arr = raw.astype(np.float32) / scale
     except AtlasInputError:
