@@ -4,8 +4,8 @@
 
 Table: L=16 levels, F=2 features, T=19 (2^19 entries per level), 2-D and 3-D inputs, fp32
 and (native backends) fp16 table storage,
-forward alone and forward+backward (table and input gradients), for every backend that
-loads here (torch reference, cpu, cuda). Best of --repeat runs after one warm-up.
+forward alone and forward+backward (table gradient alone, and with the input gradient),
+for every backend that loads here (torch reference, cpu, cuda). Best of --repeat runs after one warm-up.
 """
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ def timed(fn, device: torch.device, repeat: int) -> float:
 
 
 def encoding_table(sizes: list[int], repeat: int, max_torch_cpu: int, devices: list[str]) -> None:
-    print(f"{'backend':<8} {'device':<6} {'table':<5} {'dims':>4} {'points':>8} {'fwd ms':>9} {'fwd pts/s':>11} {'fwd+bwd ms':>11} {'f+b pts/s':>11}")
+    print("f+b: forward and backward, with the table gradient only (as the fitter's 3-D grids) and with the input gradient too")
+    print(f"{'backend':<8} {'device':<6} {'table':<5} {'dims':>4} {'points':>8} {'fwd ms':>9} {'fwd pts/s':>11} {'f+b ms':>9} "
+          f"{'f+b+x ms':>9} {'f+b+x pts/s':>12}")
     rows = [(name, dev, table) for name, dev in backends(devices) for table in (("fp32", "fp16") if name != "torch" else ("fp32",))]
     for name, dev, table in rows:
         for dims in (2, 3):
@@ -57,19 +59,23 @@ def encoding_table(sizes: list[int], repeat: int, max_torch_cpu: int, devices: l
                 n = 2**log_n
                 if name == "torch" and dev.type == "cpu" and log_n > max_torch_cpu:
                     continue
-                x = torch.rand(n, dims, device=dev, requires_grad=True)
+                x = torch.rand(n, dims, device=dev)
+                xg = x.clone().requires_grad_(True)
+                g = torch.randn(n, grid.out_dim, device=dev)  # dense, as a Linear layer's input gradient
 
                 def fwd():
                     with torch.no_grad():
                         grid(x)
 
-                def fwd_bwd():
+                def fwd_bwd(inp: torch.Tensor):
                     grid.table.grad = None
-                    x.grad = None
-                    grid(x).sum().backward()
+                    inp.grad = None
+                    grid(inp).backward(g)
 
-                tf, tb = timed(fwd, dev, repeat), timed(fwd_bwd, dev, repeat)
-                print(f"{name:<8} {dev.type:<6} {table:<5} {dims:>4} {'2^' + str(log_n):>8} {tf * 1e3:>9.2f} {n / tf:>11.3g} {tb * 1e3:>11.2f} {n / tb:>11.3g}", flush=True)
+                tf = timed(fwd, dev, repeat)
+                tb, tx = timed(lambda: fwd_bwd(x), dev, repeat), timed(lambda: fwd_bwd(xg), dev, repeat)
+                print(f"{name:<8} {dev.type:<6} {table:<5} {dims:>4} {'2^' + str(log_n):>8} {tf * 1e3:>9.2f} {n / tf:>11.3g} "
+                      f"{tb * 1e3:>9.2f} {tx * 1e3:>9.2f} {n / tx:>12.3g}", flush=True)
 
 
 def fit_table(iters: int, devices: list[str]) -> None:

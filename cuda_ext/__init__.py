@@ -75,7 +75,9 @@ def hash_encode(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor,
         resolutions: [L, D] int64 grid resolution per level and dimension.
         backend: a resolved backend name (see :func:`resolve_backend`).
     Returns:
-        [N, L * F] features in x's dtype, level-major.
+        [N, L * F] features in x's dtype, level-major. The cuda backend returns a transposed
+        view of a feature-major [L * F, N] buffer (its kernels write and read that layout
+        coalesced; a Linear layer takes it without a copy), so `.view()` needs `.contiguous()`.
     """
     if x.dim() != 2 or table.dim() != 3 or resolutions.shape != (table.shape[0], x.shape[1]):
         raise ValueError(

@@ -26,14 +26,19 @@ SOURCES = {
 
 
 def _jit(kind: str) -> ModuleType:
-    # torch.utils.cpp_extension logs a CUDA_HOME guess at import; ours is set below
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils.cpp_extension import get_default_build_root, load
-
     from .build import cuda_home, source_hash, wheel_cuda_includes
 
-    if kind == "cuda" and cuda_home() is not None:
-        os.environ.setdefault("CUDA_HOME", str(cuda_home()))
+    # torch.utils.cpp_extension fixes its CUDA_HOME when first imported, guessing from the
+    # `nvcc` on PATH, which is wrong when that is a wrapper script: give it the real root
+    home = cuda_home() if kind == "cuda" else None
+    if home is not None:
+        os.environ.setdefault("CUDA_HOME", str(home))
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # it logs that guess
+    import torch.utils.cpp_extension as cpp_extension
+    from torch.utils.cpp_extension import get_default_build_root, load
+
+    if home is not None:
+        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]  # in case it was imported before
     name = f"atlas_hashgrid_{kind}_{source_hash()}"
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
     if not any(root.glob(f"**/{name}/{name}*.so")):

@@ -3,6 +3,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 #include "hashgrid_cuda.h"
 
 namespace {
@@ -22,54 +24,65 @@ hashgrid::Shape shape_of(const torch::Tensor& x, const torch::Tensor& table, con
 
 void check(cudaError_t err) { TORCH_CHECK(err == cudaSuccess, "hash_encode (cuda): ", cudaGetErrorString(err)); }
 
+// Pointer to a table's data as the kernels' table_t (fp16 storage or x's dtype).
+template <typename table_t>
+const table_t* table_ptr(const torch::Tensor& table) {
+  if constexpr (std::is_same_v<table_t, __half>) {
+    return reinterpret_cast<const __half*>(table.data_ptr<at::Half>());
+  } else {
+    return table.data_ptr<table_t>();
+  }
+}
+
+// Calls f(scalar_t{}, table_t{}) for x's dtype and the table's storage (fp16 or x's dtype).
+template <typename F>
+void dispatch_types(const torch::Tensor& x, const torch::Tensor& table, F&& f) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_cuda", [&] {
+    if (table.scalar_type() == torch::kHalf) {
+      f(scalar_t{}, __half{});
+    } else {
+      f(scalar_t{}, scalar_t{});
+    }
+  });
+}
+
+// Returns [N, L * F] as a view of the kernel's feature-major [L * F, N] result: a Linear
+// layer reads it without a copy (cuBLAS takes the transpose).
 torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
   x = x.contiguous();
   table = table.contiguous();
   res = res.contiguous();
   const auto s = shape_of(x, table, res);
-  auto out = torch::empty({s.n, s.levels * s.feat}, x.options());
+  auto out = torch::empty({s.levels * s.feat, s.n}, x.options());
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_cuda_fwd", [&] {
-    if (table.scalar_type() == torch::kHalf) {
-      check(hashgrid::forward_cuda<scalar_t, __half>(x.data_ptr<scalar_t>(), reinterpret_cast<const __half*>(table.data_ptr<at::Half>()),
-                                                     res.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), s, stream));
-    } else {
-      check(hashgrid::forward_cuda<scalar_t, scalar_t>(x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),
-                                                       out.data_ptr<scalar_t>(), s, stream));
-    }
+  dispatch_types(x, table, [&](auto scalar, auto stored) {
+    using scalar_t = decltype(scalar);
+    using table_t = decltype(stored);
+    check(hashgrid::forward_cuda<scalar_t, table_t>(x.data_ptr<scalar_t>(), table_ptr<table_t>(table), res.data_ptr<int64_t>(),
+                                                    out.data_ptr<scalar_t>(), s, stream));
   });
-  return out;
+  return out.t();
 }
 
 std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::Tensor table, torch::Tensor res, bool need_table,
                                     bool need_input) {
-  grad = grad.contiguous();
+  auto grad_fm = grad.t().contiguous();  // feature-major [L * F, N]; no copy when grad came back in forward's layout
   x = x.contiguous();
   table = table.contiguous();
   res = res.contiguous();
   const auto s = shape_of(x, table, res);
+  // the table gradient accumulates in x's precision and is cast to the table's dtype after
+  torch::Tensor acc = need_table ? torch::zeros({s.levels, s.size, s.feat}, x.options()) : torch::Tensor();
+  torch::Tensor gx = need_input ? torch::zeros_like(x) : torch::Tensor();  // the kernel adds each level's share
   auto stream = at::cuda::getCurrentCUDAStream();
-  torch::Tensor gtable, gx;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_cuda_bwd", [&] {
-    if (need_table) {
-      auto acc = torch::zeros({s.levels, s.size, s.feat}, x.options());
-      check(hashgrid::backward_table_cuda<scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),
-                                                    acc.data_ptr<scalar_t>(), s, stream));
-      gtable = acc.to(table.scalar_type());
-    }
-    if (need_input) {
-      gx = torch::zeros_like(x);  // the kernel adds each level's share
-      if (table.scalar_type() == torch::kHalf) {
-        check(hashgrid::backward_input_cuda<scalar_t, __half>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                                                              reinterpret_cast<const __half*>(table.data_ptr<at::Half>()),
-                                                              res.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), s, stream));
-      } else {
-        check(hashgrid::backward_input_cuda<scalar_t, scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(),
-                                                                res.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), s, stream));
-      }
-    }
+  dispatch_types(x, table, [&](auto scalar, auto stored) {
+    using scalar_t = decltype(scalar);
+    using table_t = decltype(stored);
+    check(hashgrid::backward_cuda<scalar_t, table_t>(grad_fm.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table_ptr<table_t>(table),
+                                                     res.data_ptr<int64_t>(), need_table ? acc.data_ptr<scalar_t>() : nullptr,
+                                                     need_input ? gx.data_ptr<scalar_t>() : nullptr, s, stream));
   });
-  return {gtable, gx};
+  return {need_table ? acc.to(table.scalar_type()) : torch::Tensor(), gx};
 }
 
 }  // namespace

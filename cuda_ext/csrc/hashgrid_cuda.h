@@ -13,14 +13,15 @@ struct Shape {
   int64_t feat;    // features per level (F <= 8)
 };
 
+// Features are feature-major on the GPU: out and grad are [L * F, N] (row l * F + f holds
+// feature f of level l for every point), so each level's writes and reads are coalesced.
 template <typename scalar_t, typename table_t>
 cudaError_t forward_cuda(const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* out, const Shape& s, cudaStream_t stream);
 
-template <typename scalar_t>
-cudaError_t backward_table_cuda(const scalar_t* grad, const scalar_t* x, const int64_t* res, scalar_t* gtable, const Shape& s, cudaStream_t stream);
-
+// One pass for both gradients; gtable (an accumulator in scalar_t, zeroed) or gx (zeroed)
+// may be null when that gradient is not needed.
 template <typename scalar_t, typename table_t>
-cudaError_t backward_input_cuda(const scalar_t* grad, const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* gx, const Shape& s,
-                                cudaStream_t stream);
+cudaError_t backward_cuda(const scalar_t* grad, const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* gtable, scalar_t* gx,
+                          const Shape& s, cudaStream_t stream);
 
 }  // namespace hashgrid
