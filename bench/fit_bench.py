@@ -1,6 +1,7 @@
 """Fitting benchmark on the shared DAVIS clips (first 30 frames at 427x240).
 
     python bench/fit_bench.py [--preset fast] [--budget 300] [--clips blackswan car-shadow]
+                              [--device auto] [--set train.cuda_graph=true ...]
 
 Each run is a fresh subprocess (so peak memory is its own). Prints one table row per clip
 and mask mode: DIS preprocessing time, fit time until the running PSNR (moving average
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DAVIS = ROOT.parent / "shared" / "data" / "davis"
 
 
-def worker(clip: str, masks: bool, preset: str, budget: float, frames: str, size: str) -> dict:
+def worker(clip: str, masks: bool, preset: str, budget: float, frames: str, size: str, device: str, overrides: list[str]) -> dict:
     import torch
 
     import atlas
@@ -30,8 +31,8 @@ def worker(clip: str, masks: bool, preset: str, budget: float, frames: str, size
     folder = DAVIS / clip
     video = read_video(folder / "frames", frames=frames, size=size)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = atlas.fit(video, Path(tmp) / "b", preset, masks=str(folder / "masks") if masks else None,
-                           time_budget=budget, iters=1_000_000 if budget else None, quiet=True)
+        bundle = atlas.fit(video, Path(tmp) / "b", preset, overrides, masks=str(folder / "masks") if masks else None,
+                           time_budget=budget, iters=1_000_000 if budget else None, device=device, quiet=True)
         gt = read_video(folder / "masks", frames=frames, size=size).frames[..., 0] > 0.5
         alpha = torch.stack([1.0 - bundle.frame_maps(t).weights[..., 0] for t in range(bundle.num_frames)]) > 0.5
         m, tm = bundle.meta["metrics"], bundle.meta["timings"]
@@ -51,21 +52,25 @@ def main() -> int:
     p.add_argument("--modes", nargs="+", default=["none", "given"], help="mask modes: none (motion bootstrap) and/or given")
     p.add_argument("--frames", default="0:30")
     p.add_argument("--size", default="427x240")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--worker", nargs=2, metavar=("CLIP", "MODE"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker[0], a.worker[1] == "given", a.preset, a.budget, a.frames, a.size)))
+        print(json.dumps(worker(a.worker[0], a.worker[1] == "given", a.preset, a.budget, a.frames, a.size, a.device, a.overrides)))
         return 0
     if not DAVIS.is_dir():
         print(f"skipped: {DAVIS} not found (the shared DAVIS clips are not part of a user checkout)")
         return 0
-    print(f"preset {a.preset}, budget {a.budget:g} s, frames {a.frames} at {a.size}; t@X = fit seconds until the running PSNR reached X dB")
+    print(f"preset {a.preset} {' '.join(a.overrides)}, budget {a.budget:g} s, frames {a.frames} at {a.size}, device {a.device}; "
+          "t@X = fit seconds until the running PSNR reached X dB")
     head = f"{'clip':<11} {'masks':<6} {'DIS s':>6} {'t@25':>6} {'t@30':>6} {'t@33':>6} {'PSNR':>6} {'IoU':>5} {'iters':>6} {'it/s':>6} {'peak MB':>8} backend"
     print(head)
     print("-" * len(head))
     for clip in a.clips:
         for mode in a.modes:
-            cmd = [sys.executable, __file__, "--worker", clip, mode, "--preset", a.preset, "--budget", str(a.budget), "--frames", a.frames, "--size", a.size]
+            cmd = [sys.executable, __file__, "--worker", clip, mode, "--preset", a.preset, "--budget", str(a.budget), "--frames", a.frames,
+                   "--size", a.size, "--device", a.device, *[f"--set={o}" for o in a.overrides]]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
                 print(f"{clip:<11} {mode:<6} FAILED: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
