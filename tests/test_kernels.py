@@ -6,25 +6,53 @@ fp16 table storage is compared against the reference run on the same fp16-rounde
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+from pathlib import Path
+
 import pytest
 import torch
 
 import cuda_ext
 from atlas.encoding import level_resolutions
 from cuda_ext import _backend
+from cuda_ext.build import CSRC, cuda_home, source_hash
+
+ON_HOST = "cuda-code-on-cpu"
 
 BACKENDS = [
     pytest.param("cpu", id="cpu"),
     pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")),
+    # the CUDA kernels' per-thread code compiled for and run on the CPU: the CUDA path's
+    # layout and indexing, checked where no GPU is
+    pytest.param(ON_HOST, id=ON_HOST, marks=pytest.mark.skipif(cuda_home() is None, reason="no CUDA toolkit (cuda_fp16.h)")),
 ]
+
+
+@functools.cache
+def _cuda_kernels_on_host():
+    from torch.utils.cpp_extension import load
+
+    src = Path(__file__).resolve().parent / "csrc" / "cuda_kernels_on_host.cpp"
+    digest = hashlib.sha256((source_hash() + src.read_text()).encode()).hexdigest()[:10]
+    return load(name=f"atlas_cuda_kernels_on_host_{digest}", sources=[str(src)], extra_cflags=["-O2"],
+                extra_include_paths=[str(CSRC), str(cuda_home() / "include")])
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     name = request.param
-    if _backend.load_backend(name) is None:
+    if name == ON_HOST:
+        _cuda_kernels_on_host()  # a build error fails the test
+    elif _backend.load_backend(name) is None:
         pytest.fail(f"{name} backend did not build: {_backend.error(name)}")
     return name
+
+
+def encode(x: torch.Tensor, table: torch.Tensor, res: torch.Tensor, backend: str) -> torch.Tensor:
+    if backend == ON_HOST:
+        return cuda_ext._NativeHashEncode.apply(x, table, res, _cuda_kernels_on_host())
+    return cuda_ext.hash_encode(x, table, res, backend)
 
 
 def _device(backend: str) -> torch.device:
@@ -46,8 +74,8 @@ def test_forward_and_gradients_match_reference(backend, dims, feat):
     x, table, res = _case(dims, torch.float64, dev)
     table = (torch.rand(table.shape[0], table.shape[1], feat, dtype=torch.float64, device=dev) * 2 - 1).requires_grad_(True)
     assert not ((res + 1).prod(1) <= table.shape[1]).all(), "want hashed levels too"
-    out = cuda_ext.hash_encode(x, table, res, backend)
-    ref = cuda_ext.hash_encode(x, table, res, "torch")
+    out = encode(x, table, res, backend)
+    ref = encode(x, table, res, "torch")
     assert torch.allclose(out, ref, atol=1e-10)
     g = torch.randn_like(out)
     gx, gt = torch.autograd.grad(out, (x, table), g)
@@ -58,8 +86,8 @@ def test_forward_and_gradients_match_reference(backend, dims, feat):
 
 def test_float32_matches(backend):
     x, table, res = _case(3, torch.float32, _device(backend), levels=16, log2=14)
-    out = cuda_ext.hash_encode(x, table, res, backend)
-    ref = cuda_ext.hash_encode(x, table, res, "torch")
+    out = encode(x, table, res, backend)
+    ref = encode(x, table, res, "torch")
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
     gt = torch.autograd.grad(out.square().sum(), table)[0]
     rt = torch.autograd.grad(ref.square().sum(), table)[0]
@@ -69,8 +97,8 @@ def test_float32_matches(backend):
 def test_fp16_table_storage(backend):
     x, table, res = _case(2, torch.float32, _device(backend))
     half = table.detach().half().requires_grad_(True)
-    out = cuda_ext.hash_encode(x.detach(), half, res, backend)
-    ref = cuda_ext.hash_encode(x.detach(), half.detach().float(), res, "torch")
+    out = encode(x.detach(), half, res, backend)
+    ref = encode(x.detach(), half.detach().float(), res, "torch")
     assert out.dtype == torch.float32
     assert torch.allclose(out, ref, atol=1e-5)
     out.sum().backward()
@@ -85,14 +113,14 @@ def test_edges_borders_and_clamping(backend):
     on_borders = k / 4.0  # multiples of the coarsest cell: every level's borders
     special = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [-0.3, 0.5], [1.7, -2.0]], dtype=torch.float64, device=dev)
     x = torch.cat([on_borders, special]).requires_grad_(True)
-    out = cuda_ext.hash_encode(x, table, res, backend)
-    ref = cuda_ext.hash_encode(x, table, res, "torch")
+    out = encode(x, table, res, backend)
+    ref = encode(x, table, res, "torch")
     assert torch.allclose(out, ref, atol=1e-10)
     gx = torch.autograd.grad(out.sum(), x)[0]
     rx = torch.autograd.grad(ref.sum(), x)[0]
     assert torch.allclose(gx, rx, atol=1e-8)
     assert (gx[-2:] == 0).sum() >= 2  # clamped coordinates get no gradient
-    empty = cuda_ext.hash_encode(torch.zeros(0, 2, dtype=torch.float64, device=dev), table, res, backend)
+    empty = encode(torch.zeros(0, 2, dtype=torch.float64, device=dev), table, res, backend)
     assert empty.shape == (0, 8)
 
 
@@ -101,16 +129,18 @@ def test_gradcheck(backend):
     res = level_resolutions(2, [3.0, 3.0, 2.0], [7, 5, 3]).to(dev)
     table = torch.randn(2, 2**6, 2, dtype=torch.float64, device=dev, requires_grad=True)
     x = (torch.rand(5, 3, dtype=torch.float64, device=dev) * 0.8 + 0.1).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a, b: cuda_ext.hash_encode(a, b, res, backend), (x, table), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda a, b: encode(a, b, res, backend), (x, table), eps=1e-6, atol=1e-6)
 
 
 def test_auto_picks_the_native_backend(backend):
+    if backend == ON_HOST:
+        pytest.skip("not a backend that auto can pick")
     assert cuda_ext.resolve_backend("auto", _device(backend)) == backend
 
 
 def test_table_gradient_is_deterministic():
     x, table, res = _case(3, torch.float32, torch.device("cpu"), levels=8, n=20000)
-    grads = [torch.autograd.grad(cuda_ext.hash_encode(x, table, res, "cpu").sum(), table)[0] for _ in range(2)]
+    grads = [torch.autograd.grad(encode(x, table, res, "cpu").sum(), table)[0] for _ in range(2)]
     assert torch.equal(grads[0], grads[1])
 
 
@@ -120,7 +150,7 @@ def test_table_size_need_not_be_a_power_of_two(backend):
     res = level_resolutions(3, [3.0, 3.0, 3.0], [60, 60, 60]).to(dev)
     table = (torch.rand(3, 1000, 2, dtype=torch.float64, device=dev) * 2 - 1).requires_grad_(True)
     x = torch.rand(500, 3, dtype=torch.float64, device=dev, requires_grad=True)
-    out, ref = (cuda_ext.hash_encode(x, table, res, b) for b in (backend, "torch"))
+    out, ref = (encode(x, table, res, b) for b in (backend, "torch"))
     assert torch.allclose(out, ref, atol=1e-10)
     g = torch.randn_like(out)
     for a, b in zip(torch.autograd.grad(out, (x, table), g), torch.autograd.grad(ref, (x, table), g)):

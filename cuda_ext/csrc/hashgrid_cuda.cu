@@ -1,102 +1,31 @@
-// Multiresolution hash encoding on CUDA: forward, and one backward pass for the table
-// gradient (atomics) and the input gradient. Per-level kernels put the level in blockIdx.y,
-// so a block reads one level's table and the coarse levels stay in L2; features are
-// feature-major [L * F, N], so a warp's 32 points write and read contiguous memory. The
-// input dimension is a template parameter and feature loops unroll to kMaxFeat with a
-// guard, so per-thread arrays live in registers, not local memory.
+// Multiresolution hash encoding on CUDA: a forward kernel, and one backward kernel for the
+// table gradient (atomics) and the input gradient. One thread per (point, level), the level
+// in blockIdx.y, so a block reads one level's table and the coarse levels stay in L2. The
+// per-thread work is in hashgrid_kernels.h (host+device, so tests also run it on the CPU).
+// The input dimension is a template parameter, so per-thread arrays live in registers.
 // Pure CUDA (no torch headers) so it compiles in seconds; hashgrid_cuda.cpp binds it.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "hashgrid_common.h"
 #include "hashgrid_cuda.h"
+#include "hashgrid_kernels.h"
 
 namespace {
 
-using hashgrid::kMaxDims;
-constexpr int kMaxFeat = 8;
-
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t load(const scalar_t* p) { return static_cast<acc_t>(*p); }
-template <>
-__device__ __forceinline__ float load<__half, float>(const __half* p) { return __half2float(*p); }
-template <>
-__device__ __forceinline__ double load<__half, double>(const __half* p) { return static_cast<double>(__half2float(*p)); }
-
-// One thread per (point, level); out is feature-major [L * F, N] (coalesced writes).
+// One thread per (point, level), the level in blockIdx.y.
 template <int dims, typename scalar_t, typename table_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, const table_t* __restrict__ table, const int64_t* __restrict__ res,
                                scalar_t* __restrict__ out, int64_t n, int64_t size, int64_t feat) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, l = blockIdx.y;
-  if (i >= n) return;
-  const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
-  scalar_t acc[kMaxFeat] = {0, 0, 0, 0, 0, 0, 0, 0};
-#pragma unroll
-  for (int k = 0; k < (1 << dims); ++k) {
-    scalar_t w;
-    const table_t* row = table + p.corner_row(k, &w) * feat;
-#pragma unroll
-    for (int f = 0; f < kMaxFeat; ++f)
-      if (f < feat) acc[f] += w * load<table_t, scalar_t>(row + f);
-  }
-#pragma unroll
-  for (int f = 0; f < kMaxFeat; ++f)
-    if (f < feat) out[(l * feat + f) * n + i] = acc[f];
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) hashgrid::encode_point_level<dims>(i, blockIdx.y, x, table, res, out, n, size, feat);
 }
 
-// Adds w * g[0:feat] to a table row. sm_90 has 2-wide float atomics: half the operations.
-__device__ __forceinline__ void scatter_add(float* row, const float* g, float w, int64_t feat) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if ((feat & 1) == 0) {
-#pragma unroll
-    for (int f = 0; f < kMaxFeat; f += 2)
-      if (f < feat) atomicAdd(reinterpret_cast<float2*>(row + f), make_float2(w * g[f], w * g[f + 1]));
-    return;
-  }
-#endif
-#pragma unroll
-  for (int f = 0; f < kMaxFeat; ++f)
-    if (f < feat) atomicAdd(row + f, w * g[f]);
-}
-__device__ __forceinline__ void scatter_add(double* row, const double* g, double w, int64_t feat) {
-#pragma unroll
-  for (int f = 0; f < kMaxFeat; ++f)
-    if (f < feat) atomicAdd(row + f, w * g[f]);
-}
-
-// One thread per (point, level), both gradients from one visit of the cell: the table
-// gradient scattered with atomics into gtable (when not null), this level's share of
-// d(out)/d(x) added atomically into gx (when not null). grad is feature-major [L * F, N].
 template <int dims, typename scalar_t, typename table_t>
 __global__ void backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x, const table_t* __restrict__ table,
                                 const int64_t* __restrict__ res, scalar_t* __restrict__ gtable, scalar_t* __restrict__ gx, int64_t n,
                                 int64_t size, int64_t feat) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, l = blockIdx.y;
-  if (i >= n) return;
-  const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
-  scalar_t g[kMaxFeat];
-#pragma unroll
-  for (int f = 0; f < kMaxFeat; ++f) g[f] = f < feat ? grad[(l * feat + f) * n + i] : scalar_t(0);
-  scalar_t acc[kMaxDims] = {0, 0, 0, 0};
-#pragma unroll
-  for (int k = 0; k < (1 << dims); ++k) {
-    scalar_t w;
-    const int64_t row = p.corner_row(k, &w);
-    if (gtable != nullptr) scatter_add(gtable + row * feat, g, w, feat);
-    if (gx != nullptr) {
-      scalar_t dot = 0;
-#pragma unroll
-      for (int f = 0; f < kMaxFeat; ++f)
-        if (f < feat) dot += g[f] * load<table_t, scalar_t>(table + row * feat + f);
-#pragma unroll
-      for (int d = 0; d < dims; ++d)
-        if (p.inside[d]) acc[d] += dot * p.weight_grad(k, d);
-    }
-  }
-  if (gx != nullptr) {
-#pragma unroll
-    for (int d = 0; d < dims; ++d) atomicAdd(gx + i * dims + d, acc[d]);
-  }
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) hashgrid::backward_point_level<dims>(i, blockIdx.y, grad, x, table, res, gtable, gx, n, size, feat);
 }
 
 constexpr int kThreads = 256;

@@ -1,0 +1,74 @@
+// The CUDA kernels' per-(point, level) code (cuda_ext/csrc/hashgrid_kernels.h) run on the
+// CPU, one point and level after another, with the same signatures as the native modules'
+// forward/backward. tests/test_kernels.py checks it against the reference like any backend,
+// so the CUDA path's feature-major layout and indexing are tested without a GPU.
+#include <torch/extension.h>
+
+#include "hashgrid_kernels.h"
+
+namespace {
+
+// Calls f(scalar_t{}, table_t{}, std::integral_constant<int, D>{}) for x's dtype, the
+// table's storage (fp16 or x's dtype) and the input dimension.
+template <typename F>
+void dispatch(const torch::Tensor& x, const torch::Tensor& table, F&& f) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cuda_kernels_on_host", [&] {
+    hashgrid::dispatch_dims(x.size(1), [&](auto d) {
+      if (table.scalar_type() == torch::kHalf) {
+        f(scalar_t{}, __half{}, d);
+      } else {
+        f(scalar_t{}, scalar_t{}, d);
+      }
+    });
+  });
+}
+
+template <typename table_t>
+const table_t* table_ptr(const torch::Tensor& table) {
+  return reinterpret_cast<const table_t*>(table.data_ptr());
+}
+
+torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
+  x = x.contiguous();
+  table = table.contiguous();
+  res = res.contiguous();
+  const int64_t n = x.size(0), levels = table.size(0), size = table.size(1), feat = table.size(2);
+  auto out = torch::empty({levels * feat, n}, x.options());
+  dispatch(x, table, [&](auto scalar, auto stored, auto d) {
+    using scalar_t = decltype(scalar);
+    using table_t = decltype(stored);
+    for (int64_t l = 0; l < levels; ++l)
+      for (int64_t i = 0; i < n; ++i)
+        hashgrid::encode_point_level<decltype(d)::value>(i, l, x.data_ptr<scalar_t>(), table_ptr<table_t>(table), res.data_ptr<int64_t>(),
+                                                         out.data_ptr<scalar_t>(), n, size, feat);
+  });
+  return out.t();
+}
+
+std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::Tensor table, torch::Tensor res, bool need_table,
+                                    bool need_input) {
+  auto grad_fm = grad.t().contiguous();
+  x = x.contiguous();
+  table = table.contiguous();
+  res = res.contiguous();
+  const int64_t n = x.size(0), levels = table.size(0), size = table.size(1), feat = table.size(2);
+  torch::Tensor acc = need_table ? torch::zeros({levels, size, feat}, x.options()) : torch::Tensor();
+  torch::Tensor gx = need_input ? torch::zeros_like(x) : torch::Tensor();
+  dispatch(x, table, [&](auto scalar, auto stored, auto d) {
+    using scalar_t = decltype(scalar);
+    using table_t = decltype(stored);
+    for (int64_t l = 0; l < levels; ++l)
+      for (int64_t i = 0; i < n; ++i)
+        hashgrid::backward_point_level<decltype(d)::value>(i, l, grad_fm.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table_ptr<table_t>(table),
+                                                           res.data_ptr<int64_t>(), need_table ? acc.data_ptr<scalar_t>() : nullptr,
+                                                           need_input ? gx.data_ptr<scalar_t>() : nullptr, n, size, feat);
+  });
+  return {need_table ? acc.to(table.scalar_type()) : torch::Tensor(), gx};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "the CUDA kernels' forward, run on the CPU");
+  m.def("backward", &backward, "the CUDA kernels' backward, run on the CPU");
+}
