@@ -36,8 +36,10 @@ setup(
     version="0.1.0",
     description="Register a video into layered hash-grid atlases, edit once, propagate to every frame.",
     python_requires=">=3.10",
-    packages=find_packages(include=["atlas*", "propagation*", "editing*", "cuda_ext*"]),
-    include_package_data=True,
+    packages=[*find_packages(include=["atlas*", "propagation*", "editing*", "cuda_ext*"]), "atlas.configs"],
+    # a regular (non-editable) install carries the presets and the kernel sources (built JIT)
+    package_dir={"atlas.configs": "configs"},
+    package_data={"atlas.configs": ["*.yaml"], "cuda_ext": ["csrc/*"]},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",

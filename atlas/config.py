@@ -13,7 +13,10 @@ import yaml
 
 from .errors import AtlasInputError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# the presets: configs/ beside the packages in a checkout (and an editable install), or
+# the copy a regular `pip install` puts inside the package (setup.py maps it to atlas/configs)
+_HERE = Path(__file__).resolve().parent
+CONFIG_DIR = next((d for d in (_HERE.parent / "configs", _HERE / "configs") if d.is_dir()), _HERE.parent / "configs")
 
 
 @dataclass
