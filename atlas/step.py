@@ -86,6 +86,7 @@ class Stepper:
         self.warmup = warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_idx: torch.Tensor | None = None  # the graph's input buffer
+        self.side: torch.cuda.Stream | None = None  # where the warm-up steps run
         self.eager_steps = 0
 
     def load_optimizer(self, state: dict) -> None:
@@ -112,7 +113,7 @@ class Stepper:
         if not self.use_graph:
             self.opt.zero_grad(set_to_none=True)
             return self._run(idx)
-        if self.static_idx is None:
+        if self.static_idx is None or self.side is None:
             self.static_idx = torch.empty_like(idx)
             self.side = torch.cuda.Stream(device=self.device)
         self.static_idx.copy_(idx)
