@@ -82,6 +82,29 @@ def test_batched_step_loss_equals_the_plain_formulation():
     assert torch.allclose(g_step, g_plain, rtol=1e-4, atol=1e-9)
 
 
+# ops that make a GPU wait for the host: reading a value back, data-dependent shapes, and
+# tensors made from Python data (a host-to-device copy)
+HOST_SYNCS = {"aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::lift_fresh"}
+
+
+def _ops(fn) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+def test_step_loss_and_backward_have_no_host_syncs():
+    """The CPU stand-in for the GPU check below: no op in the step's loss or backward would
+    sync a GPU (the plain formulation, with boolean selection, is caught)."""
+    model, data, cfg = _setup()
+    idx = torch.randint(0, GEOM.num_frames * GEOM.height * GEOM.width, (512,), generator=torch.Generator().manual_seed(3))
+    px, mask_w = torch.stack([m.pixels_per_uv for m in model.mappings]), torch.tensor(0.3)
+    assert not _ops(lambda: step_loss(model, data, idx, mask_w, cfg.loss, px)[0].backward()) & HOST_SYNCS
+    assert "aten::nonzero" in _ops(lambda: _plain_loss(model, data, idx, 0.3, cfg).backward())
+
+
 def test_stepper_schedule_and_a_step_lowers_the_loss():
     model, data, cfg = _setup()
     data["rgb"][:] = torch.tensor([0.9, 0.2, 0.5])  # a target the model can learn in a few steps
