@@ -14,6 +14,17 @@ import torch
 from . import losses
 from .config import FitConfig, LossConfig
 from .model import LayeredAtlas
+from .preprocess import Preprocessed
+
+
+def step_data(frames: torch.Tensor, pre: Preprocessed, device: torch.device) -> dict[str, torch.Tensor]:
+    """What :func:`step_loss` reads, flattened per pixel and moved to `device` once."""
+    return {
+        "rgb": frames.reshape(-1, 3).to(device),
+        "flow": pre.flow_fwd.reshape(-1, 2).to(device),
+        "valid": pre.valid_fwd.reshape(-1).to(device),
+        "masks": pre.masks.reshape(-1).to(device),
+    }
 
 
 def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Tensor, mask_w: torch.Tensor, lw: LossConfig,

@@ -32,7 +32,7 @@ from .io import Video, read_video
 from .model import FrameGeometry, LayeredAtlas
 from .preprocess import Preprocessed, preprocess
 from .quality import quality_maps
-from .step import Stepper
+from .step import Stepper, step_data
 
 
 def pick_device(name: str) -> torch.device:
@@ -110,14 +110,8 @@ class _RunningPsnr:
 def _train(model: LayeredAtlas, video: Video, pre: Preprocessed, cfg: FitConfig, device: torch.device, seed: int,
            time_budget: float | None, ckpt: _Checkpoint, resume_state: dict[str, Any] | None, quiet: bool) -> dict[str, Any]:
     g = model.geom
-    data = {
-        "rgb": video.frames.reshape(-1, 3).to(device),
-        "flow": pre.flow_fwd.reshape(-1, 2).to(device),
-        "valid": pre.valid_fwd.reshape(-1).to(device),
-        "masks": pre.masks.reshape(-1).to(device),
-    }
     tc = cfg.train
-    stepper = Stepper(model, data, cfg, device, cuda_graph=tc.cuda_graph)
+    stepper = Stepper(model, step_data(video.frames, pre, device), cfg, device, cuda_graph=tc.cuda_graph)
     # drawn on the device: a host generator would need a host-to-device copy (a sync) per step
     gen = torch.Generator(device=device).manual_seed(seed)
     start, elapsed0 = 0, 0.0
