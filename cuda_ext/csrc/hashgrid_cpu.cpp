@@ -24,21 +24,51 @@ void check_inputs(const torch::Tensor& x, const torch::Tensor& table, const torc
   TORCH_CHECK(table.size(2) <= kMaxFeat, "hash_encode (cpu): at most 8 features per level");
 }
 
+// A cell's corners are random rows of a large table: each read is a cache miss. The kernels
+// therefore work in batches: first every corner row of a batch (a point's levels, or a
+// level's points) is located and prefetched, then the rows are used, by which time many
+// misses are in flight at once instead of one after another.
+#if defined(__GNUC__) || defined(__clang__)
+#define HG_PREFETCH(ptr, write) __builtin_prefetch((ptr), (write))
+#else
+#define HG_PREFETCH(ptr, write)
+#endif
+constexpr int64_t kBatch = 8;
+
+// Corner rows and weights of point x's cells on levels l0 .. l0 + count - 1, prefetched.
+template <int dims, typename scalar_t, typename table_t>
+struct PointLevels {
+  int64_t count;
+  int64_t rows[kBatch][1 << dims];
+  scalar_t weights[kBatch][1 << dims];
+
+  PointLevels(const scalar_t* x, const int64_t* res, int64_t l0, int64_t levels, int64_t size, const table_t* table, int64_t feat)
+      : count(std::min(kBatch, levels - l0)) {
+    for (int64_t j = 0; j < count; ++j) {
+      const hashgrid::LevelCell<dims, scalar_t> p(x, res, l0 + j, size);
+      for (int k = 0; k < (1 << dims); ++k) {
+        rows[j][k] = p.corner_row(k, &weights[j][k]);
+        HG_PREFETCH(table + rows[j][k] * feat, 0);
+      }
+    }
+  }
+};
+
 template <int dims, typename scalar_t, typename table_t>
 void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* out,
                   int64_t n, int64_t levels, int64_t size, int64_t feat) {
-  const int corners = 1 << dims;
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      for (int64_t l = 0; l < levels; ++l) {
-        const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
-        scalar_t acc[kMaxFeat] = {0, 0, 0, 0, 0, 0, 0, 0};  // in registers, not through `out`
-        for (int k = 0; k < corners; ++k) {
-          scalar_t w;
-          const table_t* row = table + p.corner_row(k, &w) * feat;
-          for (int64_t f = 0; f < feat; ++f) acc[f] += w * static_cast<scalar_t>(row[f]);
+      for (int64_t l0 = 0; l0 < levels; l0 += kBatch) {
+        const PointLevels<dims, scalar_t, table_t> b(x + i * dims, res, l0, levels, size, table, feat);
+        for (int64_t j = 0; j < b.count; ++j) {
+          scalar_t acc[kMaxFeat] = {0, 0, 0, 0, 0, 0, 0, 0};  // in registers, not through `out`
+          for (int k = 0; k < (1 << dims); ++k) {
+            const table_t* row = table + b.rows[j][k] * feat;
+            for (int64_t f = 0; f < feat; ++f) acc[f] += b.weights[j][k] * static_cast<scalar_t>(row[f]);
+          }
+          std::copy(acc, acc + feat, out + i * levels * feat + (l0 + j) * feat);
         }
-        std::copy(acc, acc + feat, out + i * levels * feat + l * feat);
       }
     }
   });
@@ -50,17 +80,26 @@ void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, s
 template <int dims, typename scalar_t>
 void backward_table_impl(const scalar_t* grad_by_level, const scalar_t* x, const int64_t* res, scalar_t* gtable,
                          int64_t n, int64_t levels, int64_t size, int64_t feat) {
-  const int corners = 1 << dims;
   at::parallel_for(0, levels, 1, [&](int64_t begin, int64_t end) {
+    int64_t rows[kBatch][1 << dims];
+    scalar_t weights[kBatch][1 << dims];
     for (int64_t l = begin; l < end; ++l) {
       std::fill(gtable + l * size * feat, gtable + (l + 1) * size * feat, scalar_t(0));
-      for (int64_t i = 0; i < n; ++i) {
-        const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
-        const scalar_t* g = grad_by_level + (l * n + i) * feat;
-        for (int k = 0; k < corners; ++k) {
-          scalar_t w;
-          scalar_t* row = gtable + p.corner_row(k, &w) * feat;
-          for (int64_t f = 0; f < feat; ++f) row[f] += w * g[f];
+      for (int64_t i0 = 0; i0 < n; i0 += kBatch) {
+        const int64_t count = std::min(kBatch, n - i0);
+        for (int64_t j = 0; j < count; ++j) {
+          const hashgrid::LevelCell<dims, scalar_t> p(x + (i0 + j) * dims, res, l, size);
+          for (int k = 0; k < (1 << dims); ++k) {
+            rows[j][k] = p.corner_row(k, &weights[j][k]);
+            HG_PREFETCH(gtable + rows[j][k] * feat, 1);
+          }
+        }
+        for (int64_t j = 0; j < count; ++j) {
+          const scalar_t* g = grad_by_level + (l * n + i0 + j) * feat;
+          for (int k = 0; k < (1 << dims); ++k) {
+            scalar_t* row = gtable + rows[j][k] * feat;
+            for (int64_t f = 0; f < feat; ++f) row[f] += weights[j][k] * g[f];
+          }
         }
       }
     }
@@ -70,21 +109,22 @@ void backward_table_impl(const scalar_t* grad_by_level, const scalar_t* x, const
 template <int dims, typename scalar_t, typename table_t>
 void backward_input_impl(const scalar_t* grad, const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* gx,
                          int64_t n, int64_t levels, int64_t size, int64_t feat) {
-  const int corners = 1 << dims;
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       scalar_t acc[kMaxDims] = {0, 0, 0, 0};
-      for (int64_t l = 0; l < levels; ++l) {
-        const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
-        const scalar_t* g = grad + i * levels * feat + l * feat;
-        for (int k = 0; k < corners; ++k) {
-          scalar_t w;
-          const table_t* row = table + p.corner_row(k, &w) * feat;
-          scalar_t dot = 0;
-          for (int64_t f = 0; f < feat; ++f) dot += g[f] * static_cast<scalar_t>(row[f]);
-          for (int d = 0; d < dims; ++d) {
-            if (!p.inside[d]) continue;
-            acc[d] += dot * p.weight_grad(k, d);
+      for (int64_t l0 = 0; l0 < levels; l0 += kBatch) {
+        const PointLevels<dims, scalar_t, table_t> b(x + i * dims, res, l0, levels, size, table, feat);
+        for (int64_t j = 0; j < b.count; ++j) {
+          const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l0 + j, size);  // again: arithmetic only
+          const scalar_t* g = grad + i * levels * feat + (l0 + j) * feat;
+          for (int k = 0; k < (1 << dims); ++k) {
+            const table_t* row = table + b.rows[j][k] * feat;
+            scalar_t dot = 0;
+            for (int64_t f = 0; f < feat; ++f) dot += g[f] * static_cast<scalar_t>(row[f]);
+            for (int d = 0; d < dims; ++d) {
+              if (!p.inside[d]) continue;
+              acc[d] += dot * p.weight_grad(k, d);
+            }
           }
         }
       }
