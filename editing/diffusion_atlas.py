@@ -123,8 +123,7 @@ def diffusion_atlas(bundle: AtlasBundle, edit: PromptEdit, layer: str, region_ma
         raise AtlasInputError("--shape-mask/--sam-checkpoint re-fit a foreground's opacity; the background has none (use --layer)")
     region = atlas_region(bundle, layer, region_mask)
     tex = bundle.textures[layer]
-    extent = max(region.shape)
-    box = bounding_box(region, margin=max(4, extent // 32))
+    box = bounding_box(region)
     x0, y0, x1, y1 = box
     crop = np.ascontiguousarray(tex[y0:y1, x0:x1, :3])
     size = working_size(x1 - x0, y1 - y0, edit.resolution)
@@ -143,11 +142,10 @@ def diffusion_atlas(bundle: AtlasBundle, edit: PromptEdit, layer: str, region_ma
             pipe.unet.delete_adapters(ADAPTER)
     generated = resize(out, (x1 - x0, y1 - y0))
     shape = _silhouette(bundle, layer, tex, generated, box, shape_mask, sam_checkpoint)
-    radius = max(1, extent // 128)
     if shape is None:
-        return {layer: paste(region.shape, generated, box, feather(region, radius))}, bundle
+        return {layer: paste(region.shape, generated, box, feather(region))}, bundle
     reshaped = refit_opacity(bundle, layer, shape, box, steps=refit_steps, seed=edit.seed, quiet=quiet)
-    return {layer: paste(region.shape, generated, box, feather(shape, radius))}, reshaped
+    return {layer: paste(region.shape, generated, box, feather(shape))}, reshaped
 
 
 def _silhouette(bundle: AtlasBundle, layer: str, tex: np.ndarray, generated: np.ndarray, box, shape_mask, sam_checkpoint) -> np.ndarray | None:

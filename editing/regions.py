@@ -43,15 +43,21 @@ def atlas_region(bundle: AtlasBundle, layer: str, mask: str | Path | np.ndarray 
     return region
 
 
-def bounding_box(region: np.ndarray, margin: int) -> Box:
+def bounding_box(region: np.ndarray, margin: int | None = None) -> Box:
+    """The region's box plus `margin` texels of context (default: 1/32 of the atlas's long side)."""
+    if margin is None:
+        margin = max(4, max(region.shape) // 32)
     ys, xs = np.nonzero(region)
     h, w = region.shape
     return (max(0, int(xs.min()) - margin), max(0, int(ys.min()) - margin),
             min(w, int(xs.max()) + 1 + margin), min(h, int(ys.max()) + 1 + margin))
 
 
-def feather(region: np.ndarray, radius: int) -> np.ndarray:
-    """float [h, w] in [0, 1]: 1 deep inside the region, ramping to 0 at its border, 0 outside."""
+def feather(region: np.ndarray, radius: int | None = None) -> np.ndarray:
+    """float [h, w] in [0, 1]: 1 deep inside the region, ramping to 0 at its border over
+    `radius` texels (default: 1/128 of the atlas's long side), 0 outside."""
+    if radius is None:
+        radius = max(1, max(region.shape) // 128)
     if radius <= 0:
         return region.astype(np.float32)
     inside = cv2.distanceTransform(np.pad(region.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]

@@ -23,8 +23,7 @@ def videdit(bundle: AtlasBundle, edit: PromptEdit, layer: str, region_mask=None,
     paste keeps the region)."""
     region = atlas_region(bundle, layer, region_mask, sam_checkpoint, sam_prompt)
     tex = bundle.textures[layer]
-    extent = max(region.shape)
-    box = bounding_box(region, margin=max(4, extent // 32))
+    box = bounding_box(region)
     x0, y0, x1, y1 = box
     generated = sdedit(edit, np.ascontiguousarray(tex[y0:y1, x0:x1, :3]), mask=region[y0:y1, x0:x1] if inpaint else None)
-    return {layer: paste(region.shape, generated, box, feather(region, radius=max(1, extent // 128)))}
+    return {layer: paste(region.shape, generated, box, feather(region))}
