@@ -3,9 +3,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <cuda_fp16.h>
 
-#include <type_traits>
-
 #include "hashgrid_cuda.h"
+#include "hashgrid_dispatch.h"
 
 namespace {
 
@@ -24,28 +23,6 @@ hashgrid::Shape shape_of(const torch::Tensor& x, const torch::Tensor& table, con
 
 void check(cudaError_t err) { TORCH_CHECK(err == cudaSuccess, "hash_encode (cuda): ", cudaGetErrorString(err)); }
 
-// Pointer to a table's data as the kernels' table_t (fp16 storage or x's dtype).
-template <typename table_t>
-const table_t* table_ptr(const torch::Tensor& table) {
-  if constexpr (std::is_same_v<table_t, __half>) {
-    return reinterpret_cast<const __half*>(table.data_ptr<at::Half>());
-  } else {
-    return table.data_ptr<table_t>();
-  }
-}
-
-// Calls f(scalar_t{}, table_t{}) for x's dtype and the table's storage (fp16 or x's dtype).
-template <typename F>
-void dispatch_types(const torch::Tensor& x, const torch::Tensor& table, F&& f) {
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_cuda", [&] {
-    if (table.scalar_type() == torch::kHalf) {
-      f(scalar_t{}, __half{});
-    } else {
-      f(scalar_t{}, scalar_t{});
-    }
-  });
-}
-
 // Returns [N, L * F] as a view of the kernel's feature-major [L * F, N] result: a Linear
 // layer reads it without a copy (cuBLAS takes the transpose).
 torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
@@ -55,10 +32,10 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
   const auto s = shape_of(x, table, res);
   auto out = torch::empty({s.levels * s.feat, s.n}, x.options());
   auto stream = at::cuda::getCurrentCUDAStream();
-  dispatch_types(x, table, [&](auto scalar, auto stored) {
+  hashgrid::dispatch_types(x, table, [&](auto scalar, auto stored) {
     using scalar_t = decltype(scalar);
     using table_t = decltype(stored);
-    check(hashgrid::forward_cuda<scalar_t, table_t>(x.data_ptr<scalar_t>(), table_ptr<table_t>(table), res.data_ptr<int64_t>(),
+    check(hashgrid::forward_cuda<scalar_t, table_t>(x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table), res.data_ptr<int64_t>(),
                                                     out.data_ptr<scalar_t>(), s, stream));
   });
   return out.t();
@@ -75,10 +52,10 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
   torch::Tensor acc = need_table ? torch::zeros({s.levels, s.size, s.feat}, x.options()) : torch::Tensor();
   torch::Tensor gx = need_input ? torch::zeros_like(x) : torch::Tensor();  // the kernel adds each level's share
   auto stream = at::cuda::getCurrentCUDAStream();
-  dispatch_types(x, table, [&](auto scalar, auto stored) {
+  hashgrid::dispatch_types(x, table, [&](auto scalar, auto stored) {
     using scalar_t = decltype(scalar);
     using table_t = decltype(stored);
-    check(hashgrid::backward_cuda<scalar_t, table_t>(grad_fm.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table_ptr<table_t>(table),
+    check(hashgrid::backward_cuda<scalar_t, table_t>(grad_fm.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table),
                                                      res.data_ptr<int64_t>(), need_table ? acc.data_ptr<scalar_t>() : nullptr,
                                                      need_input ? gx.data_ptr<scalar_t>() : nullptr, s, stream));
   });

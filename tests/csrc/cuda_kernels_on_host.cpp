@@ -4,28 +4,18 @@
 // so the CUDA path's feature-major layout and indexing are tested without a GPU.
 #include <torch/extension.h>
 
+#include "hashgrid_dispatch.h"
 #include "hashgrid_kernels.h"
 
 namespace {
 
 // Calls f(scalar_t{}, table_t{}, std::integral_constant<int, D>{}) for x's dtype, the
-// table's storage (fp16 or x's dtype) and the input dimension.
+// table's storage and the input dimension.
 template <typename F>
 void dispatch(const torch::Tensor& x, const torch::Tensor& table, F&& f) {
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cuda_kernels_on_host", [&] {
-    hashgrid::dispatch_dims(x.size(1), [&](auto d) {
-      if (table.scalar_type() == torch::kHalf) {
-        f(scalar_t{}, __half{}, d);
-      } else {
-        f(scalar_t{}, scalar_t{}, d);
-      }
-    });
+  hashgrid::dispatch_types(x, table, [&](auto scalar, auto stored) {
+    hashgrid::dispatch_dims(x.size(1), [&](auto d) { f(scalar, stored, d); });
   });
-}
-
-template <typename table_t>
-const table_t* table_ptr(const torch::Tensor& table) {
-  return reinterpret_cast<const table_t*>(table.data_ptr());
 }
 
 torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
@@ -39,7 +29,7 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
     using table_t = decltype(stored);
     for (int64_t l = 0; l < levels; ++l)
       for (int64_t i = 0; i < n; ++i)
-        hashgrid::encode_point_level<decltype(d)::value>(i, l, x.data_ptr<scalar_t>(), table_ptr<table_t>(table), res.data_ptr<int64_t>(),
+        hashgrid::encode_point_level<decltype(d)::value>(i, l, x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table), res.data_ptr<int64_t>(),
                                                          out.data_ptr<scalar_t>(), n, size, feat);
   });
   return out.t();
@@ -59,7 +49,7 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
     using table_t = decltype(stored);
     for (int64_t l = 0; l < levels; ++l)
       for (int64_t i = 0; i < n; ++i)
-        hashgrid::backward_point_level<decltype(d)::value>(i, l, grad_fm.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table_ptr<table_t>(table),
+        hashgrid::backward_point_level<decltype(d)::value>(i, l, grad_fm.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table),
                                                            res.data_ptr<int64_t>(), need_table ? acc.data_ptr<scalar_t>() : nullptr,
                                                            need_input ? gx.data_ptr<scalar_t>() : nullptr, n, size, feat);
   });
