@@ -14,6 +14,10 @@ from torch import nn
 import cuda_ext
 
 
+FEATURES_PER_LEVEL = (1, 2, 4, 8)
+MAX_RESOLUTION = 2**24
+
+
 def level_resolutions(n_levels: int, base: Sequence[float], finest: Sequence[float]) -> torch.Tensor:
     """[L, D] int64: per-dimension geometric progression from base to finest (inclusive)."""
     rows = []
@@ -46,6 +50,10 @@ class HashGrid(nn.Module):
         base = [float(base)] * n_dims if isinstance(base, (int, float)) else [float(b) for b in base]
         finest = [float(finest)] * n_dims if isinstance(finest, (int, float)) else [float(f) for f in finest]
         base = [min(b, f) for b, f in zip(base, finest)]
+        if n_features not in FEATURES_PER_LEVEL:
+            raise ValueError(f"HashGrid: n_features must be one of {FEATURES_PER_LEVEL} (a table row loads as one vector), got {n_features}")
+        if max(finest) > MAX_RESOLUTION:
+            raise ValueError(f"HashGrid: finest resolution {max(finest):g} is above 2^24, which float32 coordinates cannot address")
         self.n_dims, self.n_levels, self.n_features = n_dims, n_levels, n_features
         self.backend = backend
         self.register_buffer("resolutions", level_resolutions(n_levels, base, finest), persistent=True)

@@ -71,8 +71,9 @@ def hash_encode(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor,
 
     Args:
         x: [N, D] coordinates in [0, 1]; values outside are clamped (and get no gradient).
-        table: [L, S, F] features (float32/float64, or float16 storage on native backends).
-        resolutions: [L, D] int64 grid resolution per level and dimension.
+        table: [L, S, F] features (float32/float64, or float16 storage on native backends);
+            the cuda backend takes F in {1, 2, 4, 8}, the others F <= 8; S < 2^31.
+        resolutions: [L, D] int64 grid resolution per level and dimension (at most 2^24).
         backend: a resolved backend name (see :func:`resolve_backend`).
     Returns:
         [N, L * F] features in x's dtype, level-major. The cuda backend returns a transposed

@@ -105,3 +105,7 @@ def test_module_shapes_and_backend_fallback(monkeypatch):
         cuda_ext.resolve_backend("magic")
     with pytest.raises(ValueError, match="expected x"):
         cuda_ext.hash_encode(torch.rand(3, 2), grid.table, grid.resolutions)
+    with pytest.raises(ValueError, match="n_features must be one of"):
+        HashGrid(2, n_features=3)
+    with pytest.raises(ValueError, match="above 2\\^24"):
+        HashGrid(2, finest=(2**25, 64))

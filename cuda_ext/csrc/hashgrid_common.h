@@ -13,6 +13,7 @@
 namespace hashgrid {
 
 constexpr int kMaxDims = 4;
+constexpr int64_t kMaxRows = (int64_t(1) << 31) - 1;  // table rows per level (32-bit vertex math)
 
 // Teschner et al.'s primes (the first is 1 so dimension 0 keeps coherence).
 HG_HD int64_t prime(int d) {
@@ -24,13 +25,19 @@ HG_HD int64_t prime(int d) {
   }
 }
 
-// Table row of integer vertex `c` on a level with resolution `res` (dense when it fits).
-// Hashed rows match the reference (int64 products, XOR, non-negative modulo). For the usual
-// power-of-two table the row depends only on the hash's low bits, so 32-bit products and a
-// mask give the same row without a 64-bit division (slow on GPUs).
-HG_HD int64_t vertex_row(const int64_t* c, const int64_t* res, int dims, int64_t table_size, bool dense) {
+// Vertex coordinates and in-level rows are 32-bit: resolutions stay far below 2^31 (float
+// positions lose integer precision past 2^24 anyway) and a level's dense vertex count is at
+// most the table size, which the bindings check is below 2^31. 64-bit integer arithmetic
+// costs several instructions per operation on a GPU; only the level's first row
+// (level * table size) needs 64 bits.
+
+// Row within a level of integer vertex `c` on a level with resolution `res` (dense when
+// it fits). Hashed rows match the reference (int64 products, XOR, non-negative modulo). For
+// the usual power-of-two table the row depends only on the hash's low bits, so 32-bit
+// products and a mask give the same row without a 64-bit division (slow on GPUs).
+HG_HD int64_t vertex_row(const int32_t* c, const int32_t* res, int dims, int64_t table_size, bool dense) {
   if (dense) {
-    int64_t idx = 0, stride = 1;
+    int32_t idx = 0, stride = 1;
     for (int d = 0; d < dims; ++d) {
       idx += c[d] * stride;
       stride *= res[d] + 1;
@@ -50,13 +57,13 @@ HG_HD int64_t vertex_row(const int64_t* c, const int64_t* res, int dims, int64_t
 
 // Cell corner and fractional position of x (clamped to [0, 1]) on one level.
 template <typename scalar_t>
-HG_HD void locate(const scalar_t* x, const int64_t* res, int dims, int64_t* cell, scalar_t* frac, bool* inside) {
+HG_HD void locate(const scalar_t* x, const int32_t* res, int dims, int32_t* cell, scalar_t* frac, bool* inside) {
   for (int d = 0; d < dims; ++d) {
     scalar_t v = x[d];
     inside[d] = v >= scalar_t(0) && v <= scalar_t(1);
     v = v < scalar_t(0) ? scalar_t(0) : (v > scalar_t(1) ? scalar_t(1) : v);
     scalar_t pos = v * static_cast<scalar_t>(res[d]);
-    int64_t c = static_cast<int64_t>(pos);  // pos >= 0, so truncation == floor
+    int32_t c = static_cast<int32_t>(pos);  // pos >= 0, so truncation == floor
     if (c > res[d] - 1) c = res[d] - 1;
     if (c < 0) c = 0;
     cell[d] = c;
@@ -64,17 +71,21 @@ HG_HD void locate(const scalar_t* x, const int64_t* res, int dims, int64_t* cell
   }
 }
 
-// True when the level's (res + 1)^D vertices fit in the table: index it densely.
-HG_HD bool level_dense(const int64_t* res, int dims, int64_t table_size) {
+// True when the level's (res + 1)^D vertices fit in the table: index it densely. Stops
+// multiplying once the count passes the table size, so it cannot overflow.
+HG_HD bool level_dense(const int32_t* res, int dims, int64_t table_size) {
   int64_t verts = 1;
-  for (int d = 0; d < dims; ++d) verts *= res[d] + 1;
-  return verts <= table_size;
+  for (int d = 0; d < dims; ++d) {
+    verts *= res[d] + 1;
+    if (verts > table_size) return false;
+  }
+  return true;
 }
 
 // Corner k of a cell (bit d of k = upper side in dim d): writes its vertex to c and
 // returns its multilinear interpolation weight.
 template <typename scalar_t>
-HG_HD scalar_t corner(int k, const int64_t* cell, const scalar_t* frac, int dims, int64_t* c) {
+HG_HD scalar_t corner(int k, const int32_t* cell, const scalar_t* frac, int dims, int32_t* c) {
   scalar_t w = 1;
   for (int d = 0; d < dims; ++d) {
     const int bit = (k >> d) & 1;
@@ -86,7 +97,7 @@ HG_HD scalar_t corner(int k, const int64_t* cell, const scalar_t* frac, int dims
 
 // d(weight of corner k) / d(x_d) on a level of resolution res.
 template <typename scalar_t>
-HG_HD scalar_t corner_weight_grad(int k, int d, const scalar_t* frac, const int64_t* res, int dims) {
+HG_HD scalar_t corner_weight_grad(int k, int d, const scalar_t* frac, const int32_t* res, int dims) {
   scalar_t dw = static_cast<scalar_t>(res[d]) * (((k >> d) & 1) ? scalar_t(1) : scalar_t(-1));
   for (int e = 0; e < dims; ++e) {
     if (e != d) dw *= ((k >> e) & 1) ? frac[e] : scalar_t(1) - frac[e];
@@ -98,22 +109,23 @@ HG_HD scalar_t corner_weight_grad(int k, int d, const scalar_t* frac, const int6
 // 2^dims corners.
 template <int dims, typename scalar_t>
 struct LevelCell {
-  const int64_t* res;  // this level's resolution per dimension
-  int64_t base;        // first table row of this level
-  int64_t size;        // table rows per level
+  int32_t res[dims];  // this level's resolution per dimension
+  int64_t base;       // first table row of this level
+  int64_t size;       // table rows per level
   bool dense;
-  int64_t cell[kMaxDims];
-  scalar_t frac[kMaxDims];
-  bool inside[kMaxDims];  // x_d was in [0, 1]: clamped coordinates get no gradient
+  int32_t cell[dims];
+  scalar_t frac[dims];
+  bool inside[dims];  // x_d was in [0, 1]: clamped coordinates get no gradient
 
-  HG_HD LevelCell(const scalar_t* x, const int64_t* resolutions, int64_t level, int64_t table_size)
-      : res(resolutions + level * dims), base(level * table_size), size(table_size), dense(level_dense(res, dims, table_size)) {
+  HG_HD LevelCell(const scalar_t* x, const int64_t* resolutions, int64_t level, int64_t table_size) : base(level * table_size), size(table_size) {
+    for (int d = 0; d < dims; ++d) res[d] = static_cast<int32_t>(resolutions[level * dims + d]);
+    dense = level_dense(res, dims, table_size);
     locate(x, res, dims, cell, frac, inside);
   }
 
   // Table row of corner k (bit d of k = upper side in dim d); its weight goes to *weight.
   HG_HD int64_t corner_row(int k, scalar_t* weight) const {
-    int64_t c[kMaxDims];
+    int32_t c[dims];
     *weight = corner(k, cell, frac, dims, c);
     return base + vertex_row(c, res, dims, size, dense);
   }

@@ -22,6 +22,7 @@ void check_inputs(const torch::Tensor& x, const torch::Tensor& table, const torc
   TORCH_CHECK(res.scalar_type() == torch::kLong, "hash_encode: resolutions must be int64");
   TORCH_CHECK(x.device().is_cpu() && table.device().is_cpu(), "hash_encode (cpu backend): tensors must be on the CPU");
   TORCH_CHECK(table.size(2) <= kMaxFeat, "hash_encode (cpu): at most 8 features per level");
+  TORCH_CHECK(table.size(1) <= hashgrid::kMaxRows, "hash_encode (cpu): at most 2^31 - 1 table rows per level");
 }
 
 // A cell's corners are random rows of a large table: each read is a cache miss. The kernels

@@ -3,6 +3,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <cuda_fp16.h>
 
+#include "hashgrid_common.h"
 #include "hashgrid_cuda.h"
 #include "hashgrid_dispatch.h"
 
@@ -11,7 +12,9 @@ namespace {
 hashgrid::Shape shape_of(const torch::Tensor& x, const torch::Tensor& table, const torch::Tensor& res) {
   TORCH_CHECK(x.dim() == 2 && table.dim() == 3 && res.dim() == 2, "hash_encode: x [N,D], table [L,S,F], resolutions [L,D]");
   TORCH_CHECK(x.size(1) >= 1 && x.size(1) <= 4, "hash_encode: 1 to 4 input dimensions supported");
-  TORCH_CHECK(table.size(2) <= 8, "hash_encode (cuda): at most 8 features per level");
+  TORCH_CHECK(table.size(2) == 1 || table.size(2) == 2 || table.size(2) == 4 || table.size(2) == 8,
+              "hash_encode (cuda): 1, 2, 4 or 8 features per level");
+  TORCH_CHECK(table.size(1) <= hashgrid::kMaxRows, "hash_encode (cuda): at most 2^31 - 1 table rows per level");
   TORCH_CHECK(table.size(0) <= 65535, "hash_encode (cuda): at most 65535 levels");
   TORCH_CHECK(res.size(0) == table.size(0) && res.size(1) == x.size(1), "hash_encode: resolutions must be [L, D]");
   TORCH_CHECK(res.scalar_type() == torch::kLong, "hash_encode: resolutions must be int64");
@@ -27,7 +30,7 @@ void check(cudaError_t err) { TORCH_CHECK(err == cudaSuccess, "hash_encode (cuda
 // layer reads it without a copy (cuBLAS takes the transpose).
 torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
   x = x.contiguous();
-  table = table.contiguous();
+  table = hashgrid::aligned_table(table);
   res = res.contiguous();
   const auto s = shape_of(x, table, res);
   auto out = torch::empty({s.levels * s.feat, s.n}, x.options());
@@ -45,7 +48,7 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
                                     bool need_input) {
   auto grad_fm = grad.t().contiguous();  // feature-major [L * F, N]; no copy when grad came back in forward's layout
   x = x.contiguous();
-  table = table.contiguous();
+  table = hashgrid::aligned_table(table);
   res = res.contiguous();
   const auto s = shape_of(x, table, res);
   // the table gradient accumulates in x's precision and is cast to the table's dtype after

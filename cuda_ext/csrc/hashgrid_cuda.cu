@@ -2,7 +2,8 @@
 // table gradient (atomics) and the input gradient. One thread per (point, level), the level
 // in blockIdx.y, so a block reads one level's table and the coarse levels stay in L2. The
 // per-thread work is in hashgrid_kernels.h (host+device, so tests also run it on the CPU).
-// The input dimension is a template parameter, so per-thread arrays live in registers.
+// The input dimension and the features per level are template parameters, so per-thread
+// arrays live in registers and table rows load as vectors.
 // Pure CUDA (no torch headers) so it compiles in seconds; hashgrid_cuda.cpp binds it.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -13,29 +14,31 @@
 namespace {
 
 // One thread per (point, level), the level in blockIdx.y.
-template <int dims, typename scalar_t, typename table_t>
+template <int dims, int F, typename scalar_t, typename table_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, const table_t* __restrict__ table, const int64_t* __restrict__ res,
-                               scalar_t* __restrict__ out, int64_t n, int64_t size, int64_t feat) {
+                               scalar_t* __restrict__ out, int64_t n, int64_t size) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) hashgrid::encode_point_level<dims>(i, blockIdx.y, x, table, res, out, n, size, feat);
+  if (i < n) hashgrid::encode_point_level<dims, F>(i, blockIdx.y, x, table, res, out, n, size);
 }
 
-template <int dims, typename scalar_t, typename table_t>
+template <int dims, int F, typename scalar_t, typename table_t>
 __global__ void backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x, const table_t* __restrict__ table,
                                 const int64_t* __restrict__ res, scalar_t* __restrict__ gtable, scalar_t* __restrict__ gx, int64_t n,
-                                int64_t size, int64_t feat) {
+                                int64_t size) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) hashgrid::backward_point_level<dims>(i, blockIdx.y, grad, x, table, res, gtable, gx, n, size, feat);
+  if (i < n) hashgrid::backward_point_level<dims, F>(i, blockIdx.y, grad, x, table, res, gtable, gx, n, size);
 }
 
 constexpr int kThreads = 256;
 inline unsigned blocks(int64_t work) { return static_cast<unsigned>((work + kThreads - 1) / kThreads); }
 inline dim3 per_level(const hashgrid::Shape& s) { return dim3(blocks(s.n), static_cast<unsigned>(s.levels)); }
 
-// Launches through hashgrid::dispatch_dims and reports the launch's error.
-template <typename F>
-cudaError_t with_dims(int dims, F&& launch) {
-  return hashgrid::dispatch_dims(dims, launch) ? cudaGetLastError() : cudaErrorInvalidValue;
+// Calls launch(dims, F) as integral constants and reports the launch's error.
+template <typename Fn>
+cudaError_t dispatched(const hashgrid::Shape& s, Fn&& launch) {
+  bool ok = false;
+  hashgrid::dispatch_dims(s.dims, [&](auto d) { ok = hashgrid::dispatch_feat(s.feat, [&](auto f) { launch(d, f); }); });
+  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 }  // namespace
@@ -45,8 +48,8 @@ namespace hashgrid {
 template <typename scalar_t, typename table_t>
 cudaError_t forward_cuda(const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* out, const Shape& s, cudaStream_t stream) {
   if (s.n == 0) return cudaSuccess;
-  return with_dims(s.dims, [&](auto d) {
-    forward_kernel<decltype(d)::value, scalar_t, table_t><<<per_level(s), kThreads, 0, stream>>>(x, table, res, out, s.n, s.size, s.feat);
+  return dispatched(s, [&](auto d, auto f) {
+    forward_kernel<decltype(d)::value, decltype(f)::value, scalar_t, table_t><<<per_level(s), kThreads, 0, stream>>>(x, table, res, out, s.n, s.size);
   });
 }
 
@@ -54,9 +57,9 @@ template <typename scalar_t, typename table_t>
 cudaError_t backward_cuda(const scalar_t* grad, const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* gtable, scalar_t* gx,
                           const Shape& s, cudaStream_t stream) {
   if (s.n == 0 || (gtable == nullptr && gx == nullptr)) return cudaSuccess;
-  return with_dims(s.dims, [&](auto d) {
-    backward_kernel<decltype(d)::value, scalar_t, table_t><<<per_level(s), kThreads, 0, stream>>>(grad, x, table, res, gtable, gx, s.n, s.size,
-                                                                                                  s.feat);
+  return dispatched(s, [&](auto d, auto f) {
+    backward_kernel<decltype(d)::value, decltype(f)::value, scalar_t, table_t><<<per_level(s), kThreads, 0, stream>>>(grad, x, table, res, gtable,
+                                                                                                                       gx, s.n, s.size);
   });
 }
 

@@ -19,6 +19,13 @@ const table_t* table_ptr(const torch::Tensor& table) {
   }
 }
 
+// The table, contiguous and 16-byte aligned, as the kernels' vector row loads need (a fresh
+// allocation is; a view into another tensor may not be, and is then copied).
+inline torch::Tensor aligned_table(const torch::Tensor& table) {
+  auto t = table.contiguous();
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
+}
+
 // Calls f(scalar_t{}, table_t{}) for x's dtype and the table's storage (fp16 or x's dtype).
 template <typename F>
 void dispatch_types(const torch::Tensor& x, const torch::Tensor& table, F&& f) {

@@ -20,83 +20,97 @@
 
 namespace hashgrid {
 
-constexpr int kMaxFeat = 8;  // feature loops unroll to this with a guard: arrays stay in registers
+// One table row of F features, aligned so that it loads as one vector instruction (up to
+// 16 bytes, more as several): tables are allocated aligned, and rows are F elements apart.
+template <typename T, int F>
+struct alignas(sizeof(T) * F < 16 ? sizeof(T) * F : 16) Row {
+  T v[F];
+};
 
-template <typename stored_t, typename acc_t>
-HG_HD acc_t load(const stored_t* p) { return static_cast<acc_t>(*p); }
-template <>
-HG_HD float load<__half, float>(const __half* p) { return __half2float(*p); }
-template <>
-HG_HD double load<__half, double>(const __half* p) { return static_cast<double>(__half2float(*p)); }
+// Byte alignment a table's pointer needs for Row<T, F> loads (the bindings check it).
+template <typename T, int F>
+constexpr size_t row_alignment() { return alignof(Row<T, F>); }
 
-template <typename scalar_t>
-HG_HD void atomic_add(scalar_t* p, scalar_t v) {
-#ifdef __CUDA_ARCH__
-  atomicAdd(p, v);
-#else
-  *p += v;
-#endif
+template <typename acc_t, typename stored_t>
+HG_HD acc_t to_acc(stored_t v) { return static_cast<acc_t>(v); }
+template <>
+HG_HD float to_acc<float, __half>(__half v) { return __half2float(v); }
+template <>
+HG_HD double to_acc<double, __half>(__half v) { return static_cast<double>(__half2float(v)); }
+
+// Row `row` of the table, converted to the accumulation type.
+template <int F, typename scalar_t, typename table_t>
+HG_HD void load_row(const table_t* __restrict__ table, int64_t row, scalar_t* v) {
+  const Row<table_t, F> r = reinterpret_cast<const Row<table_t, F>*>(table)[row];
+  HG_UNROLL
+  for (int f = 0; f < F; ++f) v[f] = to_acc<scalar_t>(r.v[f]);
 }
 
-// Adds w * g[0:feat] to a table row. sm_90 has 2-wide float atomics: half the operations.
-template <typename scalar_t>
-HG_HD void scatter_add(scalar_t* row, const scalar_t* g, scalar_t w, int64_t feat) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if ((feat & 1) == 0) {
-      HG_UNROLL
-      for (int f = 0; f < kMaxFeat; f += 2)
-        if (f < feat) atomicAdd(reinterpret_cast<float2*>(row + f), make_float2(w * g[f], w * g[f + 1]));
-      return;
-    }
+// Adds w * g[0:F] to table row `row`. sm_90 has 2- and 4-wide float atomics: F/2 or F/4
+// operations instead of F.
+template <int F, typename scalar_t>
+HG_HD void scatter_add(scalar_t* __restrict__ gtable, int64_t row, const scalar_t* g, scalar_t w) {
+  scalar_t* p = gtable + row * F;
+#ifdef __CUDA_ARCH__
+#if __CUDA_ARCH__ >= 900
+  if constexpr (std::is_same_v<scalar_t, float> && F % 4 == 0) {
+    HG_UNROLL
+    for (int f = 0; f < F; f += 4)
+      atomicAdd(reinterpret_cast<float4*>(p + f), make_float4(w * g[f], w * g[f + 1], w * g[f + 2], w * g[f + 3]));
+    return;
+  } else if constexpr (std::is_same_v<scalar_t, float> && F == 2) {
+    atomicAdd(reinterpret_cast<float2*>(p), make_float2(w * g[0], w * g[1]));
+    return;
   }
 #endif
   HG_UNROLL
-  for (int f = 0; f < kMaxFeat; ++f)
-    if (f < feat) atomic_add(row + f, w * g[f]);
+  for (int f = 0; f < F; ++f) atomicAdd(p + f, w * g[f]);
+#else
+  for (int f = 0; f < F; ++f) p[f] += w * g[f];  // the host test visits one (point, level) at a time
+#endif
 }
 
 // Features of point i on level l into the feature-major out.
-template <int dims, typename scalar_t, typename table_t>
+template <int dims, int F, typename scalar_t, typename table_t>
 HG_HD void encode_point_level(int64_t i, int64_t l, const scalar_t* __restrict__ x, const table_t* __restrict__ table,
-                              const int64_t* __restrict__ res, scalar_t* __restrict__ out, int64_t n, int64_t size, int64_t feat) {
+                              const int64_t* __restrict__ res, scalar_t* __restrict__ out, int64_t n, int64_t size) {
   const LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
-  scalar_t acc[kMaxFeat] = {0, 0, 0, 0, 0, 0, 0, 0};
+  scalar_t acc[F] = {};
   HG_UNROLL
   for (int k = 0; k < (1 << dims); ++k) {
-    scalar_t w;
-    const table_t* row = table + p.corner_row(k, &w) * feat;
+    scalar_t w, v[F];
+    load_row<F>(table, p.corner_row(k, &w), v);
     HG_UNROLL
-    for (int f = 0; f < kMaxFeat; ++f)
-      if (f < feat) acc[f] += w * load<table_t, scalar_t>(row + f);
+    for (int f = 0; f < F; ++f) acc[f] += w * v[f];
   }
+  scalar_t* o = out + l * F * n + i;
   HG_UNROLL
-  for (int f = 0; f < kMaxFeat; ++f)
-    if (f < feat) out[(l * feat + f) * n + i] = acc[f];
+  for (int f = 0; f < F; ++f) o[f * n] = acc[f];
 }
 
 // Both gradients from one visit of point i's cell on level l: the table gradient added into
 // gtable (when not null), this level's share of d(out)/d(x) added into gx (when not null).
 // grad is feature-major.
-template <int dims, typename scalar_t, typename table_t>
+template <int dims, int F, typename scalar_t, typename table_t>
 HG_HD void backward_point_level(int64_t i, int64_t l, const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
                                 const table_t* __restrict__ table, const int64_t* __restrict__ res, scalar_t* __restrict__ gtable,
-                                scalar_t* __restrict__ gx, int64_t n, int64_t size, int64_t feat) {
+                                scalar_t* __restrict__ gx, int64_t n, int64_t size) {
   const LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
-  scalar_t g[kMaxFeat];
+  const scalar_t* gi = grad + l * F * n + i;
+  scalar_t g[F];
   HG_UNROLL
-  for (int f = 0; f < kMaxFeat; ++f) g[f] = f < feat ? grad[(l * feat + f) * n + i] : scalar_t(0);
-  scalar_t acc[kMaxDims] = {0, 0, 0, 0};
+  for (int f = 0; f < F; ++f) g[f] = gi[f * n];
+  scalar_t acc[dims] = {};
   HG_UNROLL
   for (int k = 0; k < (1 << dims); ++k) {
     scalar_t w;
     const int64_t row = p.corner_row(k, &w);
-    if (gtable != nullptr) scatter_add(gtable + row * feat, g, w, feat);
+    if (gtable != nullptr) scatter_add<F>(gtable, row, g, w);
     if (gx != nullptr) {
-      scalar_t dot = 0;
+      scalar_t v[F], dot = 0;
+      load_row<F>(table, row, v);
       HG_UNROLL
-      for (int f = 0; f < kMaxFeat; ++f)
-        if (f < feat) dot += g[f] * load<table_t, scalar_t>(table + row * feat + f);
+      for (int f = 0; f < F; ++f) dot += g[f] * v[f];
       HG_UNROLL
       for (int d = 0; d < dims; ++d)
         if (p.inside[d]) acc[d] += dot * p.weight_grad(k, d);
@@ -104,7 +118,27 @@ HG_HD void backward_point_level(int64_t i, int64_t l, const scalar_t* __restrict
   }
   if (gx != nullptr) {
     HG_UNROLL
-    for (int d = 0; d < dims; ++d) atomic_add(gx + i * dims + d, acc[d]);
+    for (int d = 0; d < dims; ++d) {
+#ifdef __CUDA_ARCH__
+      atomicAdd(gx + i * dims + d, acc[d]);
+#else
+      gx[i * dims + d] += acc[d];
+#endif
+    }
+  }
+}
+
+// Host side: calls launch(std::integral_constant<int, F>{}) for the features per level F
+// in {1, 2, 4, 8}, so rows load as vectors and feature loops unroll. Returns false for
+// other F.
+template <typename Fn>
+inline bool dispatch_feat(int64_t feat, Fn&& launch) {
+  switch (feat) {
+    case 1: launch(std::integral_constant<int, 1>{}); return true;
+    case 2: launch(std::integral_constant<int, 2>{}); return true;
+    case 4: launch(std::integral_constant<int, 4>{}); return true;
+    case 8: launch(std::integral_constant<int, 8>{}); return true;
+    default: return false;
   }
 }
 

@@ -9,28 +9,30 @@
 
 namespace {
 
-// Calls f(scalar_t{}, table_t{}, std::integral_constant<int, D>{}) for x's dtype, the
-// table's storage and the input dimension.
-template <typename F>
-void dispatch(const torch::Tensor& x, const torch::Tensor& table, F&& f) {
+// Calls f(scalar_t{}, table_t{}, dims, F) (the last two as integral constants) for x's
+// dtype, the table's storage, the input dimension and the features per level.
+template <typename Fn>
+void dispatch(const torch::Tensor& x, const torch::Tensor& table, Fn&& f) {
+  bool ok = false;
   hashgrid::dispatch_types(x, table, [&](auto scalar, auto stored) {
-    hashgrid::dispatch_dims(x.size(1), [&](auto d) { f(scalar, stored, d); });
+    hashgrid::dispatch_dims(x.size(1), [&](auto d) { ok = hashgrid::dispatch_feat(table.size(2), [&](auto ft) { f(scalar, stored, d, ft); }); });
   });
+  TORCH_CHECK(ok, "cuda kernels on host: unsupported dims or features per level");
 }
 
 torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
   x = x.contiguous();
-  table = table.contiguous();
+  table = hashgrid::aligned_table(table);
   res = res.contiguous();
   const int64_t n = x.size(0), levels = table.size(0), size = table.size(1), feat = table.size(2);
   auto out = torch::empty({levels * feat, n}, x.options());
-  dispatch(x, table, [&](auto scalar, auto stored, auto d) {
+  dispatch(x, table, [&](auto scalar, auto stored, auto d, auto ft) {
     using scalar_t = decltype(scalar);
     using table_t = decltype(stored);
     for (int64_t l = 0; l < levels; ++l)
       for (int64_t i = 0; i < n; ++i)
-        hashgrid::encode_point_level<decltype(d)::value>(i, l, x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table), res.data_ptr<int64_t>(),
-                                                         out.data_ptr<scalar_t>(), n, size, feat);
+        hashgrid::encode_point_level<decltype(d)::value, decltype(ft)::value>(
+            i, l, x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table), res.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), n, size);
   });
   return out.t();
 }
@@ -39,19 +41,19 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
                                     bool need_input) {
   auto grad_fm = grad.t().contiguous();
   x = x.contiguous();
-  table = table.contiguous();
+  table = hashgrid::aligned_table(table);
   res = res.contiguous();
   const int64_t n = x.size(0), levels = table.size(0), size = table.size(1), feat = table.size(2);
   torch::Tensor acc = need_table ? torch::zeros({levels, size, feat}, x.options()) : torch::Tensor();
   torch::Tensor gx = need_input ? torch::zeros_like(x) : torch::Tensor();
-  dispatch(x, table, [&](auto scalar, auto stored, auto d) {
+  dispatch(x, table, [&](auto scalar, auto stored, auto d, auto ft) {
     using scalar_t = decltype(scalar);
     using table_t = decltype(stored);
     for (int64_t l = 0; l < levels; ++l)
       for (int64_t i = 0; i < n; ++i)
-        hashgrid::backward_point_level<decltype(d)::value>(i, l, grad_fm.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table),
-                                                           res.data_ptr<int64_t>(), need_table ? acc.data_ptr<scalar_t>() : nullptr,
-                                                           need_input ? gx.data_ptr<scalar_t>() : nullptr, n, size, feat);
+        hashgrid::backward_point_level<decltype(d)::value, decltype(ft)::value>(
+            i, l, grad_fm.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table), res.data_ptr<int64_t>(),
+            need_table ? acc.data_ptr<scalar_t>() : nullptr, need_input ? gx.data_ptr<scalar_t>() : nullptr, n, size);
   });
   return {need_table ? acc.to(table.scalar_type()) : torch::Tensor(), gx};
 }
