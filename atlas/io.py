@@ -163,25 +163,58 @@ def sequence_files(path: str) -> list[Path]:
     return [f for _, f in sorted(matches)]
 
 
-def _read_movie(path: Path) -> tuple[list[np.ndarray], float]:
+def _read_movie(path: Path, start: int, stop: int | None) -> tuple[list[np.ndarray], float]:
+    """Decoded frames [start, stop) as stored (usually uint8) and the fps. Frames before
+    `start` are decoded and dropped, and decoding ends at `stop`: a short range of a long
+    movie costs its own frames' memory, not the whole movie's."""
     import imageio.v3 as iio
 
+    plugin = "pillow" if path.suffix.lower() == ".gif" else "FFMPEG"
+    kept = []
     try:
-        meta = iio.immeta(path, plugin="pillow" if path.suffix.lower() == ".gif" else "FFMPEG")
+        meta = iio.immeta(path, plugin=plugin)
         fps = float(meta.get("fps") or 0.0)
         if not fps and meta.get("duration"):
             fps = 1000.0 / float(meta["duration"])  # GIF durations are in ms
-        plugin = "pillow" if path.suffix.lower() == ".gif" else "FFMPEG"
-        frames = [np.asarray(f) for f in iio.imiter(path, plugin=plugin)]
+        for i, f in enumerate(iio.imiter(path, plugin=plugin)):
+            if i >= start:
+                kept.append(np.asarray(f))
+            if stop is not None and i + 1 >= stop:
+                break
     except Exception as exc:  # ffmpeg/pillow raise many types for corrupt files
         raise AtlasInputError(f"cannot decode video {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    out = []
-    for f in frames:
-        f = f.astype(np.float32) / 255.0
-        if f.ndim == 2:
-            f = np.repeat(f[:, :, None], 3, axis=2)
-        out.append(f[:, :, :3])
-    return out, fps or DEFAULT_FPS
+    return kept, fps or DEFAULT_FPS
+
+
+def _as_float_rgb(image: np.ndarray) -> np.ndarray:
+    """A decoded frame (integer or float; grey, RGB or RGBA) as float32 (H, W, 3)."""
+    if np.issubdtype(image.dtype, np.integer):
+        image = image.astype(np.float32) / float(np.iinfo(image.dtype).max)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return _rgb(image)
+
+
+def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int, int] | None) -> np.ndarray:
+    """Stack `count` frames into one float32 [T, H, W, 3] array in [0, 1], allocated once and
+    filled frame by frame (no list of float frames, no stacked copy)."""
+    import cv2
+
+    arr: np.ndarray | None = None
+    for i, im in enumerate(frames):
+        im = _as_float_rgb(im)
+        if arr is None:
+            first = im.shape[:2]
+            out_hw = (size[1], size[0]) if size is not None else first
+            arr = np.empty((count, *out_hw, 3), np.float32)
+        elif im.shape[:2] != first:
+            raise AtlasInputError(f"{spath}: frames have different sizes: frame {i} is {im.shape[1]}x{im.shape[0]}, the first "
+                                  f"{first[1]}x{first[0]}; all frames must match")
+        if size is not None:
+            im = cv2.resize(im, size, interpolation=cv2.INTER_AREA)
+        np.clip(im, 0.0, 1.0, out=arr[i])
+    assert arr is not None
+    return arr
 
 
 def read_video(
@@ -191,6 +224,9 @@ def read_video(
     min_frames: int = 2,
 ) -> Video:
     """Read a movie file or image sequence, optionally a frame range and resized to (W, H).
+
+    Only the frames in the range are kept, and the result is filled in place, so reading
+    costs about the result's own memory (12 bytes per pixel).
 
     Example:
         >>> video = read_video("plate.%04d.png", frames="0:30", size="427x240")
@@ -202,36 +238,26 @@ def read_video(
     spath = str(path)
     p = Path(spath)
     fps = DEFAULT_FPS
+    start, stop = frames or (0, None)
     if p.is_file():
         if p.suffix.lower() in MOVIE_EXTS:
-            images, fps = _read_movie(p)
+            decoded, fps = _read_movie(p, start, stop)
+            count, images = len(decoded), iter(decoded)
         elif p.suffix.lower() in IMAGE_EXTS:
             raise AtlasInputError(f"{p} is a single image; give the folder or a pattern like plate.%04d.png")
         else:
             raise AtlasInputError(f"unsupported input type {p.suffix!r}; use a movie ({', '.join(sorted(MOVIE_EXTS))}) or an image sequence")
-        start, stop = (frames or (0, None))
-        images = images[start:stop]
     elif p.exists() or "%" in p.name or "#" in p.name:
-        files = sequence_files(spath)
-        start, stop = (frames or (0, None))
-        files = files[start:stop]
-        images = [_rgb(read_image(f)) for f in files]
+        files = sequence_files(spath)[start:stop]
+        count, images = len(files), (read_image(f) for f in files)
     else:
         raise AtlasInputError(f"input not found: {spath}")
-    start = frames[0] if frames else 0
-    if len(images) == 0:
-        raise AtlasInputError(f"{spath}: no frames" + (f" in range {start}:{frames[1] if frames[1] is not None else ''}" if frames else ""))
-    if len(images) < min_frames:
-        raise AtlasInputError(f"{spath}: only {len(images)} frame(s); fitting needs at least {min_frames}")
-    shapes = {im.shape[:2] for im in images}
-    if len(shapes) > 1:
-        raise AtlasInputError(f"{spath}: frames have different sizes {sorted(shapes)}; all frames must match")
-    if size is not None:
-        import cv2
-
-        images = [cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images]
-    arr = np.clip(np.stack(images, 0), 0.0, 1.0).astype(np.float32)
-    return Video(torch.from_numpy(arr), fps, spath, (start, start + len(images)))
+    if count == 0:
+        raise AtlasInputError(f"{spath}: no frames" + (f" in range {start}:{stop if stop is not None else ''}" if frames else ""))
+    if count < min_frames:
+        raise AtlasInputError(f"{spath}: only {count} frame(s); fitting needs at least {min_frames}")
+    arr = _fill(images, count, spath, size)
+    return Video(torch.from_numpy(arr), fps, spath, (start, start + count))
 
 
 def _to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -43,6 +43,28 @@ def test_mp4_roundtrip_and_fps(tmp_path):
     assert not list(tmp_path.glob(".clip.mp4.tmp-*"))
 
 
+def test_movie_range_decodes_only_up_to_its_end(tmp_path, monkeypatch):
+    """A short range of a long movie must not decode (and hold) the whole movie."""
+    import imageio.v3 as iio
+
+    frames = _frames(t=6, h=16, w=16)
+    levels = frames.mean(dim=(1, 2, 3))
+    path = write_video(frames * 0 + levels[:, None, None, None], tmp_path / "clip.mp4", fps=10)
+    full = read_video(path)
+    real = iio.imiter
+
+    def breaks_after_four(*args, **kwargs):
+        for i, f in enumerate(real(*args, **kwargs)):
+            if i == 4:
+                raise RuntimeError("decoded past the requested range")
+            yield f
+
+    monkeypatch.setattr(iio, "imiter", breaks_after_four)
+    part = read_video(path, frames="1:4")
+    assert part.frame_range == (1, 4)
+    assert torch.equal(part.frames, full.frames[1:4])
+
+
 def test_exr_sequence(tmp_path):
     frames = _frames(t=3)
     for i, f in enumerate(frames):
