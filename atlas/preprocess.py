@@ -53,9 +53,19 @@ def dis_flow(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV DIS flow between consecutive frames: (fwd, bwd), each [T-1, H, W, 2]."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     grey = [_grey_u8(f) for f in frames]
-    fwd = np.stack([dis.calc(grey[i], grey[i + 1], None) for i in range(len(grey) - 1)])
-    bwd = np.stack([dis.calc(grey[i + 1], grey[i], None) for i in range(len(grey) - 1)])
-    return fwd.astype(np.float32), bwd.astype(np.float32)
+    fwd, bwd = _flow_arrays(frames.shape)
+    for i in range(len(grey) - 1):
+        fwd[i] = dis.calc(grey[i], grey[i + 1], None)
+        bwd[i] = dis.calc(grey[i + 1], grey[i], None)
+    return fwd, bwd
+
+
+def _flow_arrays(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Empty (fwd, bwd) [T-1, H, W, 2] float32 for frames of `shape` [T, H, W, 3], filled
+    pair by pair: flows are the largest preprocessing arrays, so they are never stacked from
+    a list (which holds them twice)."""
+    t, h, w = shape[:3]
+    return np.empty((t - 1, h, w, 2), np.float32), np.empty((t - 1, h, w, 2), np.float32)
 
 
 RAFT_MIN_SIZE = 128  # RAFT's correlation pyramid needs 1/8-resolution features of >= 16 px
@@ -95,15 +105,19 @@ def raft_flow(frames: np.ndarray, model: torch.nn.Module, device: torch.device, 
     model = model.to(device)
     t, h, w, _ = frames.shape
     ph, pw = (-h) % 8, (-w) % 8
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).to(device) * 2.0 - 1.0
-    x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
-    fwd, bwd = [], []
+
+    def net_input(i: int) -> torch.Tensor:  # one frame at a time: the whole clip is never copied
+        x = torch.from_numpy(frames[i]).permute(2, 0, 1)[None].to(device) * 2.0 - 1.0
+        return torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+
+    fwd, bwd = _flow_arrays(frames.shape)
+    b = net_input(0)
     for i in range(t - 1):
-        a, b = x[i : i + 1], x[i + 1 : i + 2]
+        a, b = b, net_input(i + 1)
         pair = model(torch.cat([a, b]), torch.cat([b, a]), num_flow_updates=iters)[-1]
-        fwd.append(pair[0, :, :h, :w].permute(1, 2, 0).cpu().numpy())
-        bwd.append(pair[1, :, :h, :w].permute(1, 2, 0).cpu().numpy())
-    return np.stack(fwd).astype(np.float32), np.stack(bwd).astype(np.float32)
+        fwd[i] = pair[0, :, :h, :w].permute(1, 2, 0).cpu().numpy()
+        bwd[i] = pair[1, :, :h, :w].permute(1, 2, 0).cpu().numpy()
+    return fwd, bwd
 
 
 def warp_sample(image: np.ndarray, flow: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from .errors import AtlasInputError
 from .evaluate import evaluate_frame, psnr
 from .initialise import initial_layout
 from .io import Video, read_video
+from .memory import check_fit_memory
 from .model import FrameGeometry, LayeredAtlas
 from .preprocess import Preprocessed, preprocess
 from .quality import quality_maps
@@ -197,6 +198,7 @@ def fit(
     vid = video if isinstance(video, Video) else read_video(video, frames, size)
     timings["read_s"] = round(time.perf_counter() - t0, 2)
     T, H, W = vid.frames.shape[:3]
+    check_fit_memory(T, H, W, cfg.model, dev)
     geom = FrameGeometry(T, H, W)
     ckpt = _Checkpoint(out)
     # what a checkpoint must match to be resumed: inputs, preprocessing and architecture

@@ -1,0 +1,128 @@
+"""Will a fit fit in memory? An estimate checked before the slow work starts.
+
+A fit holds the frames, both flows and masks for the whole optimisation, then every
+frame's evaluation maps while it bakes the atlases, so its peak memory grows with the
+shot's pixel count (frames x width x height). Past the machine's memory the kernel kills
+the process without a message, after minutes of preprocessing; this check refuses
+up front instead, with the frame count and size that would fit.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .errors import AtlasInputError
+
+# Host memory of `atlas fit` per pixel of the shot, measured with bench/memory_bench.py
+# (car-shadow, 40 frames at 854x480 and 427x240): the fit peaks either while training
+# (frames, both flows and masks, and the tables four times over: values, gradients, two
+# Adam moments) or after it, when every frame's evaluation maps are held for baking and
+# the quality statistics (the optimiser's memory is freed by then). Measured with preset
+# fast: 88, 109 and 123 bytes per pixel with 1, 2 and 3 layers, and about 0.8 GB besides.
+HOST_BYTES_PER_PIXEL_TRAINING = 46.0
+HOST_BYTES_PER_PIXEL = 75.0
+HOST_BYTES_PER_PIXEL_PER_LAYER = 17.0
+HOST_BASE_BYTES = 0.8e9  # the interpreter, torch, OpenCV
+TABLE_COPIES_TRAINING = 4
+# On a GPU the step reads the frames (12 bytes per pixel), forward flow (8), its validity
+# (1) and masks (4) from device memory: counted from those dtypes, not measured on a GPU.
+DEVICE_BYTES_PER_PIXEL = 25.0
+DEVICE_BASE_BYTES = 1.0e9  # CUDA context, kernels, activations
+SKIP_ENV = "ATLAS_SKIP_MEMORY_CHECK"
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_host_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, capped by a cgroup limit (a
+    container or a render-farm job slot). None where neither is known (not Linux)."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 1 << 60:  # "max" or a huge number: no limit
+            avail = min(avail, limit - usage) if avail is not None else limit - usage
+    return avail
+
+
+def _rows(finest: tuple[float, ...], log2_table_size: int) -> int:
+    """Table rows per level of a HashGrid whose finest level has these resolutions."""
+    return min(2**log2_table_size, math.prod(int(f) + 1 for f in finest))
+
+
+def table_bytes(num_frames: int, height: int, width: int, model: ModelConfig) -> int:
+    """Bytes of the model's hash tables for a shot, sized as LayeredAtlas sizes them. The
+    colour atlases' extent is only known after preprocessing; it is taken as 4 frames'
+    area (car-shadow's atlases cover 5.3 frames, blackswan's 1.6)."""
+    layers = 1 + model.num_foregrounds
+    t = max(num_frames - 1, 1)
+    colour = _rows((2 * width * model.colour_density, 2 * height * model.colour_density), model.log2_table_size)
+    residual = _rows((width * model.residual_finest_frac, height * model.residual_finest_frac, t), model.log2_table_size)
+    alpha = _rows((width * model.alpha_finest_frac, height * model.alpha_finest_frac, t), model.log2_table_size)
+    rows = layers * (model.colour_levels * colour + model.residual_levels * residual)
+    rows += model.alpha_levels * alpha if model.num_foregrounds else 0
+    return rows * 2 * 4  # 2 float32 features per row
+
+
+def estimate(num_frames: int, height: int, width: int, model: ModelConfig) -> tuple[float, float]:
+    """(host bytes, GPU bytes when fitting on a GPU) at the fit's peak."""
+    px = num_frames * height * width
+    layers = 1 + model.num_foregrounds
+    tables = table_bytes(num_frames, height, width, model)
+    training = TABLE_COPIES_TRAINING * tables + px * HOST_BYTES_PER_PIXEL_TRAINING
+    after = tables + px * (HOST_BYTES_PER_PIXEL + HOST_BYTES_PER_PIXEL_PER_LAYER * layers)
+    host = HOST_BASE_BYTES + max(training, after)
+    gpu = DEVICE_BASE_BYTES + TABLE_COPIES_TRAINING * tables + px * DEVICE_BYTES_PER_PIXEL
+    return host, gpu
+
+
+def _advice(fits, num_frames: int, height: int, width: int) -> str:
+    """What would fit: the most frames, and the largest size at the same aspect, for which
+    `fits(frames, height, width)` holds (both found by bisection on the estimate)."""
+    lo, hi = 0, num_frames  # fits(lo) holds (0 frames: vacuously); fits(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid, height, width) else (lo, mid)
+    frames = lo
+    small, big = 0.0, 1.0
+    for _ in range(20):
+        mid = (small + big) / 2
+        small, big = (mid, big) if fits(num_frames, int(height * mid), int(width * mid)) else (small, mid)
+    w, h = max(int(width * small) // 2 * 2, 8), max(int(height * small) // 2 * 2, 8)
+    fewer = f"at most {frames} frames (--frames) or " if frames >= 2 else ""
+    return f"fit {fewer}a smaller size (--size {w}x{h}), or set {SKIP_ENV}=1 to try anyway"
+
+
+def check_fit_memory(num_frames: int, height: int, width: int, model: ModelConfig, device: torch.device) -> None:
+    """Raise AtlasInputError when the fit would clearly not fit in host (or GPU) memory."""
+    if os.environ.get(SKIP_ENV):
+        return
+    host, gpu = estimate(num_frames, height, width, model)
+    shot = f"{num_frames} frames at {width}x{height}, {1 + model.num_foregrounds} layers"
+    have = available_host_memory()
+    if have is not None and host > have:
+        advice = _advice(lambda t, h, w: estimate(t, h, w, model)[0] <= have, num_frames, height, width)
+        raise AtlasInputError(f"this shot needs about {host / 1e9:.1f} GB of memory to fit ({shot}) but {have / 1e9:.1f} GB is "
+                              f"available; {advice}")
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        if gpu > free:
+            advice = _advice(lambda t, h, w: estimate(t, h, w, model)[1] <= free, num_frames, height, width)
+            raise AtlasInputError(f"this shot needs about {gpu / 1e9:.1f} GB of GPU memory to fit ({shot}) but {free / 1e9:.1f} GB "
+                                  f"is free; {advice}")
