@@ -7,7 +7,6 @@ pixel whose layer weight exceeds 0.5 lands there), dilated by one texel.
 from __future__ import annotations
 
 import math
-from typing import Iterable
 
 import cv2
 import numpy as np
@@ -25,32 +24,38 @@ def texture_size(model: LayeredAtlas, layer: int, density: float = 1.0) -> tuple
     return tuple(int(min(MAX_TEXTURE, max(16, math.ceil(v)))) for v in px)  # type: ignore[return-value]
 
 
-def coverage(maps: Iterable[FrameMaps], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
-    """Per layer, a boolean [h, w] texel mask of what the video shows of that layer."""
-    counts = [np.zeros((h, w), np.int64) for (w, h) in sizes]
-    for fm in maps:
-        for i, (w, h) in enumerate(sizes):
+class Coverage:
+    """Per layer, which texels the video shows (a pixel whose layer weight exceeds 0.5 lands
+    there), accumulated one frame at a time so a fit never holds every frame's maps."""
+
+    def __init__(self, sizes: list[tuple[int, int]]) -> None:
+        self.sizes = sizes
+        self.counts = [np.zeros((h, w), np.int64) for (w, h) in sizes]
+
+    def add(self, fm: FrameMaps) -> None:
+        for i, (w, h) in enumerate(self.sizes):
             seen = fm.weights[..., i] > 0.5
             uv = fm.uv[..., i, :][seen]
             tx = (uv[:, 0] * w).floor().long()
             ty = (uv[:, 1] * h).floor().long()
             ok = (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
-            np.add.at(counts[i], (ty[ok].numpy(), tx[ok].numpy()), 1)
-    kernel = np.ones((3, 3), np.uint8)
-    return [cv2.dilate((c > 0).astype(np.uint8), kernel) > 0 for c in counts]
+            np.add.at(self.counts[i], (ty[ok].numpy(), tx[ok].numpy()), 1)
+
+    def masks(self) -> list[np.ndarray]:
+        """Boolean [h, w] per layer, dilated by one texel."""
+        kernel = np.ones((3, 3), np.uint8)
+        return [cv2.dilate((c > 0).astype(np.uint8), kernel) > 0 for c in self.counts]
 
 
 @torch.no_grad()
-def bake(model: LayeredAtlas, maps: Iterable[FrameMaps], density: float = 1.0, chunk: int = 1 << 16) -> dict[str, np.ndarray]:
-    """{layer name: float32 RGBA [h, w, 4]} from the model's colour fields."""
+def bake(model: LayeredAtlas, seen: list[np.ndarray], chunk: int = 1 << 16) -> dict[str, np.ndarray]:
+    """{layer name: float32 RGBA [h, w, 4]} from the model's colour fields; alpha is each
+    layer's `seen` mask (see :class:`Coverage`), whose shape sets the texture size."""
     device = next(model.parameters()).device
-    sizes = [texture_size(model, i, density) for i in range(len(model.layer_names))]
-    seen = coverage(maps, sizes)
     out = {}
     for i, name in enumerate(model.layer_names):
-        w, h = sizes[i]
+        h, w = seen[i].shape
         uv = (pixel_grid(h, w, device) + 0.5) / torch.tensor([w, h], device=device, dtype=torch.float32)
         rgb = torch.cat([model.layer_colour(i, uv[s : s + chunk]) for s in range(0, uv.shape[0], chunk)])
-        tex = np.concatenate([rgb.reshape(h, w, 3).cpu().numpy(), seen[i][..., None].astype(np.float32)], axis=-1)
-        out[name] = tex
+        out[name] = np.concatenate([rgb.reshape(h, w, 3).cpu().numpy(), seen[i][..., None].astype(np.float32)], axis=-1)
     return out

@@ -29,6 +29,11 @@ FORMAT_VERSION = 1
 MAP_CACHE_BYTES = 1 << 30
 
 
+def cache_has_room(cached: int, fm: FrameMaps) -> bool:
+    """Whether frame maps like `fm` still fit MAP_CACHE_BYTES next to `cached` others."""
+    return (cached + 1) * sum(x.numel() * x.element_size() for x in (fm.rgb, fm.uv, fm.weights)) <= MAP_CACHE_BYTES
+
+
 def layer_names(num_fg: int) -> list[str]:
     """background, then foreground (k = 1) or foreground_1..k."""
     if num_fg <= 1:
@@ -89,8 +94,7 @@ class AtlasBundle:
     def remember_maps(self, maps: dict[int, FrameMaps]) -> None:
         """Keep already computed frame maps (e.g. the fit's final evaluation), up to the cap."""
         for t, fm in maps.items():
-            size = sum(x.numel() * x.element_size() for x in (fm.rgb, fm.uv, fm.weights))
-            if size * (len(self._maps) + 1) <= MAP_CACHE_BYTES:
+            if cache_has_room(len(self._maps), fm):
                 self._maps[t] = fm
 
     def forget_maps(self) -> None:

@@ -1,8 +1,8 @@
 """Will a fit fit in memory? An estimate checked before the slow work starts.
 
-A fit holds the frames, both flows and masks for the whole optimisation, then every
-frame's evaluation maps while it bakes the atlases, so its peak memory grows with the
-shot's pixel count (frames x width x height). Past the machine's memory the kernel kills
+A fit holds the frames, both flows and masks for the whole optimisation, then evaluates
+every frame (keeping up to 1 GB of the results for the bundle), so its peak memory grows
+with the shot's pixel count (frames x width x height). Past the machine's memory the kernel kills
 the process without a message, after minutes of preprocessing; this check refuses
 up front instead, with the frame count and size that would fit.
 """
@@ -14,19 +14,23 @@ from pathlib import Path
 
 import torch
 
+from .bundle import MAP_CACHE_BYTES
 from .config import ModelConfig
 from .errors import AtlasInputError
 
 # Host memory of `atlas fit` per pixel of the shot, measured with bench/memory_bench.py
-# (car-shadow, 40 frames at 854x480 and 427x240): the fit peaks either while training
-# (frames, both flows and masks, and the tables four times over: values, gradients, two
-# Adam moments) or after it, when every frame's evaluation maps are held for baking and
-# the quality statistics (the optimiser's memory is freed by then). Measured with preset
-# fast: 88, 109 and 123 bytes per pixel with 1, 2 and 3 layers, and about 0.8 GB besides.
+# (car-shadow, 40 frames at 854x480 and 427x240, preset fast). The fit peaks either while
+# training (frames, both flows and masks, and the tables four times over: values,
+# gradients, two Adam moments) or after it, while every frame is evaluated for the PSNR,
+# the atlases and the quality statistics, which keeps up to MAP_CACHE_BYTES of frame maps
+# for the bundle. Measured after training: 68-72 bytes per pixel for 1 to 3 layers with
+# no maps kept, 88/109/123 with every frame's maps kept, and about 0.8 GB besides.
 HOST_BYTES_PER_PIXEL_TRAINING = 46.0
-HOST_BYTES_PER_PIXEL = 75.0
-HOST_BYTES_PER_PIXEL_PER_LAYER = 17.0
+HOST_BYTES_PER_PIXEL = 70.0
 HOST_BASE_BYTES = 0.8e9  # the interpreter, torch, OpenCV
+# a frame's maps: reconstruction (12 bytes per pixel), and per layer uv (8) and weight (4)
+MAP_BYTES_PER_PIXEL = 12.0
+MAP_BYTES_PER_PIXEL_PER_LAYER = 12.0
 TABLE_COPIES_TRAINING = 4
 # On a GPU the step reads the frames (12 bytes per pixel), forward flow (8), its validity
 # (1) and masks (4) from device memory: counted from those dtypes, not measured on a GPU.
@@ -80,13 +84,15 @@ def table_bytes(num_frames: int, height: int, width: int, model: ModelConfig) ->
     return rows * 2 * 4  # 2 float32 features per row
 
 
-def estimate(num_frames: int, height: int, width: int, model: ModelConfig) -> tuple[float, float]:
-    """(host bytes, GPU bytes when fitting on a GPU) at the fit's peak."""
+def estimate(num_frames: int, height: int, width: int, model: ModelConfig, map_cache: int = MAP_CACHE_BYTES) -> tuple[float, float]:
+    """(host bytes, GPU bytes when fitting on a GPU) at the fit's peak. `map_cache` caps
+    the frame maps the fit keeps for the bundle."""
     px = num_frames * height * width
     layers = 1 + model.num_foregrounds
     tables = table_bytes(num_frames, height, width, model)
     training = TABLE_COPIES_TRAINING * tables + px * HOST_BYTES_PER_PIXEL_TRAINING
-    after = tables + px * (HOST_BYTES_PER_PIXEL + HOST_BYTES_PER_PIXEL_PER_LAYER * layers)
+    maps = min(map_cache, px * (MAP_BYTES_PER_PIXEL + MAP_BYTES_PER_PIXEL_PER_LAYER * layers))
+    after = tables + px * HOST_BYTES_PER_PIXEL + maps
     host = HOST_BASE_BYTES + max(training, after)
     gpu = DEVICE_BASE_BYTES + TABLE_COPIES_TRAINING * tables + px * DEVICE_BYTES_PER_PIXEL
     return host, gpu

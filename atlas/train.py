@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 import cuda_ext
 
 from . import __version__
-from .bake import bake
-from .bundle import FORMAT_VERSION, AtlasBundle, check_output_dir, layer_names
+from .bake import Coverage, bake, texture_size
+from .bundle import FORMAT_VERSION, AtlasBundle, cache_has_room, check_output_dir, layer_names
 from .config import FitConfig, load_config
 from .errors import AtlasInputError
 from .evaluate import evaluate_frame, psnr
@@ -32,7 +32,7 @@ from .io import Video, read_video
 from .memory import check_fit_memory
 from .model import FrameGeometry, LayeredAtlas
 from .preprocess import Preprocessed, preprocess
-from .quality import quality_maps
+from .quality import QualityStats
 from .step import Stepper, step_data
 
 
@@ -223,17 +223,24 @@ def fit(
     stats = _train(model, vid, pre, cfg, dev, seed, time_budget, ckpt, resume_state, quiet)
     timings["fit_s"] = stats.pop("fit_s")
 
+    # every frame is evaluated once and feeds the PSNR, the atlases' coverage and the quality
+    # statistics; only as many frames' maps as the bundle caches are kept
     t0 = time.perf_counter()
     model.eval()
-    per_frame, maps = [], []
+    sizes = [texture_size(model, i) for i in range(len(names))]
+    cov, qstats = Coverage(sizes), QualityStats(model, pre, sizes)
+    per_frame, maps = [], {}
     for t in range(T):
         fm = evaluate_frame(model, t)
         per_frame.append(round(psnr(fm.rgb, vid.frames[t]), 3))
-        maps.append(fm)
+        cov.add(fm)
+        qstats.add(t, fm, vid.frames[t])
+        if cache_has_room(len(maps), fm):
+            maps[t] = fm
     timings["evaluate_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    textures = bake(model, maps)
-    quality, quality_summary = quality_maps(model, maps, vid.frames, pre, [tuple(textures[n].shape[1::-1]) for n in names])
+    textures = bake(model, cov.masks())
+    quality, quality_summary = qstats.result()
     timings["bake_s"] = round(time.perf_counter() - t0, 2)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -251,7 +258,7 @@ def fit(
         "preprocess": {"flow": pre.flow_method, "masks": pre.mask_source},
     }
     bundle = AtlasBundle(model.cpu(), meta, textures, pre, quality=quality)
-    bundle.remember_maps(dict(enumerate(maps)))
+    bundle.remember_maps(maps)
     bundle.save(out)
     ckpt.remove()
     return bundle

@@ -1,12 +1,14 @@
 """Peak host memory of `atlas fit` against the estimate `atlas.memory` checks before a fit.
 
     python bench/memory_bench.py [--clip car-shadow] [--sizes 854x480 427x240] [--foregrounds 0 1 2]
-                                 [--preset fast] [--iters 20]
+                                 [--preset fast] [--iters 20] [--map-cache-mb MB]
 
 Each fit runs in a fresh subprocess on the first 40 frames of a shared DAVIS clip (a
 synthetic clip where ../shared is missing) and reports its own peak RSS. The table gives,
 per layer count, the measured peak, the estimate, and the per-pixel slope between the two
-sizes: the numbers HOST_BYTES_PER_PIXEL(_PER_LAYER) in atlas/memory.py come from here.
+sizes: the per-pixel numbers in atlas/memory.py come from here. `--map-cache-mb 0` stops
+the fit from keeping any frame's maps for the bundle's cache (capped at 1 GB), which is
+how a shot too long for that cache behaves.
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DAVIS = ROOT.parent / "shared" / "data" / "davis"
 
 
-def worker(clip: str, size: str, fg: int, preset: str, iters: int) -> dict:
+def worker(clip: str, size: str, fg: int, preset: str, iters: int, map_cache_mb: float | None) -> dict:
     import atlas
+    import atlas.bundle
     from atlas import memory
     from atlas.config import load_config
     from atlas.io import Video, read_video
@@ -35,12 +38,14 @@ def worker(clip: str, size: str, fg: int, preset: str, iters: int) -> dict:
     else:
         c = make_clip(num_frames=40, width=w, height=h)
         video = Video(c.frames, c.fps, "synthetic", (0, 40))
+    if map_cache_mb is not None:
+        atlas.bundle.MAP_CACHE_BYTES = int(map_cache_mb * 2**20)
     overrides = [f"model.num_foregrounds={fg}"]
     cfg = load_config(preset, overrides)
     with tempfile.TemporaryDirectory() as tmp:
         atlas.fit(video, Path(tmp) / "b", preset, overrides, iters=iters, device="cpu", quiet=True)
     t = video.frames.shape[0]
-    host, _ = memory.estimate(t, h, w, cfg.model)
+    host, _ = memory.estimate(t, h, w, cfg.model, atlas.bundle.MAP_CACHE_BYTES)
     return {"layers": fg + 1, "size": size, "pixels": t * h * w, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "estimate": host}
 
@@ -52,17 +57,20 @@ def main() -> int:
     p.add_argument("--foregrounds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--preset", default="fast")
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--map-cache-mb", type=float, help="cap of the frame maps the fit keeps (default: the bundle's)")
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.clip, a.worker[0], int(a.worker[1]), a.preset, int(a.worker[2]))))
+        print(json.dumps(worker(a.clip, a.worker[0], int(a.worker[1]), a.preset, int(a.worker[2]), a.map_cache_mb)))
         return 0
-    print(f"clip {a.clip} (40 frames), preset {a.preset}, {a.iters} iterations")
+    print(f"clip {a.clip} (40 frames), preset {a.preset}, {a.iters} iterations, map cache "
+          f"{'the default' if a.map_cache_mb is None else f'{a.map_cache_mb:g} MB'}")
     print(f"{'layers':>6} {'size':>9} {'Mpixels':>8} {'peak GB':>8} {'estimate GB':>12} {'est/peak':>9} {'slope B/px':>11}")
     for fg in a.foregrounds:
         rows = []
         for size in a.sizes:
             cmd = [sys.executable, __file__, "--clip", a.clip, "--preset", a.preset, "--worker", size, str(fg), str(a.iters)]
+            cmd += ["--map-cache-mb", str(a.map_cache_mb)] if a.map_cache_mb is not None else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             rows.append(json.loads(out))
         for i, r in enumerate(rows):

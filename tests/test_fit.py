@@ -92,6 +92,21 @@ def test_deterministic_for_a_seed(tiny_video, tmp_path):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_atlases_and_quality_do_not_depend_on_the_kept_frame_maps(tiny_video, tmp_path, monkeypatch):
+    """A shot too long for the map cache bakes from every frame all the same."""
+    import atlas.bundle
+
+    kept = atlas.fit(tiny_video, tmp_path / "a", "fast", iters=4, quiet=True, seed=2)
+    monkeypatch.setattr(atlas.bundle, "MAP_CACHE_BYTES", 0)
+    streamed = atlas.fit(tiny_video, tmp_path / "b", "fast", iters=4, quiet=True, seed=2)
+    assert len(kept._maps) == tiny_video.frames.shape[0] and not streamed._maps
+    for name in kept.layer_names:
+        assert np.array_equal(kept.textures[name], streamed.textures[name])
+        assert np.array_equal(kept.quality[name], streamed.quality[name])
+    assert kept.meta["metrics"]["layers"] == streamed.meta["metrics"]["layers"]
+    assert kept.textures["background"][..., 3].mean() > 0  # the comparison is not of empty coverage
+
+
 def test_time_budget_and_resume(tiny_video, tmp_path):
     out = tmp_path / "r"
     first = atlas.fit(tiny_video, out, "fast", ["train.checkpoint_every=5"], iters=10_000, time_budget=1.5, quiet=True)
