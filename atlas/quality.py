@@ -58,13 +58,15 @@ class QualityStats:
             self.flow_all[i].append(fe[ok])
 
     def result(self) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
-        """({layer: [h, w] unreliability in [0, 1]}, {layer: summary numbers})."""
+        """({layer: [h, w] unreliability in [0, 1]}, {layer: summary numbers}). Frees the
+        per-pixel errors, so call it once, after the last frame."""
         out, summary = {}, {}
         for i, name in enumerate(self.model.layer_names):
             c = np.maximum(self.counts[i], 1)
             score = np.maximum(self.sums[i][0] / c / FLOW_SCALE_PX, self.sums[i][1] / c / RECON_SCALE)
             out[name] = np.clip(score, 0.0, 1.0).astype(np.float32)
             fe = np.concatenate(self.flow_all[i]) if self.flow_all[i] else np.zeros(0, np.float32)
+            self.flow_all[i] = []
             covered = self.counts[i] > 0
             summary[name] = {
                 # numpy's quantile partitions one copy; torch's sorts and keeps int64 indices (3x the memory)
