@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -103,7 +103,13 @@ class AtlasBundle:
 
     def render(self) -> torch.Tensor:
         """Reconstruction of every frame, [T, H, W, 3] float in [0, 1]."""
-        return torch.stack([self.frame_maps(t).rgb.clamp(0, 1) for t in range(self.num_frames)])
+        return torch.stack(list(self.rendered_frames()))
+
+    def rendered_frames(self) -> Iterator[torch.Tensor]:
+        """The reconstruction one frame [H, W, 3] at a time (e.g. for `write_video`), so a
+        long shot is never held whole."""
+        for t in range(self.num_frames):
+            yield self.frame_maps(t).rgb.clamp(0, 1)
 
     def edit(self, atlas: dict | None = None, keyframes: dict | None = None, keyframe_masks: dict | None = None,
              prompt: str | dict[str, str] | None = None, method: str | None = None, mode: str = "overlay",

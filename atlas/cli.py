@@ -50,8 +50,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .io import write_video
 
     bundle = AtlasBundle.load(args.bundle)
-    frames = bundle.render()
-    write_video(frames, args.output, fps=bundle.fps)
+    write_video(bundle.rendered_frames(), args.output, fps=bundle.fps)
     _say(args, f"wrote {args.output} ({bundle.num_frames} frames)")
     return 0
 

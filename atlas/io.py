@@ -5,6 +5,7 @@ clipped to [0, 1] (the fitter works on display-referred values).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -313,30 +314,50 @@ def write_png(path: str | Path, image: np.ndarray | torch.Tensor) -> None:
     iio.imwrite(path, _to_uint8(image))
 
 
-def write_video(frames: torch.Tensor | np.ndarray, out: str | Path, fps: float = DEFAULT_FPS) -> Path:
-    """Write (T, H, W, 3) frames to an .mp4/.mov (H.264) or a folder of PNGs `00000.png...`."""
+def _frames_u8(frames: torch.Tensor | np.ndarray | Iterable[torch.Tensor | np.ndarray]) -> Iterator[np.ndarray]:
+    """Each frame as uint8 (H, W, 3), converted one at a time; all must share one size."""
+    if isinstance(frames, (torch.Tensor, np.ndarray)) and (frames.ndim != 4 or frames.shape[-1] != 3):
+        raise AtlasInputError(f"write_video expects (T, H, W, 3) frames, got {tuple(frames.shape)}")
+    first = None
+    for i, frame in enumerate(frames):
+        f = _to_uint8(frame)
+        if f.ndim != 3 or f.shape[-1] != 3 or (first is not None and f.shape != first):
+            raise AtlasInputError(f"write_video: frame {i} is {tuple(f.shape)}; every frame must be (H, W, 3) of one size")
+        first = f.shape
+        yield f
+
+
+def write_video(frames: torch.Tensor | np.ndarray | Iterable[torch.Tensor | np.ndarray], out: str | Path, fps: float = DEFAULT_FPS) -> Path:
+    """Write frames in [0, 1] to an .mp4/.mov (H.264) or a folder of PNGs `00000.png...`.
+
+    `frames` is (T, H, W, 3), or any iterable of (H, W, 3) frames: a generator is written
+    as it is produced, so a long render never holds the whole video.
+    """
     out = Path(out)
-    data = _to_uint8(frames)
-    if data.ndim != 4 or data.shape[-1] != 3:
-        raise AtlasInputError(f"write_video expects (T, H, W, 3) frames, got {tuple(data.shape)}")
     if out.suffix.lower() in {".mp4", ".mov", ".m4v"}:
         import imageio_ffmpeg
 
         with atomic_path(out, is_dir=False) as tmp:
-            h, w = data.shape[1:3]
+            data = _frames_u8(frames)
+            first = next(data, None)
+            if first is None:
+                raise AtlasInputError("write_video: no frames to write")
+            h, w = first.shape[:2]
             writer = imageio_ffmpeg.write_frames(
                 str(tmp), (w, h), fps=float(fps), codec="libx264", pix_fmt_in="rgb24",
                 pix_fmt_out="yuv420p", quality=9, macro_block_size=1,
                 output_params=["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"],
             )
             writer.send(None)
-            for frame in data:
-                writer.send(np.ascontiguousarray(frame))
-            writer.close()
+            try:
+                for frame in itertools.chain([first], data):
+                    writer.send(np.ascontiguousarray(frame))
+            finally:
+                writer.close()
     elif out.suffix == "":
         check_replaceable(out, r"\d{5}\.png")
         with atomic_path(out, is_dir=True) as tmp:
-            for i, frame in enumerate(data):
+            for i, frame in enumerate(_frames_u8(frames)):
                 write_png(tmp / f"{i:05d}.png", frame)
     else:
         raise AtlasInputError(f"output {out} must end in .mp4/.mov or be a folder name without extension")

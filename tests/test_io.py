@@ -65,6 +65,22 @@ def test_movie_range_decodes_only_up_to_its_end(tmp_path, monkeypatch):
     assert torch.equal(part.frames, full.frames[1:4])
 
 
+def test_frames_written_from_a_generator(tmp_path):
+    """A generator is written frame by frame; a bad frame midway leaves nothing behind."""
+    frames = _frames(t=4)
+    write_video((f for f in frames), tmp_path / "gen")
+    write_video(frames, tmp_path / "arr")
+    assert torch.equal(read_video(tmp_path / "gen").frames, read_video(tmp_path / "arr").frames)
+    mp4 = write_video((f for f in frames), tmp_path / "gen.mp4", fps=12)
+    assert read_video(mp4).frames.shape == (4, 24, 32, 3)
+    bad = [frames[0], frames[1], torch.rand(10, 10, 3)]
+    for out in (tmp_path / "bad.mp4", tmp_path / "bad"):
+        with pytest.raises(AtlasInputError, match="frame 2 is"):
+            write_video(iter(bad), out)
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arr", "gen", "gen.mp4"]
+
+
 def test_exr_sequence(tmp_path):
     frames = _frames(t=3)
     for i, f in enumerate(frames):
