@@ -97,7 +97,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     result = edit(bundle, atlas=_pairs(args.atlas, "--atlas"), keyframes=_pairs(args.keyframe, "--keyframe", int),
                   keyframe_masks=_pairs(args.keyframe_mask, "--keyframe-mask", int), prompt=prompt, method=args.method,
                   mode=args.mode, frames=frames, **options)
-    write_video(result.frames, out, fps=bundle.fps)
+    write_video(result.iter_frames(), out, fps=bundle.fps)
     with atomic_path(edits_dir, is_dir=True) as tmp:
         rendered = result.bundle or bundle  # its atlas alpha follows a re-fitted silhouette
         for name, edited in edited_textures(rendered, result.edits).items():

@@ -7,7 +7,9 @@ offline): `videdit` (atlas region), `diffusion_atlas` (atlas, adapted model + in
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -20,10 +22,22 @@ METHODS = ("videdit", "diffusion-atlas", "stablevideo")
 
 @dataclass
 class EditResult:
-    frames: torch.Tensor  # [T, H, W, 3] edited video
+    """An edit: the atlas edits and the video they give, rendered frame by frame on demand
+    (:meth:`iter_frames` streams a long shot; :attr:`frames` holds it whole)."""
+
+    render: Callable[[], Iterator[torch.Tensor]]  # yields the edited frames [H, W, 3]
     edits: dict[str, np.ndarray]  # {layer: RGBA [h, w, 4]} the edit on each atlas
     keyframes: dict[str, np.ndarray] = field(default_factory=dict)  # {"<layer>_<frame>": [H, W, 3]} generated keyframes
     bundle: AtlasBundle | None = None  # what was rendered: the input, or DiffusionAtlas's copy with re-fitted opacity
+
+    def iter_frames(self) -> Iterator[torch.Tensor]:
+        """The edited video one frame [H, W, 3] at a time."""
+        return self.render()
+
+    @functools.cached_property
+    def frames(self) -> torch.Tensor:
+        """The edited video [T, H, W, 3] (rendered once, then kept)."""
+        return torch.stack(list(self.render()))
 
 
 def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None = None, keyframe_masks: dict | None = None,
@@ -57,10 +71,10 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
     else:
         edits = atlas_edits(bundle, atlas) if atlas else keyframe_edits(bundle, src, keyframes, keyframe_masks)
     if mode == "overlay":
-        out = list(iter_overlay(bundle, edits, src))
+        render = functools.partial(iter_overlay, bundle, edits, src)
     else:
-        out = list(iter_replace(bundle, edited_textures(bundle, edits), src))
-    return EditResult(torch.stack(out), edits, generated, bundle)
+        render = functools.partial(iter_replace, bundle, edited_textures(bundle, edits), src)
+    return EditResult(render, edits, generated, bundle)
 
 
 def default_layer(bundle: AtlasBundle) -> str:

@@ -63,6 +63,17 @@ def test_replace_mode_rerenders_from_textures(fitted, clip):
     assert torch.allclose(same, clip.frames, atol=2e-3)
 
 
+@pytest.mark.parametrize("mode", ["overlay", "replace"])
+def test_streamed_frames_equal_the_whole_video(fitted, clip, mode):
+    paint = fitted.textures["background"].copy()
+    paint[4:12, 4:12] = [1.0, 0.0, 0.0, 1.0]
+    result = edit(fitted, atlas={"background": paint}, mode=mode, frames=clip.frames)
+    streamed = list(result.iter_frames())
+    assert len(streamed) == clip.frames.shape[0]
+    assert torch.equal(torch.stack(streamed), result.frames)
+    assert not torch.equal(result.frames, clip.frames)
+
+
 def test_sample_convention():
     tex = torch.arange(12, dtype=torch.float32).reshape(3, 4, 1)
     centres = torch.tensor([[0.125, 1 / 6], [0.875, 5 / 6]])
