@@ -134,18 +134,18 @@ struct LevelCell {
   HG_HD scalar_t weight_grad(int k, int d) const { return corner_weight_grad(k, d, frac, res, dims); }
 };
 
-// Host side: calls launch(std::integral_constant<int, D>{}) for dims = D in 1..4, so
-// kernels take the input dimension as a template parameter (loops unroll, per-point arrays
-// stay in registers). Returns false for other dims.
+// Host side: calls launch(std::integral_constant<int, V>{}) for the V in Values equal to
+// `value`, so kernels take it as a template parameter (loops unroll, per-thread arrays stay
+// in registers). Returns false when no V matches.
+template <int... Values, typename F>
+inline bool dispatch_int(int64_t value, F&& launch) {
+  return ((value == Values ? (launch(std::integral_constant<int, Values>{}), true) : false) || ...);
+}
+
+// The input dimension, 1 to 4.
 template <typename F>
-inline bool dispatch_dims(int dims, F&& launch) {
-  switch (dims) {
-    case 1: launch(std::integral_constant<int, 1>{}); return true;
-    case 2: launch(std::integral_constant<int, 2>{}); return true;
-    case 3: launch(std::integral_constant<int, 3>{}); return true;
-    case 4: launch(std::integral_constant<int, 4>{}); return true;
-    default: return false;
-  }
+inline bool dispatch_dims(int64_t dims, F&& launch) {
+  return dispatch_int<1, 2, 3, 4>(dims, launch);
 }
 
 }  // namespace hashgrid

@@ -128,18 +128,10 @@ HG_HD void backward_point_level(int64_t i, int64_t l, const scalar_t* __restrict
   }
 }
 
-// Host side: calls launch(std::integral_constant<int, F>{}) for the features per level F
-// in {1, 2, 4, 8}, so rows load as vectors and feature loops unroll. Returns false for
-// other F.
+// The features per level, 1, 2, 4 or 8 (rows load as vectors, feature loops unroll).
 template <typename Fn>
 inline bool dispatch_feat(int64_t feat, Fn&& launch) {
-  switch (feat) {
-    case 1: launch(std::integral_constant<int, 1>{}); return true;
-    case 2: launch(std::integral_constant<int, 2>{}); return true;
-    case 4: launch(std::integral_constant<int, 4>{}); return true;
-    case 8: launch(std::integral_constant<int, 8>{}); return true;
-    default: return false;
-  }
+  return dispatch_int<1, 2, 4, 8>(feat, launch);
 }
 
 }  // namespace hashgrid
