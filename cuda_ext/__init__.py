@@ -4,7 +4,8 @@ Backends:
   ``torch``  pure PyTorch (:mod:`cuda_ext.reference`), always available, the oracle in tests;
   ``cpu``    C++ with at::parallel_for (``csrc/hashgrid_cpu.cpp``);
   ``cuda``   CUDA kernels (``csrc/hashgrid_cuda.cu``);
-  ``tcnn``   tiny-cuda-nn: not wired in; asking for it falls back with a warning.
+  ``tcnn``   tiny-cuda-nn: accepted but never run (see TCNN_REASON); asking for it warns
+             once and uses what ``auto`` picks.
 ``auto`` picks cuda for CUDA tensors, cpu for CPU tensors, and torch when a native
 backend cannot be built or loaded (one warning per backend per process). Importing this
 package compiles and loads nothing.
@@ -23,11 +24,19 @@ BACKENDS = ("auto", "cuda", "cpu", "torch", "tcnn")
 _warned: set[str] = set()
 
 
-def _fallback(name: str, reason: str) -> str:
+# Why `tcnn` is never run: tiny-cuda-nn's grid has one resolution for every input
+# dimension and samples at x * scale + 0.5, while ours has a resolution per dimension (a
+# video's time axis has one cell per frame). Its tables could not hold our model, and a
+# bundle fitted with it could not be rendered by the cpu or torch backends.
+TCNN_REASON = "tiny-cuda-nn's isotropic grid cannot hold this model's per-dimension resolutions"
+
+
+def _fallback(name: str, reason: str, to: str = "torch") -> str:
     if name not in _warned:
         _warned.add(name)
-        warnings.warn(f"hash-encoding backend {name!r} unavailable ({reason}); using the slower 'torch' backend", stacklevel=3)
-    return "torch"
+        slower = " slower" if to == "torch" else ""
+        warnings.warn(f"hash-encoding backend {name!r} unavailable ({reason}); using the{slower} {to!r} backend", stacklevel=3)
+    return to
 
 
 def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
@@ -38,7 +47,7 @@ def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
     if name == "torch":
         return "torch"
     if name == "tcnn":
-        return _fallback("tcnn", "the tiny-cuda-nn wrapper is not implemented")
+        return _fallback("tcnn", TCNN_REASON, to=resolve_backend("auto", device))
     kind = dev if name == "auto" else name
     if kind not in ("cpu", "cuda"):
         return _fallback(kind, f"no native kernel for {dev} tensors")

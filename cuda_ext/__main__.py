@@ -41,7 +41,7 @@ def main() -> int:
     try:
         import tinycudann  # noqa: F401
 
-        print("tcnn       importable, but not wired in (falls back to torch)")
+        print("tcnn       importable, but not used: its isotropic grid cannot hold our per-dimension grids (auto is used)")
     except ImportError:
         print("tcnn       not installed (optional)")
     return 0 if ok else 1

@@ -138,6 +138,14 @@ def test_auto_picks_the_native_backend(backend):
     assert cuda_ext.resolve_backend("auto", _device(backend)) == backend
 
 
+def test_tcnn_request_uses_what_auto_picks(backend, monkeypatch):
+    if backend == ON_HOST:
+        pytest.skip("not a backend that auto can pick")
+    monkeypatch.setattr(cuda_ext, "_warned", set())
+    with pytest.warns(UserWarning, match="isotropic grid"):
+        assert cuda_ext.resolve_backend("tcnn", _device(backend)) == backend
+
+
 def test_table_gradient_is_deterministic():
     x, table, res = _case(3, torch.float32, torch.device("cpu"), levels=8, n=20000)
     grads = [torch.autograd.grad(encode(x, table, res, "cpu").sum(), table)[0] for _ in range(2)]
