@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .errors import AtlasInputError
 from .io import sequence_files, read_image
@@ -49,15 +51,20 @@ def _grey_u8(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2GRAY)
 
 
-def dis_flow(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def dis_flow(frames: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV DIS flow between consecutive frames: (fwd, bwd), each [T-1, H, W, 2]."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     grey = [_grey_u8(f) for f in frames]
     fwd, bwd = _flow_arrays(frames.shape)
-    for i in range(len(grey) - 1):
+    for i in _pairs(len(grey), "flow (DIS)", progress):
         fwd[i] = dis.calc(grey[i], grey[i + 1], None)
         bwd[i] = dis.calc(grey[i + 1], grey[i], None)
     return fwd, bwd
+
+
+def _pairs(num_frames: int, desc: str, progress: bool) -> Iterable[int]:
+    """Indices of consecutive frame pairs, with a progress bar (flow on a long shot takes minutes)."""
+    return tqdm(range(num_frames - 1), desc=desc, unit="pair", disable=not progress, leave=False, dynamic_ncols=True)
 
 
 def _flow_arrays(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +107,8 @@ def load_raft(path: Path) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def raft_flow(frames: np.ndarray, model: torch.nn.Module, device: torch.device, iters: int = 12) -> tuple[np.ndarray, np.ndarray]:
+def raft_flow(frames: np.ndarray, model: torch.nn.Module, device: torch.device, iters: int = 12,
+              progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """RAFT flow between consecutive frames (padded to multiples of 8): (fwd, bwd)."""
     model = model.to(device)
     t, h, w, _ = frames.shape
@@ -112,7 +120,7 @@ def raft_flow(frames: np.ndarray, model: torch.nn.Module, device: torch.device, 
 
     fwd, bwd = _flow_arrays(frames.shape)
     b = net_input(0)
-    for i in range(t - 1):
+    for i in _pairs(t, "flow (RAFT)", progress):
         a, b = b, net_input(i + 1)
         pair = model(torch.cat([a, b]), torch.cat([b, a]), num_flow_updates=iters)[-1]
         fwd[i] = pair[0, :, :h, :w].permute(1, 2, 0).cpu().numpy()
@@ -138,8 +146,9 @@ def consistency(flow_a: np.ndarray, flow_b: np.ndarray) -> np.ndarray:
     return (err < 0.01 * mag + 0.5) & inside
 
 
-def compute_flow(frames: np.ndarray, method: str = "auto", raft_weights: str | None = None, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, str]:
-    """(fwd, bwd, method actually used) for `auto|raft|dis`."""
+def compute_flow(frames: np.ndarray, method: str = "auto", raft_weights: str | None = None, device: torch.device | str = "cpu",
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
+    """(fwd, bwd, method actually used) for `auto|raft|dis`; `progress` shows a bar."""
     if method not in ("auto", "raft", "dis"):
         raise AtlasInputError(f"--flow must be auto, raft or dis, got {method!r}")
     weights = raft_weights_path(raft_weights) if method != "dis" else None
@@ -153,9 +162,9 @@ def compute_flow(frames: np.ndarray, method: str = "auto", raft_weights: str | N
             raise AtlasInputError(f"--flow raft needs frames of at least {RAFT_MIN_SIZE} pixels on each side; use --flow dis")
         weights = None  # auto: too small for RAFT
     if weights is not None:
-        fwd, bwd = raft_flow(frames, load_raft(weights), torch.device(device))
+        fwd, bwd = raft_flow(frames, load_raft(weights), torch.device(device), progress=progress)
         return fwd, bwd, "raft"
-    fwd, bwd = dis_flow(frames)
+    fwd, bwd = dis_flow(frames, progress)
     return fwd, bwd, "dis"
 
 
@@ -327,12 +336,13 @@ def preprocess(
     sam_checkpoint: str | None = None,
     sam_prompt: str | None = None,
     device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> Preprocessed:
-    """Flow + consistency + masks for frames [T, H, W, 3]."""
+    """Flow + consistency + masks for frames [T, H, W, 3]; `progress` shows the flow's bar."""
     arr = frames.numpy()
     t, h, w, _ = arr.shape
     user_masks = read_masks(masks_dir, t, frame_range or (0, t), (w, h)) if masks_dir is not None else None
-    fwd, bwd, method = compute_flow(arr, flow, raft_weights, device)
+    fwd, bwd, method = compute_flow(arr, flow, raft_weights, device, progress)
     valid_fwd = np.stack([consistency(fwd[i], bwd[i]) for i in range(t - 1)])
     valid_bwd = np.stack([consistency(bwd[i], fwd[i]) for i in range(t - 1)])
     if user_masks is not None:

@@ -209,7 +209,7 @@ def fit(
     t0 = time.perf_counter()
     if pre is None:
         pre = preprocess(vid.frames, cfg.preprocess.flow, masks, vid.frame_range, cfg.preprocess.motion_threshold,
-                         raft_weights, sam_checkpoint, sam_prompt, dev)
+                         raft_weights, sam_checkpoint, sam_prompt, dev, progress=not quiet)
         ckpt.save_preprocess(pre, {"key": key, "flow": pre.flow_method, "masks": pre.mask_source})
     timings["preprocess_s"] = round(time.perf_counter() - t0, 2)
 
@@ -230,7 +230,7 @@ def fit(
     sizes = [texture_size(model, i) for i in range(len(names))]
     cov, qstats = Coverage(sizes), QualityStats(model, pre, sizes)
     per_frame, maps = [], {}
-    for t in range(T):
+    for t in tqdm(range(T), desc="evaluate", unit="frame", disable=quiet, leave=False, dynamic_ncols=True):
         fm = evaluate_frame(model, t)
         per_frame.append(round(psnr(fm.rgb, vid.frames[t]), 3))
         cov.add(fm)
