@@ -37,19 +37,61 @@ TABLE_COPIES_TRAINING = 4
 DEVICE_BYTES_PER_PIXEL = 25.0
 DEVICE_BASE_BYTES = 1.0e9  # CUDA context, kernels, activations
 SKIP_ENV = "ATLAS_SKIP_MEMORY_CHECK"
+PROC_CGROUP = Path("/proc/self/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def _read_int(path: str) -> int | None:
+def _read_int(path: Path) -> int | None:
     try:
-        text = Path(path).read_text().strip()
+        text = path.read_text().strip()
     except OSError:
         return None
     return int(text) if text.isdigit() else None
 
 
+def _stat(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under the tightest memory limit of this process's cgroup and its parents
+    (a container, a render-farm job slot, a systemd scope), counting reclaimable file cache
+    as free; None when no limit is set. cgroup v2 and v1."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return None
+    room = None
+    for line in lines:
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "" and (CGROUP_ROOT / "cgroup.controllers").exists():
+            root, files = CGROUP_ROOT, ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            root, files = CGROUP_ROOT / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        folder = root / rel.lstrip("/")
+        while True:
+            limit, usage = _read_int(folder / files[0]), _read_int(folder / files[1])
+            if limit is not None and usage is not None and limit < 1 << 60:  # "max" or a huge number: no limit
+                left = limit - usage + _stat(folder / "memory.stat", files[2])
+                room = left if room is None else min(room, left)
+            if folder == root:
+                break
+            folder = folder.parent
+    return room
+
+
 def available_host_memory() -> int | None:
-    """Bytes this process can still allocate: MemAvailable, capped by a cgroup limit (a
-    container or a render-farm job slot). None where neither is known (not Linux)."""
+    """Bytes this process can still allocate: MemAvailable, capped by any cgroup limit.
+    None where neither is known (not Linux)."""
     avail = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -57,11 +99,9 @@ def available_host_memory() -> int | None:
                 avail = int(line.split()[1]) * 1024
     except OSError:
         pass
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        limit, usage = _read_int(limit_file), _read_int(usage_file)
-        if limit is not None and usage is not None and limit < 1 << 60:  # "max" or a huge number: no limit
-            avail = min(avail, limit - usage) if avail is not None else limit - usage
+    room = _cgroup_room()
+    if room is not None:
+        avail = room if avail is None else min(avail, room)
     return avail
 
 

@@ -51,6 +51,32 @@ def test_available_memory_is_known_on_linux():
     assert 0 < have < 1 << 50
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_cgroup_limit_of_a_parent_caps_available_memory(tmp_path, monkeypatch, version):
+    """A job slot's limit set on a parent cgroup counts; reclaimable file cache is free."""
+    root = tmp_path / "cgroup"
+    if version == 2:
+        (tmp_path / "self").write_text("0::/farm/job7/task\n")
+        base, names, stat = root, ("memory.max", "memory.current"), "inactive_file"
+        root.mkdir()
+        (root / "cgroup.controllers").write_text("memory\n")
+    else:
+        (tmp_path / "self").write_text("5:cpu:/\n4:memory:/farm/job7/task\n")
+        base, names, stat = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes"), "total_inactive_file"
+    task, job = base / "farm" / "job7" / "task", base / "farm" / "job7"
+    task.mkdir(parents=True)
+    (task / names[0]).write_text("max\n" if version == 2 else f"{2**63 - 4096}\n")
+    (task / names[1]).write_text("100\n")
+    (job / names[0]).write_text(f"{8 * 2**30}\n")
+    (job / names[1]).write_text(f"{3 * 2**30}\n")
+    (job / "memory.stat").write_text(f"anon 1\n{stat} {2**30}\n")
+    monkeypatch.setattr(memory, "PROC_CGROUP", tmp_path / "self")
+    monkeypatch.setattr(memory, "CGROUP_ROOT", root)
+    assert memory._cgroup_room() == 6 * 2**30
+    have = memory.available_host_memory()
+    assert have is not None and have <= 6 * 2**30
+
+
 def test_cli_fit_exits_2_before_any_work(tiny_video, tmp_path, monkeypatch, capsys):
     clip = write_video(tiny_video.frames, tmp_path / "frames")
     monkeypatch.setattr(memory, "available_host_memory", lambda: 10**6)
