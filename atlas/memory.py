@@ -2,15 +2,16 @@
 
 A fit holds the frames, both flows and masks for the whole optimisation, then evaluates
 every frame (keeping up to 1 GB of the results for the bundle), so its peak memory grows
-with the shot's pixel count (frames x width x height). Past the machine's memory the kernel kills
-the process without a message, after minutes of preprocessing; this check refuses
-up front instead, with the frame count and size that would fit.
+with the shot's pixel count (frames x width x height). Past the machine's memory the
+kernel kills the process without a message, after minutes of preprocessing; this check
+refuses up front instead, with the frame count and size that would fit.
 """
 from __future__ import annotations
 
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -138,7 +139,7 @@ def estimate(num_frames: int, height: int, width: int, model: ModelConfig, map_c
     return host, gpu
 
 
-def _advice(fits, num_frames: int, height: int, width: int) -> str:
+def _advice(fits: Callable[[int, int, int], bool], num_frames: int, height: int, width: int) -> str:
     """What would fit: the most frames, and the largest size at the same aspect, for which
     `fits(frames, height, width)` holds (both found by bisection on the estimate)."""
     lo, hi = 0, num_frames  # fits(lo) holds (0 frames: vacuously); fits(hi) does not
