@@ -14,7 +14,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -357,14 +357,13 @@ def write_video(frames: torch.Tensor | np.ndarray | Iterable[torch.Tensor | np.n
     elif out.suffix == "":
         check_replaceable(out, r"\d{5}\.png")
         with atomic_path(out, is_dir=True) as tmp:
-            for i, frame in enumerate(_frames_u8(frames)):
-                write_png(tmp / f"{i:05d}.png", frame)
+            write_pngs(tmp, _frames_u8(frames))
     else:
         raise AtlasInputError(f"output {out} must end in .mp4/.mov or be a folder name without extension")
     return out
 
 
-def write_pngs(folder: Path, images: Sequence[np.ndarray | torch.Tensor]) -> None:
+def write_pngs(folder: Path, images: Iterable[np.ndarray | torch.Tensor]) -> None:
     """Write numbered 8-bit PNGs `00000.png...` into an existing folder."""
     for i, im in enumerate(images):
         write_png(folder / f"{i:05d}.png", im)

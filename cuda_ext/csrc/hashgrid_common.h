@@ -148,4 +148,11 @@ inline bool dispatch_dims(int64_t dims, F&& launch) {
   return dispatch_int<1, 2, 3, 4>(dims, launch);
 }
 
+// The features per level of the CUDA kernels, 1, 2, 4 or 8 (rows load as vectors, feature
+// loops unroll).
+template <typename F>
+inline bool dispatch_feat(int64_t feat, F&& launch) {
+  return dispatch_int<1, 2, 4, 8>(feat, launch);
+}
+
 }  // namespace hashgrid

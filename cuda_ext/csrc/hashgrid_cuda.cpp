@@ -12,8 +12,7 @@ namespace {
 hashgrid::Shape shape_of(const torch::Tensor& x, const torch::Tensor& table, const torch::Tensor& res) {
   TORCH_CHECK(x.dim() == 2 && table.dim() == 3 && res.dim() == 2, "hash_encode: x [N,D], table [L,S,F], resolutions [L,D]");
   TORCH_CHECK(x.size(1) >= 1 && x.size(1) <= 4, "hash_encode: 1 to 4 input dimensions supported");
-  TORCH_CHECK(table.size(2) == 1 || table.size(2) == 2 || table.size(2) == 4 || table.size(2) == 8,
-              "hash_encode (cuda): 1, 2, 4 or 8 features per level");
+  TORCH_CHECK(hashgrid::dispatch_feat(table.size(2), [](auto) {}), "hash_encode (cuda): 1, 2, 4 or 8 features per level");
   TORCH_CHECK(table.size(1) <= hashgrid::kMaxRows, "hash_encode (cuda): at most 2^31 - 1 table rows per level");
   TORCH_CHECK(table.size(0) <= 65535, "hash_encode (cuda): at most 65535 levels");
   TORCH_CHECK(res.size(0) == table.size(0) && res.size(1) == x.size(1), "hash_encode: resolutions must be [L, D]");

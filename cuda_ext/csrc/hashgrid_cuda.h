@@ -10,7 +10,7 @@ struct Shape {
   int dims;        // input dimensions (1..4)
   int64_t levels;  // L
   int64_t size;    // table rows per level (S)
-  int64_t feat;    // features per level (F <= 8)
+  int64_t feat;    // features per level (1, 2, 4 or 8)
 };
 
 // Features are feature-major on the GPU: out and grad are [L * F, N] (row l * F + f holds

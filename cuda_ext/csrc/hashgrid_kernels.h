@@ -128,10 +128,4 @@ HG_HD void backward_point_level(int64_t i, int64_t l, const scalar_t* __restrict
   }
 }
 
-// The features per level, 1, 2, 4 or 8 (rows load as vectors, feature loops unroll).
-template <typename Fn>
-inline bool dispatch_feat(int64_t feat, Fn&& launch) {
-  return dispatch_int<1, 2, 4, 8>(feat, launch);
-}
-
 }  // namespace hashgrid

@@ -20,6 +20,14 @@ void dispatch(const torch::Tensor& x, const torch::Tensor& table, Fn&& f) {
   TORCH_CHECK(ok, "cuda kernels on host: unsupported dims or features per level");
 }
 
+// The CUDA launch grid run on the host: f(i, l) for every level l and point i, one after
+// another (so the kernels' atomic adds are plain adds).
+template <typename Fn>
+void each_point_level(int64_t levels, int64_t n, Fn&& f) {
+  for (int64_t l = 0; l < levels; ++l)
+    for (int64_t i = 0; i < n; ++i) f(i, l);
+}
+
 torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
   x = x.contiguous();
   table = hashgrid::aligned_table(table);
@@ -29,10 +37,10 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
   dispatch(x, table, [&](auto scalar, auto stored, auto d, auto ft) {
     using scalar_t = decltype(scalar);
     using table_t = decltype(stored);
-    for (int64_t l = 0; l < levels; ++l)
-      for (int64_t i = 0; i < n; ++i)
-        hashgrid::encode_point_level<decltype(d)::value, decltype(ft)::value>(
-            i, l, x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table), res.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), n, size);
+    each_point_level(levels, n, [&](int64_t i, int64_t l) {
+      hashgrid::encode_point_level<decltype(d)::value, decltype(ft)::value>(
+          i, l, x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table), res.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), n, size);
+    });
   });
   return out.t();
 }
@@ -49,11 +57,11 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
   dispatch(x, table, [&](auto scalar, auto stored, auto d, auto ft) {
     using scalar_t = decltype(scalar);
     using table_t = decltype(stored);
-    for (int64_t l = 0; l < levels; ++l)
-      for (int64_t i = 0; i < n; ++i)
-        hashgrid::backward_point_level<decltype(d)::value, decltype(ft)::value>(
-            i, l, grad_fm.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table), res.data_ptr<int64_t>(),
-            need_table ? acc.data_ptr<scalar_t>() : nullptr, need_input ? gx.data_ptr<scalar_t>() : nullptr, n, size);
+    each_point_level(levels, n, [&](int64_t i, int64_t l) {
+      hashgrid::backward_point_level<decltype(d)::value, decltype(ft)::value>(
+          i, l, grad_fm.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table), res.data_ptr<int64_t>(),
+          need_table ? acc.data_ptr<scalar_t>() : nullptr, need_input ? gx.data_ptr<scalar_t>() : nullptr, n, size);
+    });
   });
   return {need_table ? acc.to(table.scalar_type()) : torch::Tensor(), gx};
 }
