@@ -5,11 +5,14 @@ Presets live in ``configs/<name>.yaml`` and only list what differs from these de
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from cuda_ext import BACKENDS
 
 from .errors import AtlasInputError
 
@@ -17,69 +20,93 @@ from .errors import AtlasInputError
 # the copy a regular `pip install` puts inside the package (setup.py maps it to atlas/configs)
 _HERE = Path(__file__).resolve().parent
 CONFIG_DIR = next((d for d in (_HERE.parent / "configs", _HERE / "configs") if d.is_dir()), _HERE.parent / "configs")
+FLOW_METHODS = ("auto", "raft", "dis")
+
+
+def limits(lo: float, hi: float | None = None, exclusive: bool = False) -> dict[str, Any]:
+    """Field metadata: the value must be >= lo (> lo if `exclusive`) and <= hi; checked
+    when a preset, `--set` or a bundle's config is applied, so a bad value is one line."""
+    return {"limits": (lo, hi, exclusive)}
+
+
+def choices(*allowed: str) -> dict[str, Any]:
+    """Field metadata: the value must be one of `allowed`."""
+    return {"choices": allowed}
+
+
+def _check_value(name: str, value: Any, meta: Any) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        raise AtlasInputError(f"config key {name} must be one of {', '.join(meta['choices'])}, got {value!r}")
+    if "limits" in meta:
+        lo, hi, exclusive = meta["limits"]
+        ok = math.isfinite(value) and value >= lo and not (exclusive and value == lo) and (hi is None or value <= hi)
+        if not ok:
+            want = f"> {lo:g}" if exclusive else f">= {lo:g}"
+            want += f" and <= {hi:g}" if hi is not None else ""
+            raise AtlasInputError(f"config key {name} must be {want}, got {value!r}")
 
 
 @dataclass
 class ModelConfig:
-    num_foregrounds: int = 1
+    num_foregrounds: int = field(default=1, metadata=limits(0, 8))
     """Foreground layers over the background; 0 gives one deformation field (CoDeF-like)."""
-    log2_table_size: int = 19
+    log2_table_size: int = field(default=19, metadata=limits(4, 24))
     """Hash table size per level is 2**this (smaller grids use a dense table)."""
-    hidden: int = 32
+    hidden: int = field(default=32, metadata=limits(1))
     """Width of every small MLP."""
-    colour_levels: int = 16
+    colour_levels: int = field(default=16, metadata=limits(1, 32))
     """Levels of each layer's 2-D colour grid."""
-    colour_hidden_layers: int = 1
+    colour_hidden_layers: int = field(default=1, metadata=limits(0))
     """Hidden layers of the colour MLP."""
-    colour_density: float = 1.0
+    colour_density: float = field(default=1.0, metadata=limits(0.0, exclusive=True))
     """Finest colour-grid vertices per source pixel of atlas extent."""
-    residual_levels: int = 6
+    residual_levels: int = field(default=6, metadata=limits(1, 32))
     """Levels of the 3-D grid of the mapping residual (coarse: motion is smooth)."""
-    residual_finest_frac: float = 0.125
+    residual_finest_frac: float = field(default=0.125, metadata=limits(0.0, exclusive=True))
     """Finest residual-grid resolution as a fraction of the frame size."""
-    alpha_levels: int = 8
+    alpha_levels: int = field(default=8, metadata=limits(1, 32))
     """Levels of the 3-D opacity grid."""
-    alpha_finest_frac: float = 0.5
+    alpha_finest_frac: float = field(default=0.5, metadata=limits(0.0, exclusive=True))
     """Finest opacity-grid resolution as a fraction of the frame size."""
-    encoding_backend: str = "auto"
+    encoding_backend: str = field(default="auto", metadata=choices(*BACKENDS))
     """Hash-encoding backend: auto|cuda|cpu|torch|tcnn."""
 
 
 @dataclass
 class LossConfig:
-    recon: float = 1.0
+    recon: float = field(default=1.0, metadata=limits(0.0))
     """Weight of the squared RGB reconstruction error."""
-    flow: float = 0.005
+    flow: float = field(default=0.005, metadata=limits(0.0))
     """Weight of uv flow consistency (atlas pixels, Charbonnier), weighted by layer opacity.
     Measured on blackswan (90 s fits): 0.02/0.05 (flow/rigidity) gave 27.2 dB, 0.005/0.01
     27.7 dB, 0/0 28.4 dB but 1.0 px mean flow drift instead of 0.14 px: edits would swim."""
-    rigidity: float = 0.01
+    rigidity: float = field(default=0.01, metadata=limits(0.0))
     """Weight of the residual's finite-difference Jacobian (keeps the mapping close to its global transform)."""
-    mask: float = 0.5
+    mask: float = field(default=0.5, metadata=limits(0.0))
     """Initial weight of the mask bootstrapping BCE; decays linearly to 0."""
-    mask_anneal: float = 0.5
+    mask_anneal: float = field(default=0.5, metadata=limits(0.0, 1.0))
     """Fraction of the iterations over which the mask weight decays."""
-    alpha_flow: float = 0.05
+    alpha_flow: float = field(default=0.05, metadata=limits(0.0))
     """Weight of foreground opacity consistency along the flow."""
-    sparsity: float = 0.002
+    sparsity: float = field(default=0.002, metadata=limits(0.0))
     """Weight of the mean foreground opacity (keeps foregrounds from swallowing the background)."""
 
 
 @dataclass
 class TrainConfig:
-    iters: int = 3000
+    iters: int = field(default=3000, metadata=limits(1))
     """Optimisation steps (a --time-budget may stop earlier)."""
-    batch: int = 8192
+    batch: int = field(default=8192, metadata=limits(16))
     """Pixels per step."""
-    lr_grid: float = 1e-2
+    lr_grid: float = field(default=1e-2, metadata=limits(0.0))
     """Adam learning rate of the hash tables."""
-    lr_mlp: float = 2e-3
+    lr_mlp: float = field(default=2e-3, metadata=limits(0.0))
     """Adam learning rate of the MLPs."""
-    lr_transform: float = 2e-4
+    lr_transform: float = field(default=2e-4, metadata=limits(0.0))
     """Adam learning rate of the per-frame global transforms."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = field(default=500, metadata=limits(1))
     """Steps between resumable checkpoints."""
-    eval_every: int = 10
+    eval_every: int = field(default=10, metadata=limits(1))
     """Steps between reads of the running PSNR (the only time a GPU fit waits for the GPU)."""
     cuda_graph: bool = False
     """On a GPU, capture the step (forward, backward, Adam) in a CUDA graph and replay it.
@@ -88,9 +115,9 @@ class TrainConfig:
 
 @dataclass
 class PreprocessConfig:
-    flow: str = "auto"
+    flow: str = field(default="auto", metadata=choices(*FLOW_METHODS))
     """Optical flow: auto (RAFT if weights are local, else DIS) | raft | dis."""
-    motion_threshold: float = 0.0
+    motion_threshold: float = field(default=0.0, metadata=limits(0.0))
     """Motion-bootstrap mask: flow deviation (pixels) from the camera motion; 0 = automatic (Otsu)."""
 
 
@@ -105,7 +132,8 @@ class FitConfig:
         return dataclasses.asdict(self)
 
 
-def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+def update_config(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    """Set the fields named in the nested dict `updates`, checking names, types and limits."""
     names = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in updates.items():
         if key not in names:
@@ -114,13 +142,14 @@ def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise AtlasInputError(f"config key {prefix}{key} is a section; set its fields, e.g. {prefix}{key}.{next(iter(dataclasses.asdict(current)))}=...")
-            _apply(current, value, f"{prefix}{key}.")
+            update_config(current, value, f"{prefix}{key}.")
             continue
         typ = type(current)
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise AtlasInputError(f"config key {prefix}{key} expects {typ.__name__}, got {value!r}")
+        _check_value(f"{prefix}{key}", value, names[key].metadata)
         setattr(obj, key, value)
 
 
@@ -155,9 +184,9 @@ def load_config(preset: str | Path | dict | None = "default", overrides: list[st
             raise AtlasInputError(f"config {path} must be a mapping of sections")
     else:
         data = {}
-    _apply(cfg, data)
+    update_config(cfg, data)
     if isinstance(overrides, dict):
-        _apply(cfg, overrides)
+        update_config(cfg, overrides)
     else:
         for item in overrides or []:
             key, sep, raw = item.partition("=")
@@ -169,12 +198,12 @@ def load_config(preset: str | Path | dict | None = "default", overrides: list[st
             for part in parts[:-1]:
                 node = node.setdefault(part, {})
             node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-            _apply(cfg, nested)
+            update_config(cfg, nested)
     return cfg
 
 
 def config_from_dict(data: dict[str, Any]) -> FitConfig:
     """Rebuild a config saved in a bundle."""
     cfg = FitConfig()
-    _apply(cfg, data)
+    update_config(cfg, data)
     return cfg

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .config import FLOW_METHODS
 from .errors import AtlasInputError
 from .io import sequence_files, read_image
 
@@ -149,8 +150,8 @@ def consistency(flow_a: np.ndarray, flow_b: np.ndarray) -> np.ndarray:
 def compute_flow(frames: np.ndarray, method: str = "auto", raft_weights: str | None = None, device: torch.device | str = "cpu",
                  progress: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
     """(fwd, bwd, method actually used) for `auto|raft|dis`; `progress` shows a bar."""
-    if method not in ("auto", "raft", "dis"):
-        raise AtlasInputError(f"--flow must be auto, raft or dis, got {method!r}")
+    if method not in FLOW_METHODS:
+        raise AtlasInputError(f"--flow must be one of {', '.join(FLOW_METHODS)}, got {method!r}")
     weights = raft_weights_path(raft_weights) if method != "dis" else None
     if method == "raft" and weights is None:
         raise AtlasInputError(

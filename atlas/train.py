@@ -24,7 +24,7 @@ import cuda_ext
 from . import __version__
 from .bake import Coverage, bake, texture_size
 from .bundle import FORMAT_VERSION, AtlasBundle, cache_has_room, check_output_dir, layer_names
-from .config import FitConfig, load_config
+from .config import FitConfig, load_config, update_config
 from .errors import AtlasInputError
 from .evaluate import evaluate_frame, psnr
 from .initialise import initial_layout
@@ -179,7 +179,7 @@ def fit(
     check_output_dir(out)
     cfg = load_config(config, overrides)
     if flow is not None:
-        cfg.preprocess.flow = flow
+        update_config(cfg, {"preprocess": {"flow": flow}})
     if iters is not None:
         if iters < 1:
             raise AtlasInputError("--iters must be at least 1")
@@ -220,6 +220,9 @@ def fit(
         tqdm.write(f"atlas fit: {T} frames {W}x{H}, layers {names}, flow {pre.flow_method}, masks {pre.mask_source}, "
                    f"device {dev.type}, encoding backend {backend}")
     resume_state = ckpt.load_state() if resume else None
+    if resume and not quiet:
+        start = f"step {resume_state['step']}" if resume_state is not None else "the first step (no checkpoint yet)"
+        tqdm.write(f"atlas fit: --resume from {start} in {ckpt.dir}")
     stats = _train(model, vid, pre, cfg, dev, seed, time_budget, ckpt, resume_state, quiet)
     timings["fit_s"] = stats.pop("fit_s")
 

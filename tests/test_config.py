@@ -25,6 +25,30 @@ def test_overrides_are_typed():
         load_config("turbo")
 
 
+@pytest.mark.parametrize("bad, match", [
+    ("train.iters=0", "train.iters must be >= 1"),
+    ("train.batch=-5", "train.batch must be >= 16"),
+    ("train.eval_every=0", "must be >= 1"),
+    ("loss.flow=-0.1", "loss.flow must be >= 0"),
+    ("loss.recon=.nan", "loss.recon must be >= 0"),
+    ("loss.mask_anneal=1.5", "<= 1"),
+    ("model.num_foregrounds=9", "<= 8"),
+    ("model.log2_table_size=30", "<= 24"),
+    ("model.colour_density=0", "must be > 0"),
+    ("model.encoding_backend=gpu", "must be one of auto, cuda"),
+    ("preprocess.flow=farneback", "must be one of auto, raft, dis"),
+])
+def test_out_of_range_values_are_one_line_errors(bad, match):
+    with pytest.raises(AtlasInputError, match=match):
+        load_config("fast", [bad])
+
+
+def test_limits_are_inclusive_where_documented():
+    cfg = load_config("fast", ["model.num_foregrounds=0", "model.num_foregrounds=8", "loss.flow=0", "loss.mask_anneal=1",
+                               "train.batch=16", "model.log2_table_size=24"])
+    assert (cfg.model.num_foregrounds, cfg.loss.flow, cfg.train.batch) == (8, 0.0, 16)
+
+
 def test_yaml_file_preset(tmp_path):
     p = tmp_path / "mine.yaml"
     p.write_text("train:\n  iters: 7\n")
