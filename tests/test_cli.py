@@ -65,6 +65,7 @@ def _masks(tmp_path, n, size=(40, 32)):
         (lambda c, t: ["fit", str(c), "-o", str(t / "o"), "--frames", "9:"], "no frames"),
         (lambda c, t: ["fit", str(c), "-o", str(t / "o"), "--size", "big"], "WxH"),
         (lambda c, t: ["fit", str(c), "-o", str(t / "o"), "--set", "train.iters=lots"], "expects int"),
+        (lambda c, t: ["fit", str(c), "-o", str(t / "o"), "--set", "train.batch=-5"], "must be >= 16"),
         (lambda c, t: ["fit", str(c), "-o", str(t / "o"), "--config", "turbo"], "unknown preset"),
         (lambda c, t: ["fit", str(c), "-o", str(t / "o"), "--masks", str(_masks(t, 3))], "3 mask images for 4 frames"),
         (lambda c, t: ["fit", str(c), "-o", str(t / "o"), "--masks", str(t / "nomasks")], "not found"),
@@ -80,6 +81,16 @@ def test_bad_input_exits_2_with_one_line(clip_dir, tmp_path, capsys, args, match
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "o").exists() and not (tmp_path / "x.mp4").exists()
+
+
+def test_library_errors_are_cut_to_one_line(bundle, tmp_path, capsys):
+    # ffmpeg answers an undecodable file with pages of its own output inside the exception
+    junk = tmp_path / "painted.mp4"
+    junk.write_bytes(b"not a movie")
+    assert main(["edit", str(bundle), "-o", str(tmp_path / "e.mp4"), "--atlas", f"background={junk}", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot read image" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "e.mp4").exists()
 
 
 def test_usage_errors_exit_2(capsys):
