@@ -15,7 +15,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import _backend
 from .reference import hash_encode_torch
@@ -58,21 +57,55 @@ def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
     return kind
 
 
-class _NativeHashEncode(torch.autograd.Function):
-    """Autograd wrapper over a native module's forward/backward (first-order only)."""
+def _native(kind: str):
+    module = _backend.load_backend(kind)
+    if module is None:
+        raise RuntimeError(f"hash-encoding backend {kind!r} is not available: {_backend.error(kind)}")
+    return module
 
-    @staticmethod
-    def forward(ctx, x, table, resolutions, module):  # type: ignore[override]
-        ctx.save_for_backward(x, table, resolutions)
-        ctx.module = module
-        return module.forward(x, table, resolutions)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        x, table, resolutions = ctx.saved_tensors
-        g_table, g_x = ctx.module.backward(grad, x, table, resolutions, ctx.needs_input_grad[1], ctx.needs_input_grad[0])
-        return g_x, g_table, None, None
+# The native kernels as torch operators (torch.library), not an autograd.Function around
+# a pybind call, so torch.compile traces a step straight through them and fuses the rest.
+@torch.library.custom_op("atlas_hashgrid::encode", mutates_args=())
+def native_hash_encode(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor, kind: str) -> torch.Tensor:
+    """Forward of the native module `kind` (a loaded backend's name); see :func:`hash_encode`."""
+    return _native(kind).forward(x, table, resolutions)
+
+
+@native_hash_encode.register_fake
+def _(x, table, resolutions, kind):
+    width, n = table.shape[0] * table.shape[2], x.shape[0]
+    # the cpu kernel writes [N, L*F]; the CUDA kernels write feature-major and return the transpose
+    return x.new_empty(n, width) if kind == "cpu" else x.new_empty(width, n).t()
+
+
+@torch.library.custom_op("atlas_hashgrid::encode_backward", mutates_args=())
+def _native_backward(grad: torch.Tensor, x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor, kind: str,
+                     need_table: bool, need_x: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(table gradient, input gradient); an empty tensor for one not asked for."""
+    g_table, g_x = _native(kind).backward(grad, x, table, resolutions, need_table, need_x)
+    return (g_table if need_table else table.new_empty(0)), (g_x if need_x else x.new_empty(0))
+
+
+@_native_backward.register_fake
+def _(grad, x, table, resolutions, kind, need_table, need_x):
+    return table.new_empty(table.shape if need_table else (0,)), x.new_empty(x.shape if need_x else (0,))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, table, resolutions, kind = inputs
+    ctx.save_for_backward(x, table, resolutions)
+    ctx.kind = kind
+
+
+def _backward(ctx, grad):
+    x, table, resolutions = ctx.saved_tensors
+    need_x, need_table = ctx.needs_input_grad[:2]
+    g_table, g_x = _native_backward(grad, x, table, resolutions, ctx.kind, need_table, need_x)
+    return (g_x if need_x else None), (g_table if need_table else None), None, None
+
+
+native_hash_encode.register_autograd(_backward, setup_context=_setup_context)
 
 
 def hash_encode(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor, backend: str = "torch") -> torch.Tensor:
@@ -95,10 +128,7 @@ def hash_encode(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor,
             f"{tuple(x.shape)}, {tuple(table.shape)}, {tuple(resolutions.shape)}"
         )
     if backend in ("cpu", "cuda"):
-        module = _backend.load_backend(backend)
-        if module is None:
-            raise RuntimeError(f"hash-encoding backend {backend!r} is not available: {_backend.error(backend)}")
-        return _NativeHashEncode.apply(x, table, resolutions.to(device=x.device, dtype=torch.long), module)
+        return native_hash_encode(x, table, resolutions.to(device=x.device, dtype=torch.long), backend)
     if backend != "torch":
         raise ValueError(f"hash_encode: backend must be resolved first (cpu, cuda or torch), got {backend!r}")
     return hash_encode_torch(x, table.to(x.dtype), resolutions)
