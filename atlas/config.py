@@ -104,10 +104,16 @@ class TrainConfig:
     """Adam learning rate of the MLPs."""
     lr_transform: float = field(default=2e-4, metadata=limits(0.0))
     """Adam learning rate of the per-frame global transforms."""
-    checkpoint_every: int = field(default=500, metadata=limits(1))
-    """Steps between resumable checkpoints."""
+    checkpoint_every: int = field(default=500, metadata=limits(0))
+    """Steps between resumable checkpoints (0: none)."""
     eval_every: int = field(default=10, metadata=limits(1))
     """Steps between reads of the running PSNR (the only time a GPU fit waits for the GPU)."""
+    compile: bool = False
+    """torch.compile the step's loss and its backward (fuses a few hundred small ops). On
+    2 CPU cores: 1.26x faster steps after compiling for about 30 s (a few seconds once
+    inductor's cache holds the shot's size), so it pays off on fits of several minutes
+    (bench/fit_bench.py). Not measured on a GPU (needs Triton). Falls back to eager steps,
+    with a warning, where compiling fails."""
     cuda_graph: bool = False
     """On a GPU, capture the step (forward, backward, Adam) in a CUDA graph and replay it.
     Experimental: its speed on a GPU is not yet measured; the CPU ignores it."""

@@ -5,9 +5,12 @@ A step is a few hundred small kernels. Launched one by one from Python, a GPU st
 bound by launch overhead and by every host sync, not by the GPU. So the loss has static
 shapes and copies nothing from the host (no step waits for the host), and with
 `train.cuda_graph` the whole step (forward, backward, Adam) is captured once and
-replayed: one launch per step.
+replayed: one launch per step. With `train.compile` torch.compile fuses the loss's small
+ops (the hash encoding is a torch.library operator it traces through), on any device.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -79,7 +82,7 @@ class Stepper:
     """
 
     def __init__(self, model: LayeredAtlas, data: dict[str, torch.Tensor], cfg: FitConfig, device: torch.device,
-                 cuda_graph: bool = False, warmup: int = 3) -> None:
+                 cuda_graph: bool = False, warmup: int = 3, compile: bool = False) -> None:
         self.model, self.data, self.loss_cfg = model, data, cfg.loss
         self.device = device
         t = cfg.train
@@ -99,6 +102,9 @@ class Stepper:
         self.static_idx: torch.Tensor | None = None  # the graph's input buffer
         self.side: torch.cuda.Stream | None = None  # where the warm-up steps run
         self.eager_steps = 0
+        # torch.compile'd loss; compiling happens in the first step, which falls back to eager on failure
+        self.loss_fn = torch.compile(step_loss, dynamic=False) if compile else step_loss
+        self.compile_pending = compile
 
     def load_optimizer(self, state: dict) -> None:
         """Restore a checkpoint's optimiser state (its learning rates come back as device tensors)."""
@@ -115,7 +121,19 @@ class Stepper:
         self.mask_w.fill_(lw.mask * max(0.0, 1.0 - progress / max(lw.mask_anneal, 1e-6)))
 
     def _run(self, idx: torch.Tensor) -> torch.Tensor:
-        loss, mse = step_loss(self.model, self.data, idx, self.mask_w, self.loss_cfg, self.px_per_uv)
+        if self.compile_pending:
+            self.compile_pending = False
+            try:
+                return self._step(idx)
+            except Exception as exc:  # no C++ compiler or Triton, an inductor bug: the fit still runs
+                first = next((ln for ln in str(exc).splitlines() if ln.strip()), exc.__class__.__name__)
+                warnings.warn(f"train.compile: torch.compile failed ({first.strip()}); running steps eagerly", stacklevel=2)
+                self.loss_fn = step_loss
+                self.opt.zero_grad(set_to_none=True)
+        return self._step(idx)
+
+    def _step(self, idx: torch.Tensor) -> torch.Tensor:
+        loss, mse = self.loss_fn(self.model, self.data, idx, self.mask_w, self.loss_cfg, self.px_per_uv)
         loss.backward()
         self.opt.step()
         return mse.detach()

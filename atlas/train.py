@@ -112,7 +112,7 @@ def _train(model: LayeredAtlas, video: Video, pre: Preprocessed, cfg: FitConfig,
            time_budget: float | None, ckpt: _Checkpoint, resume_state: dict[str, Any] | None, quiet: bool) -> dict[str, Any]:
     g = model.geom
     tc = cfg.train
-    stepper = Stepper(model, step_data(video.frames, pre, device), cfg, device, cuda_graph=tc.cuda_graph)
+    stepper = Stepper(model, step_data(video.frames, pre, device), cfg, device, cuda_graph=tc.cuda_graph, compile=tc.compile)
     # drawn on the device: a host generator would need a host-to-device copy (a sync) per step
     gen = torch.Generator(device=device).manual_seed(seed)
     start, elapsed0 = 0, 0.0

@@ -1,6 +1,6 @@
 """Where one fitting step spends its time, op by op (torch.profiler), on the CPU or a GPU.
 
-    python bench/step_profile.py [--device cuda] [--steps 20] [--preset fast] [--set train.cuda_graph=true]
+    python bench/step_profile.py [--device cuda] [--steps 20] [--preset fast] [--set train.cuda_graph=true] [--set train.compile=true]
 
 Fits a synthetic 160x120x16 clip for two steps to get a model and its preprocessing, then
 runs warm-up steps and profiles --steps more through the fitter's own Stepper. Prints the
@@ -47,7 +47,8 @@ def main() -> int:
         bundle = atlas.fit(video, Path(tmp) / "b", a.preset, a.overrides, iters=2, device=a.device, quiet=True)
     cfg = load_config(a.preset, a.overrides)
     model = bundle.model.to(dev).train()
-    stepper = Stepper(model, step_data(video.frames, bundle.cache, dev), cfg, dev, cuda_graph=cfg.train.cuda_graph)
+    stepper = Stepper(model, step_data(video.frames, bundle.cache, dev), cfg, dev, cuda_graph=cfg.train.cuda_graph,
+                      compile=cfg.train.compile)
     g = model.geom
     gen = torch.Generator(device=dev).manual_seed(0)
 

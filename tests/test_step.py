@@ -157,3 +157,39 @@ def test_cuda_graph_replay_matches_eager_steps():
     # the same kernels in the same order; only float atomics may reorder sums
     assert torch.allclose(runs[0][0], runs[1][0], rtol=1e-3)
     assert torch.allclose(runs[0][1], runs[1][1], rtol=1e-3, atol=1e-6)
+
+
+def _mses(device: str, **stepper_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    n = GEOM.num_frames * GEOM.height * GEOM.width
+    torch.manual_seed(0)  # the modules' own initialisation
+    model, data, cfg = _setup(device)
+    stepper = Stepper(model, data, cfg, torch.device(device), **stepper_kwargs)
+    mses = []
+    for step in range(4):
+        stepper.schedule(step / 4)
+        mses.append(stepper(torch.randint(0, n, (1024,), generator=torch.Generator().manual_seed(step)).to(device)))
+    return torch.stack(mses).cpu(), model.alpha_grid.table.detach().cpu()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_compiled_steps_match_eager_steps(device):
+    torch._dynamo.reset()
+    (eager_mse, eager_table), (mse, table) = _mses(device), _mses(device, compile=True)
+    # the same arithmetic, fused: only the order of float sums may differ
+    assert torch.allclose(mse, eager_mse, rtol=1e-4)
+    assert torch.allclose(table, eager_table, rtol=1e-3, atol=1e-6)
+    torch.manual_seed(0)
+    assert not torch.allclose(table, _setup(device)[0].alpha_grid.table.detach().cpu(), atol=1e-4)  # the steps did train
+
+
+def test_compile_failure_falls_back_to_eager_steps(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("inductor: no working C++ compiler\nmore details")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match=r"torch.compile failed \(inductor: no working C\+\+ compiler\); running steps eagerly"):
+        mse, table = _mses("cpu", compile=True)
+    eager_mse, eager_table = _mses("cpu")
+    assert torch.equal(mse, eager_mse) and torch.equal(table, eager_table)
