@@ -10,7 +10,9 @@ ops (the hash encoding is a torch.library operator it traces through), on any de
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
+from typing import Iterator
 
 import torch
 
@@ -133,10 +135,26 @@ class Stepper:
         return self._step(idx)
 
     def _step(self, idx: torch.Tensor) -> torch.Tensor:
-        loss, mse = self.loss_fn(self.model, self.data, idx, self.mask_w, self.loss_cfg, self.px_per_uv)
-        loss.backward()
-        self.opt.step()
+        with self._deterministic():
+            loss, mse = self.loss_fn(self.model, self.data, idx, self.mask_w, self.loss_cfg, self.px_per_uv)
+            loss.backward()
+            self.opt.step()
         return mse.detach()
+
+    @contextlib.contextmanager
+    def _deterministic(self) -> Iterator[None]:
+        """CPU fits are deterministic for a seed. Compiled, the transforms' gradient would
+        be an atomic scatter-add whose sum order varies between runs; in deterministic
+        mode inductor emits an ordered one instead (the flag is part of the compiled step's
+        guards, so it is set for every step, not only while compiling)."""
+        if self.loss_fn is step_loss or self.device.type != "cpu" or torch.are_deterministic_algorithms_enabled():
+            yield
+            return
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(False)
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         if not self.use_graph:
