@@ -1,8 +1,8 @@
 """Where one fitting step spends its time, op by op (torch.profiler), on the CPU or a GPU.
 
-    python bench/step_profile.py [--device cuda] [--steps 20] [--preset fast] [--set train.cuda_graph=true] [--set train.compile=true]
+    python bench/step_profile.py [--device cuda] [--steps 20] [--preset fast] [--size 854x480] [--set train.cuda_graph=true] [--set train.compile=true]
 
-Fits a synthetic 160x120x16 clip for two steps to get a model and its preprocessing, then
+Fits a synthetic 160x120x16 clip (--size) for two steps to get a model and its preprocessing, then
 runs warm-up steps and profiles --steps more through the fitter's own Stepper. Prints the
 top ops by self time and a summary: wall ms per step, device-busy ms per step (the sum of
 GPU kernel times) and launches per step. Busy far below wall means the step is bound by
@@ -36,12 +36,14 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rows", type=int, default=20)
+    p.add_argument("--size", default="160x120", help="WxH of the synthetic clip (table sizes grow with it)")
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         print("skipped: no CUDA GPU")
         return 0
     dev = torch.device(a.device)
-    clip = make_clip(num_frames=16, width=160, height=120)
+    width, height = (int(v) for v in a.size.split("x"))
+    clip = make_clip(num_frames=16, width=width, height=height)
     video = Video(clip.frames, clip.fps, "synthetic", (0, 16))
     with tempfile.TemporaryDirectory() as tmp:
         bundle = atlas.fit(video, Path(tmp) / "b", a.preset, a.overrides, iters=2, device=a.device, quiet=True)
