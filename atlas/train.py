@@ -218,7 +218,7 @@ def fit(
     model = LayeredAtlas(geom, cfg.model, names, transforms, lo, hi, backend=cfg.model.encoding_backend).to(dev)
     if not quiet:
         tqdm.write(f"atlas fit: {T} frames {W}x{H}, layers {names}, flow {pre.flow_method}, masks {pre.mask_source}, "
-                   f"device {dev.type}, encoding backend {backend}")
+                   f"device {dev.type}, encoding backend {backend}{', compiled step' if cfg.train.compile else ''}")
     resume_state = ckpt.load_state() if resume else None
     if resume and not quiet:
         start = f"step {resume_state['step']}" if resume_state is not None else "the first step (no checkpoint yet)"
