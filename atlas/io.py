@@ -218,13 +218,21 @@ def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int,
     return arr
 
 
+ARRAY_SOURCE = "<array>"
+
+
 def read_video(
-    path: str | Path,
+    path: str | Path | np.ndarray | torch.Tensor,
     frames: tuple[int, int | None] | str | None = None,
     size: tuple[int, int] | str | None = None,
     min_frames: int = 2,
 ) -> Video:
     """Read a movie file or image sequence, optionally a frame range and resized to (W, H).
+
+    `path` may also be frames already in memory: an array or tensor [T, H, W, C] (C = 1,
+    3 or 4), integer (full range) or float in [0, 1]. Its source is
+    recorded as "<array>", so edits later render over the reconstruction unless given
+    the frames again (`source=`).
 
     Only the frames in the range are kept, and the result is filled in place, so reading
     costs about the result's own memory (12 bytes per pixel).
@@ -236,10 +244,32 @@ def read_video(
         frames = parse_frame_range(frames)
     if isinstance(size, str):
         size = parse_size(size)
-    spath = str(path)
-    p = Path(spath)
-    fps = DEFAULT_FPS
     start, stop = frames or (0, None)
+    fps = DEFAULT_FPS
+    if isinstance(path, (np.ndarray, torch.Tensor)):
+        spath = ARRAY_SOURCE
+        arr = path.detach().cpu().numpy() if isinstance(path, torch.Tensor) else path
+        if arr.ndim != 4 or arr.shape[3] not in (1, 3, 4):
+            raise AtlasInputError(f"frames in memory must be [T, H, W, C] with C in 1, 3, 4; got shape {tuple(arr.shape)}")
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise AtlasInputError(f"frames in memory must be integer or float, got {arr.dtype}")
+        arr = arr[start:stop]
+        count, images = len(arr), iter(arr)
+    else:
+        spath = str(path)
+        count, images, fps = _open_frames(Path(spath), start, stop)
+    if count == 0:
+        raise AtlasInputError(f"{spath}: no frames" + (f" in range {start}:{stop if stop is not None else ''}" if frames else ""))
+    if count < min_frames:
+        raise AtlasInputError(f"{spath}: only {count} frame(s); fitting needs at least {min_frames}")
+    arr = _fill(images, count, spath, size)
+    return Video(torch.from_numpy(arr), fps, spath, (start, start + count))
+
+
+def _open_frames(p: Path, start: int, stop: int | None) -> tuple[int, Iterator[np.ndarray], float]:
+    """(frame count, the frames [start, stop) decoded one by one, fps) of a movie or image sequence."""
+    spath = str(p)
+    fps = DEFAULT_FPS
     if p.is_file():
         if p.suffix.lower() in MOVIE_EXTS:
             decoded, fps = _read_movie(p, start, stop)
@@ -253,12 +283,7 @@ def read_video(
         count, images = len(files), (read_image(f) for f in files)
     else:
         raise AtlasInputError(f"input not found: {spath}")
-    if count == 0:
-        raise AtlasInputError(f"{spath}: no frames" + (f" in range {start}:{stop if stop is not None else ''}" if frames else ""))
-    if count < min_frames:
-        raise AtlasInputError(f"{spath}: only {count} frame(s); fitting needs at least {min_frames}")
-    arr = _fill(images, count, spath, size)
-    return Video(torch.from_numpy(arr), fps, spath, (start, start + count))
+    return count, images, fps
 
 
 def _to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:

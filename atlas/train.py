@@ -151,7 +151,7 @@ def _train(model: LayeredAtlas, video: Video, pre: Preprocessed, cfg: FitConfig,
 
 
 def fit(
-    video: str | Path | Video,
+    video: str | Path | Video | np.ndarray | torch.Tensor,
     out: str | Path,
     config: str | Path | dict | None = "default",
     overrides: list[str] | dict | None = None,
@@ -171,6 +171,9 @@ def fit(
     sam_prompt: str | None = None,
 ) -> AtlasBundle:
     """Register a video into layered atlases and save the bundle at `out`.
+
+    `video` is a movie or image-sequence path, a :class:`Video`, or frames in memory
+    ([T, H, W, 3] array or tensor, uint8 or float in [0, 1]; see :func:`read_video`).
 
     Example:
         >>> bundle = fit("clip.mp4", out="clip.atlas", config="fast")

@@ -19,7 +19,7 @@ import torch
 from atlas.bundle import AtlasBundle
 from atlas.errors import AtlasInputError
 from atlas.evaluate import FrameMaps
-from atlas.io import read_video
+from atlas.io import ARRAY_SOURCE, read_video
 
 from .sample import sample
 
@@ -57,6 +57,10 @@ def source_frames(bundle: AtlasBundle, frames: torch.Tensor | None = None) -> to
     w, h = bundle.size
     if frames is None:
         src = bundle.meta["source"]
+        if src["path"] == ARRAY_SOURCE:
+            warnings.warn("the bundle was fitted from frames in memory: pass them again (frames=) to edit over them; "
+                          "editing the reconstruction instead", stacklevel=2)
+            return bundle.render()
         try:
             frames = read_video(src["path"], frames=tuple(src["frames"]), size=(w, h)).frames
         except AtlasInputError as exc:

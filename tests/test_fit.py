@@ -92,6 +92,18 @@ def test_deterministic_for_a_seed(tiny_video, tmp_path):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_fit_frames_in_memory(tiny_video, tmp_path):
+    from propagation.render import source_frames
+
+    u8 = (tiny_video.frames.numpy() * 255 + 0.5).astype(np.uint8)
+    bundle = atlas.fit(u8, tmp_path / "a", "fast", iters=3, quiet=True)
+    assert bundle.meta["source"]["path"] == "<array>" and bundle.num_frames == 4
+    with pytest.warns(UserWarning, match="fitted from frames in memory"):
+        assert torch.equal(source_frames(bundle), bundle.render())
+    given = torch.from_numpy(u8.astype(np.float32) / 255)
+    assert source_frames(bundle, given) is given
+
+
 def test_atlases_and_quality_do_not_depend_on_the_kept_frame_maps(tiny_video, tmp_path, monkeypatch):
     """A shot too long for the map cache bakes from every frame all the same."""
     import atlas.bundle

@@ -150,3 +150,20 @@ def test_png_output_never_replaces_a_user_folder(tmp_path):
     with pytest.raises(AtlasInputError, match="holds other files"):
         write_video(frames, tmp_path / "out")
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_frames_in_memory():
+    rng = np.random.default_rng()
+    u8 = rng.integers(0, 256, (5, 12, 16, 3), dtype=np.uint8)
+    v = read_video(u8, frames="1:4")
+    assert v.source == "<array>" and v.frame_range == (1, 4) and v.frames.dtype == torch.float32
+    assert torch.equal(v.frames, torch.from_numpy(u8[1:4].astype(np.float32) / 255.0))
+    as_float = torch.from_numpy(u8.astype(np.float32) / 255.0)
+    assert torch.equal(read_video(as_float).frames, as_float)  # a float tensor in [0, 1] is kept as is
+    grey = read_video(u8[..., :1]).frames
+    assert grey.shape == (5, 12, 16, 3) and torch.equal(grey[..., 0], grey[..., 2])
+    assert read_video(np.concatenate([u8, u8[..., :1]], -1), size="10x8").frames.shape == (5, 8, 10, 3)  # RGBA, resized
+    for bad, match in [(u8[0], r"\[T, H, W, C\]"), (u8[..., :2], "C in 1, 3, 4"), (u8[:1], "only 1 frame"),
+                       (u8.astype(bool), "integer or float")]:
+        with pytest.raises(AtlasInputError, match=match):
+            read_video(bad)
