@@ -58,8 +58,8 @@ def source_frames(bundle: AtlasBundle, frames: torch.Tensor | None = None) -> to
     if frames is None:
         src = bundle.meta["source"]
         if src["path"] == ARRAY_SOURCE:
-            warnings.warn("the bundle was fitted from frames in memory: pass them again (frames=) to edit over them; "
-                          "editing the reconstruction instead", stacklevel=2)
+            warnings.warn("the bundle was fitted from frames in memory: pass them again (frames=, or --source on the "
+                          "command line) to edit over them; editing the reconstruction instead", stacklevel=2)
             return bundle.render()
         try:
             frames = read_video(src["path"], frames=tuple(src["frames"]), size=(w, h)).frames
