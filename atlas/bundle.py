@@ -25,7 +25,7 @@ from .io import atomic_path, read_image, write_png
 from .model import FrameGeometry, LayeredAtlas
 from .preprocess import Preprocessed
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: hash tables are [R, F] with per-level row offsets (1: [L, S, F], still read)
 MAP_CACHE_BYTES = 1 << 30
 
 

@@ -5,6 +5,7 @@ video's time axis can have one cell per frame while x/y go to pixel scale.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -27,8 +28,23 @@ def level_resolutions(n_levels: int, base: Sequence[float], finest: Sequence[flo
     return torch.tensor(rows, dtype=torch.long)
 
 
+def grid_resolutions(n_dims: int, n_levels: int, base: float | Sequence[float], finest: float | Sequence[float]) -> torch.Tensor:
+    """[L, D] resolutions of a grid from `base` to `finest` (a number applies to every dimension)."""
+    base = [float(base)] * n_dims if isinstance(base, (int, float)) else [float(b) for b in base]
+    finest = [float(finest)] * n_dims if isinstance(finest, (int, float)) else [float(f) for f in finest]
+    if max(finest) > MAX_RESOLUTION:
+        raise ValueError(f"HashGrid: finest resolution {max(finest):g} is above 2^24, which float32 coordinates cannot address")
+    return level_resolutions(n_levels, [min(b, f) for b, f in zip(base, finest)], finest)
+
+
+def level_rows(resolutions: torch.Tensor, log2_table_size: int) -> list[int]:
+    """Table rows of each level: its dense vertex count, at most 2^T (then hashed)."""
+    return [min(2**log2_table_size, math.prod(r + 1 for r in level)) for level in resolutions.tolist()]
+
+
 class HashGrid(nn.Module):
-    """x [N, D] in [0, 1] -> features [N, L*F].
+    """x [N, D] in [0, 1] -> features [N, L*F]. The table is [R, F]: level l in rows
+    offsets[l] .. offsets[l + 1] - 1 (see :mod:`cuda_ext.reference`).
 
     Example:
         >>> enc = HashGrid(3, n_levels=8, finest=(64, 64, 10))
@@ -47,20 +63,17 @@ class HashGrid(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        base = [float(base)] * n_dims if isinstance(base, (int, float)) else [float(b) for b in base]
-        finest = [float(finest)] * n_dims if isinstance(finest, (int, float)) else [float(f) for f in finest]
-        base = [min(b, f) for b, f in zip(base, finest)]
         if n_features not in FEATURES_PER_LEVEL:
             raise ValueError(f"HashGrid: n_features must be one of {FEATURES_PER_LEVEL} (a table row loads as one vector), got {n_features}")
-        if max(finest) > MAX_RESOLUTION:
-            raise ValueError(f"HashGrid: finest resolution {max(finest):g} is above 2^24, which float32 coordinates cannot address")
         self.n_dims, self.n_levels, self.n_features = n_dims, n_levels, n_features
         self.backend = backend
-        self.register_buffer("resolutions", level_resolutions(n_levels, base, finest), persistent=True)
-        size = 2**log2_table_size
-        # a table never needs more rows than the finest dense grid has vertices
-        size = min(size, int((self.resolutions + 1).prod(dim=1).max()))
-        self.table = nn.Parameter(torch.empty(n_levels, size, n_features).uniform_(-1e-4, 1e-4))
+        self.register_buffer("resolutions", grid_resolutions(n_dims, n_levels, base, finest), persistent=True)
+        # each level gets the rows it can use: its dense vertex count, at most 2^T (hashed);
+        # coarse levels need a few hundred rows, so one [L, 2^T, F] block would be mostly idle
+        # memory that Adam and the gradients still stream every step
+        rows = level_rows(self.resolutions, log2_table_size)
+        self.register_buffer("offsets", torch.tensor([0, *itertools.accumulate(rows)]), persistent=True)
+        self.table = nn.Parameter(torch.empty(int(self.offsets[-1]), n_features).uniform_(-1e-4, 1e-4))
 
     @property
     def out_dim(self) -> int:
@@ -68,4 +81,15 @@ class HashGrid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = cuda_ext.resolve_backend(self.backend, x.device)
-        return cuda_ext.hash_encode(x, self.table, self.resolutions, backend=backend)
+        return cuda_ext.hash_encode(x, self.table, self.resolutions, backend=backend, offsets=self.offsets)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        """Bundles before format 2 stored the table as [L, S, F], every level S rows: keep
+        each level's first rows (all that its dense or hashed indexing ever reads)."""
+        key = prefix + "table"
+        old = state_dict.get(key)
+        if old is not None and old.dim() == 3:
+            rows = (self.offsets[1:] - self.offsets[:-1]).tolist()
+            state_dict[key] = torch.cat([old[lvl, :n] for lvl, n in enumerate(rows)])
+            state_dict.setdefault(prefix + "offsets", self.offsets)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)

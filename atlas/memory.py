@@ -17,6 +17,8 @@ import torch
 
 from .bundle import MAP_CACHE_BYTES
 from .config import ModelConfig
+from .encoding import grid_resolutions, level_rows
+from .model import ALPHA_BASE, COLOUR_BASE, RESIDUAL_BASE
 from .errors import AtlasInputError
 
 # Host memory of `atlas fit` per pixel of the shot, measured with bench/memory_bench.py
@@ -106,9 +108,9 @@ def available_host_memory() -> int | None:
     return avail
 
 
-def _rows(finest: tuple[float, ...], log2_table_size: int) -> int:
-    """Table rows per level of a HashGrid whose finest level has these resolutions."""
-    return min(2**log2_table_size, math.prod(int(f) + 1 for f in finest))
+def _grid_rows(n_dims: int, n_levels: int, base: float | tuple[float, ...], finest: tuple[float, ...], log2_table_size: int) -> int:
+    finest = tuple(max(f, 1.0) for f in finest)  # the memory advice probes sizes down to nothing
+    return sum(level_rows(grid_resolutions(n_dims, n_levels, base, finest), log2_table_size))
 
 
 def table_bytes(num_frames: int, height: int, width: int, model: ModelConfig) -> int:
@@ -116,12 +118,12 @@ def table_bytes(num_frames: int, height: int, width: int, model: ModelConfig) ->
     colour atlases' extent is only known after preprocessing; it is taken as 4 frames'
     area (car-shadow's atlases cover 5.3 frames, blackswan's 1.6)."""
     layers = 1 + model.num_foregrounds
-    t = max(num_frames - 1, 1)
-    colour = _rows((2 * width * model.colour_density, 2 * height * model.colour_density), model.log2_table_size)
-    residual = _rows((width * model.residual_finest_frac, height * model.residual_finest_frac, t), model.log2_table_size)
-    alpha = _rows((width * model.alpha_finest_frac, height * model.alpha_finest_frac, t), model.log2_table_size)
-    rows = layers * (model.colour_levels * colour + model.residual_levels * residual)
-    rows += model.alpha_levels * alpha if model.num_foregrounds else 0
+    t, log2 = max(num_frames - 1, 1), model.log2_table_size
+    colour = _grid_rows(2, model.colour_levels, COLOUR_BASE, (2 * width * model.colour_density, 2 * height * model.colour_density), log2)
+    residual = _grid_rows(3, model.residual_levels, RESIDUAL_BASE,
+                          (width * model.residual_finest_frac, height * model.residual_finest_frac, t), log2)
+    alpha = _grid_rows(3, model.alpha_levels, ALPHA_BASE, (width * model.alpha_finest_frac, height * model.alpha_finest_frac, t), log2)
+    rows = layers * (colour + residual) + (alpha if model.num_foregrounds else 0)
     return rows * 2 * 4  # 2 float32 features per row
 
 

@@ -20,6 +20,11 @@ from torch import nn
 from .config import ModelConfig
 from .encoding import HashGrid
 
+# coarsest grid resolutions (x, y[, t]); the finest follow the frame or atlas size (ModelConfig)
+RESIDUAL_BASE = (4, 4, 2)
+ALPHA_BASE = (8, 8, 2)
+COLOUR_BASE = 16
+
 
 def mlp(in_dim: int, hidden: int, out_dim: int, n_hidden: int, zero_last: bool = False) -> nn.Sequential:
     """ReLU MLP; `zero_last` makes it output exactly 0 at initialisation."""
@@ -72,7 +77,7 @@ class LayerMapping(nn.Module):
         self.register_buffer("uv_lo", uv_lo.clone().float())  # [2]
         self.register_buffer("uv_hi", uv_hi.clone().float())  # [2]
         finest = (geom.width * cfg.residual_finest_frac, geom.height * cfg.residual_finest_frac, max(geom.num_frames - 1, 1))
-        self.grid = HashGrid(3, cfg.residual_levels, 2, cfg.log2_table_size, base=(4, 4, 2), finest=finest, backend=backend)
+        self.grid = HashGrid(3, cfg.residual_levels, 2, cfg.log2_table_size, base=RESIDUAL_BASE, finest=finest, backend=backend)
         self.net = mlp(self.grid.out_dim, cfg.hidden, 2, 1, zero_last=True)
 
     def global_uv(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -107,13 +112,13 @@ class LayeredAtlas(nn.Module):
         self.colour_nets = nn.ModuleList()
         for m in self.mappings:
             px = (m.pixels_per_uv * cfg.colour_density).tolist()
-            grid = HashGrid(2, cfg.colour_levels, 2, cfg.log2_table_size, base=16, finest=px, backend=backend)
+            grid = HashGrid(2, cfg.colour_levels, 2, cfg.log2_table_size, base=COLOUR_BASE, finest=px, backend=backend)
             self.colour_grids.append(grid)
             self.colour_nets.append(mlp(grid.out_dim, cfg.hidden, 3, cfg.colour_hidden_layers))
         self.num_fg = len(layer_names) - 1
         if self.num_fg:
             finest = (geom.width * cfg.alpha_finest_frac, geom.height * cfg.alpha_finest_frac, max(geom.num_frames - 1, 1))
-            self.alpha_grid = HashGrid(3, cfg.alpha_levels, 2, cfg.log2_table_size, base=(8, 8, 2), finest=finest, backend=backend)
+            self.alpha_grid = HashGrid(3, cfg.alpha_levels, 2, cfg.log2_table_size, base=ALPHA_BASE, finest=finest, backend=backend)
             self.alpha_net = mlp(self.alpha_grid.out_dim, cfg.hidden, self.num_fg, 1)
 
     def uv(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -204,9 +204,9 @@ def fit(
     check_fit_memory(T, H, W, cfg.model, dev)
     geom = FrameGeometry(T, H, W)
     ckpt = _Checkpoint(out)
-    # what a checkpoint must match to be resumed: inputs, preprocessing and architecture
-    # (train/loss settings may change, e.g. more --iters)
-    key = json.dumps([vid.source, vid.frame_range, [W, H], masks, sam_checkpoint, sam_prompt, seed,
+    # what a checkpoint must match to be resumed: the model layout (format), inputs,
+    # preprocessing and architecture (train/loss settings may change, e.g. more --iters)
+    key = json.dumps([FORMAT_VERSION, vid.source, vid.frame_range, [W, H], masks, sam_checkpoint, sam_prompt, seed,
                       cfg.to_dict()["preprocess"], cfg.to_dict()["model"]])
     pre = ckpt.load_preprocess({"key": key}) if resume else None
     t0 = time.perf_counter()

@@ -1,11 +1,12 @@
 """Pure-PyTorch multiresolution hash encoding (Instant-NGP): the oracle for every backend.
 
 Layout shared by all backends:
-    table        [L, S, F]  features per level (S = 2**log2_table_size entries)
+    table        [R, F]     features; level l owns rows offsets[l] .. offsets[l + 1] - 1
     resolutions  [L, D]     grid resolution per level and input dimension (int64)
-A level whose (res + 1)**D vertices fit in S is indexed densely (row-major, x fastest);
-otherwise vertices are hashed with XOR of coordinate * prime (Teschner et al.), mod S.
-Inputs are in [0, 1] and clamped to it (no gradient outside the closed interval);
+    offsets      [L + 1]    first table row of each level, then R (int64)
+A level whose (res + 1)**D vertices fit in its S_l rows is indexed densely (row-major, x
+fastest); otherwise vertices are hashed with XOR of coordinate * prime (Teschner et al.),
+mod S_l. Inputs are in [0, 1] and clamped to it (no gradient outside the closed interval);
 coordinate 1.0 lands on the last vertex.
 Autograd gives gradients for the table and for the input coordinates.
 """
@@ -22,8 +23,9 @@ def corner_offsets(n_dims: int, device: torch.device) -> torch.Tensor:
     return torch.stack([(idx >> d) & 1 for d in range(n_dims)], dim=-1)
 
 
-def vertex_index(corners: torch.Tensor, resolutions: torch.Tensor, table_size: int) -> torch.Tensor:
-    """Table row of each integer vertex. corners [N, L, C, D] int64 -> [N, L, C] int64."""
+def vertex_index(corners: torch.Tensor, resolutions: torch.Tensor, level_rows: torch.Tensor) -> torch.Tensor:
+    """Row within its level of each integer vertex. corners [N, L, C, D] int64, level_rows
+    [L] (each level's row count) -> [N, L, C] int64."""
     n_dims = corners.shape[-1]
     verts = resolutions + 1  # [L, D]
     strides = torch.cumprod(torch.cat([torch.ones_like(verts[:, :1]), verts[:, :-1]], dim=1), dim=1)
@@ -31,24 +33,26 @@ def vertex_index(corners: torch.Tensor, resolutions: torch.Tensor, table_size: i
     hashed = corners[..., 0] * PRIMES[0]
     for d in range(1, n_dims):
         hashed = hashed ^ (corners[..., d] * PRIMES[d])
-    hashed = hashed % table_size
-    is_dense = (verts.prod(dim=1) <= table_size)[None, :, None]
+    hashed = hashed % level_rows[None, :, None]
+    is_dense = (verts.prod(dim=1) <= level_rows)[None, :, None]
     return torch.where(is_dense, dense, hashed)
 
 
-def hash_encode_torch(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor) -> torch.Tensor:
+def hash_encode_torch(x: torch.Tensor, table: torch.Tensor, resolutions: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Encode points.
 
     Args:
         x: [N, D] coordinates in [0, 1] (clamped).
-        table: [L, S, F] features.
+        table: [R, F] features of every level.
         resolutions: [L, D] int64 grid resolution per level and dimension.
+        offsets: [L + 1] int64 first row of each level, then R.
     Returns:
         [N, L * F] interpolated features, level-major.
     """
     n, n_dims = x.shape
-    n_levels, table_size, n_feat = table.shape
+    n_levels, n_feat = resolutions.shape[0], table.shape[1]
     res = resolutions.to(device=x.device, dtype=torch.long)
+    offsets = offsets.to(device=x.device, dtype=torch.long)
     # clamp to [0, 1]; the gradient passes on the closed interval (explicit, so the
     # convention does not depend on torch.clamp's boundary rule)
     xc = torch.where((x >= 0) & (x <= 1), x, x.detach().clamp(0.0, 1.0))
@@ -57,9 +61,8 @@ def hash_encode_torch(x: torch.Tensor, table: torch.Tensor, resolutions: torch.T
     frac = pos - cell.to(x.dtype)  # [N, L, D]
     offs = corner_offsets(n_dims, x.device)  # [C, D]
     corners = cell[:, :, None, :] + offs[None, None]  # [N, L, C, D]
-    rows = vertex_index(corners, res, table_size)
-    rows = rows + (torch.arange(n_levels, device=x.device) * table_size)[None, :, None]
-    feats = table.reshape(n_levels * table_size, n_feat).index_select(0, rows.reshape(-1))
+    rows = vertex_index(corners, res, offsets[1:] - offsets[:-1]) + offsets[:-1][None, :, None]
+    feats = table.index_select(0, rows.reshape(-1))
     feats = feats.reshape(n, n_levels, 2**n_dims, n_feat)
     fr = frac[:, :, None, :]
     w = torch.where(offs[None, None].bool(), fr, 1.0 - fr).prod(dim=-1)  # [N, L, C]

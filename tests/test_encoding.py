@@ -8,23 +8,25 @@ import torch
 
 import cuda_ext
 from atlas.encoding import HashGrid, level_resolutions
-from cuda_ext.reference import PRIMES, hash_encode_torch
+from cuda_ext.reference import PRIMES
 
 
 def naive_encode(x: torch.Tensor, table: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
-    """Textbook Instant-NGP, one point and one level at a time (slow, obviously right)."""
+    """Textbook Instant-NGP, one point and one level at a time (slow, obviously right).
+    `table` is [L, S, F], or a list of per-level [S_l, F] tables."""
     n, d = x.shape
-    levels, size, feat = table.shape
-    out = torch.zeros(n, levels * feat, dtype=table.dtype)
+    levels, feat = len(table), table[0].shape[-1]
+    out = torch.zeros(n, levels * feat, dtype=table[0].dtype)
     for i in range(n):
         for lvl in range(levels):
+            size = table[lvl].shape[0]
             r = [int(v) for v in res[lvl]]
             dense = 1
             for v in r:
                 dense *= v + 1
             p = [min(max(float(x[i, k]), 0.0), 1.0) * r[k] for k in range(d)]
             base = [min(int(p[k] // 1), r[k] - 1) for k in range(d)]
-            acc = torch.zeros(feat, dtype=table.dtype)
+            acc = torch.zeros(feat, dtype=table[0].dtype)
             for corner in itertools.product((0, 1), repeat=d):
                 c = [base[k] + corner[k] for k in range(d)]
                 if dense <= size:
@@ -41,7 +43,7 @@ def naive_encode(x: torch.Tensor, table: torch.Tensor, res: torch.Tensor) -> tor
                 for k in range(d):
                     f = p[k] - base[k]
                     w *= f if corner[k] else 1.0 - f
-                acc += w * table[lvl, idx]
+                acc += w * table[lvl][idx]
             out[i, lvl * feat : (lvl + 1) * feat] = acc
     return out
 
@@ -51,7 +53,7 @@ def test_matches_naive(dims, finest, log2):
     res = level_resolutions(5, [2.0] * dims, finest)
     table = torch.randn(5, 2**log2, 2, dtype=torch.float64)
     x = torch.rand(40, dims, dtype=torch.float64)
-    got = hash_encode_torch(x, table, res)
+    got = cuda_ext.hash_encode(x, table, res)
     want = naive_encode(x, table, res)
     assert torch.allclose(got, want, atol=1e-12)
     # the configurations cover both dense and hashed levels
@@ -59,22 +61,48 @@ def test_matches_naive(dims, finest, log2):
     assert dense.any()
 
 
+def test_levels_of_different_sizes():
+    """The layout HashGrid uses: one [R, F] table, each level only the rows it needs."""
+    res = level_resolutions(5, [2.0, 2.0, 2.0], [60, 40, 9])
+    rows = (res + 1).prod(1).clamp_max(2**10)
+    assert rows.unique().numel() > 2, "dense levels of several sizes and hashed ones"
+    tables = [torch.randn(int(n), 4, dtype=torch.float64) for n in rows]
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), rows.cumsum(0)])
+    x = torch.rand(50, 3, dtype=torch.float64)
+    got = cuda_ext.hash_encode(x, torch.cat(tables), res, offsets=offsets)
+    assert torch.allclose(got, naive_encode(x, tables, res), atol=1e-12)
+
+
+def test_hash_grid_sizes_levels_and_loads_old_tables():
+    grid = HashGrid(2, n_levels=6, log2_table_size=10, base=4, finest=200, backend="torch")
+    rows = (grid.offsets[1:] - grid.offsets[:-1]).tolist()
+    assert rows == [min(2**10, (int(r[0]) + 1) * (int(r[1]) + 1)) for r in grid.resolutions]
+    assert grid.table.shape == (sum(rows), 2) and rows[0] < rows[-1] == 2**10
+    # a format-1 bundle's [L, S, F] table (S = the largest level's rows) loads level by level
+    old = torch.randn(6, max(rows), 2)
+    state = {k: v for k, v in grid.state_dict().items() if k != "offsets"} | {"table": old}
+    fresh = HashGrid(2, n_levels=6, log2_table_size=10, base=4, finest=200, backend="torch")
+    fresh.load_state_dict(state)
+    x = torch.rand(64, 2)
+    assert torch.allclose(fresh(x), cuda_ext.hash_encode(x, old, grid.resolutions))
+
+
 def test_hashed_levels_present():
     res = level_resolutions(4, [4.0, 4.0, 4.0], [200, 200, 200])
     assert not ((res + 1).prod(1) <= 2**12).all()
     table = torch.randn(4, 2**12, 2, dtype=torch.float64)
     x = torch.rand(30, 3, dtype=torch.float64)
-    assert torch.allclose(hash_encode_torch(x, table, res), naive_encode(x, table, res), atol=1e-12)
+    assert torch.allclose(cuda_ext.hash_encode(x, table, res), naive_encode(x, table, res), atol=1e-12)
 
 
 def test_edges_and_clamping():
     res = level_resolutions(3, [4.0, 4.0], [16, 16])
     table = torch.randn(3, 2**10, 4, dtype=torch.float64)
     x = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.5, 0.25], [0.25, 1.0]], dtype=torch.float64)
-    assert torch.allclose(hash_encode_torch(x, table, res), naive_encode(x, table, res), atol=1e-12)
+    assert torch.allclose(cuda_ext.hash_encode(x, table, res), naive_encode(x, table, res), atol=1e-12)
     outside = torch.tensor([[-0.5, 1.5], [2.0, -1.0]], dtype=torch.float64)
-    assert torch.allclose(hash_encode_torch(outside, table, res), hash_encode_torch(outside.clamp(0, 1), table, res))
-    empty = hash_encode_torch(torch.zeros(0, 2, dtype=torch.float64), table, res)
+    assert torch.allclose(cuda_ext.hash_encode(outside, table, res), cuda_ext.hash_encode(outside.clamp(0, 1), table, res))
+    empty = cuda_ext.hash_encode(torch.zeros(0, 2, dtype=torch.float64), table, res)
     assert empty.shape == (0, 12)
 
 
@@ -83,7 +111,7 @@ def test_gradcheck_table_and_inputs():
     table = torch.randn(2, 2**6, 2, dtype=torch.float64, requires_grad=True)
     # keep points away from cell borders, where the encoding is only C0
     x = (torch.rand(6, 3, dtype=torch.float64) * 0.8 + 0.1).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a, b: hash_encode_torch(a, b, res), (x, table), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda a, b: cuda_ext.hash_encode(a, b, res), (x, table), eps=1e-6, atol=1e-6)
 
 
 def test_module_shapes_and_backend_fallback(monkeypatch):

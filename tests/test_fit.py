@@ -56,7 +56,7 @@ def test_bundle_round_trip(fitted):
     assert again.size == fitted.size and again.num_frames == fitted.num_frames
     assert torch.equal(again.render(), fitted.render())
     meta = json.loads((fitted.path / "bundle.json").read_text())
-    assert meta["format_version"] == 1 and meta["seed"] == 0
+    assert meta["format_version"] == 2 and meta["seed"] == 0
     for layer in meta["layers"]:
         tex = again.textures[layer["name"]]
         assert tex.shape == (layer["atlas_size"][1], layer["atlas_size"][0], 4)
@@ -69,6 +69,29 @@ def test_atlas_is_at_least_source_density(fitted, clip):
     w, h = fitted.size
     assert bg.shape[1] >= w + clip.camera[:, 0].max() - 1
     assert bg.shape[0] >= h + clip.camera[:, 1].max() - 1
+
+
+def test_format_1_bundle_still_loads(fitted, tmp_path):
+    """Format 1 stored each hash table as [L, S, F], every level padded to S rows."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "b"
+    shutil.copytree(fitted.path, copy)
+    state = load_file(str(copy / "model.safetensors"))
+    for key in [k for k in state if k.endswith(".offsets")]:
+        offsets, table = state.pop(key), state[key[: -len("offsets")] + "table"]
+        rows = (offsets[1:] - offsets[:-1]).tolist()
+        padded = torch.randn(len(rows), max(rows), table.shape[1])  # rows no level reads: anything
+        for lvl, n in enumerate(rows):
+            padded[lvl, :n] = table[offsets[lvl] : offsets[lvl + 1]]
+        state[key[: -len("offsets")] + "table"] = padded
+    save_file(state, str(copy / "model.safetensors"))
+    meta = json.loads((copy / "bundle.json").read_text())
+    meta["format_version"] = 1
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    assert torch.equal(atlas.load(str(copy)).render(), fitted.render())
 
 
 def test_future_format_rejected(fitted, tmp_path):

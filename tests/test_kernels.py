@@ -49,11 +49,13 @@ def backend(request):
     return name
 
 
-def encode(x: torch.Tensor, table: torch.Tensor, res: torch.Tensor, backend: str) -> torch.Tensor:
+def encode(x: torch.Tensor, table: torch.Tensor, res: torch.Tensor, backend: str, offsets: torch.Tensor | None = None) -> torch.Tensor:
     if backend == ON_HOST:
         _backend._cache[ON_HOST] = _cuda_kernels_on_host()  # where the operator finds a backend's module
-        return cuda_ext.native_hash_encode(x, table, res, ON_HOST)
-    return cuda_ext.hash_encode(x, table, res, backend)
+        if offsets is None:
+            table, offsets = table.reshape(-1, table.shape[-1]), cuda_ext.uniform_offsets(table.shape[0], table.shape[1], x.device)
+        return cuda_ext.native_hash_encode(x, table, res, offsets, ON_HOST)
+    return cuda_ext.hash_encode(x, table, res, backend, offsets=offsets)
 
 
 def _device(backend: str) -> torch.device:
@@ -83,6 +85,23 @@ def test_forward_and_gradients_match_reference(backend, dims, feat):
     rx, rt = torch.autograd.grad(ref, (x, table), g)
     assert torch.allclose(gt, rt, atol=1e-10)
     assert torch.allclose(gx, rx, atol=1e-8, rtol=1e-10)
+
+
+def test_levels_of_different_sizes_match_reference(backend):
+    """HashGrid's layout: one [R, F] table in which each level has only the rows it uses."""
+    dev = _device(backend)
+    res = level_resolutions(6, [3.0, 3.0, 2.0], [300, 200, 40]).to(dev)
+    rows = (res + 1).prod(1).clamp_max(2**12)
+    assert rows.unique().numel() > 3
+    offsets = torch.cat([rows.new_zeros(1), rows.cumsum(0)])
+    table = (torch.rand(int(offsets[-1]), 2, dtype=torch.float64, device=dev) * 2 - 1).requires_grad_(True)
+    x = torch.rand(2000, 3, dtype=torch.float64, device=dev).requires_grad_(True)
+    out, ref = encode(x, table, res, backend, offsets), encode(x, table, res, "torch", offsets)
+    assert torch.allclose(out, ref, atol=1e-10)
+    g = torch.randn_like(out)
+    got, want = torch.autograd.grad(out, (x, table), g), torch.autograd.grad(ref, (x, table), g)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-9)
 
 
 def test_float32_matches(backend):
@@ -139,8 +158,9 @@ def test_operator_registration(backend):
     dev = _device(backend)
     x, table, res = _case(3, torch.float32, dev, levels=3, log2=8, n=64)
     encode(x, table, res, backend)  # loads the module under the name the operator looks up
+    flat, offsets = table.detach().reshape(-1, table.shape[-1]), cuda_ext.uniform_offsets(table.shape[0], table.shape[1], dev)
     for needs in ((True, True), (False, True), (True, False)):
-        args = (x.detach().requires_grad_(needs[0]), table.detach().requires_grad_(needs[1]), res, backend)
+        args = (x.detach().requires_grad_(needs[0]), flat.clone().requires_grad_(needs[1]), res, offsets, backend)
         torch.library.opcheck(cuda_ext.native_hash_encode, args)
 
 

@@ -13,7 +13,7 @@
 namespace hashgrid {
 
 constexpr int kMaxDims = 4;
-constexpr int64_t kMaxRows = (int64_t(1) << 31) - 1;  // table rows per level (32-bit vertex math)
+constexpr int64_t kMaxRows = (int64_t(1) << 31) - 1;  // table rows in all (32-bit vertex math within a level)
 
 // Teschner et al.'s primes (the first is 1 so dimension 0 keeps coherence).
 HG_HD int64_t prime(int d) {
@@ -25,11 +25,12 @@ HG_HD int64_t prime(int d) {
   }
 }
 
-// Vertex coordinates and in-level rows are 32-bit: resolutions stay far below 2^31 (float
-// positions lose integer precision past 2^24 anyway) and a level's dense vertex count is at
-// most the table size, which the bindings check is below 2^31. 64-bit integer arithmetic
-// costs several instructions per operation on a GPU; only the level's first row
-// (level * table size) needs 64 bits.
+// Table layout: one [R, F] table, level l in rows offsets[l] .. offsets[l + 1] - 1, so each
+// level has only the rows it can use (a coarse dense level needs (res + 1)^D, far fewer than
+// a hashed level's 2^T). Vertex coordinates and in-level rows are 32-bit: resolutions stay
+// far below 2^31 (float positions lose integer precision past 2^24 anyway) and R is below
+// 2^31 (the bindings check). 64-bit integer arithmetic costs several instructions per
+// operation on a GPU; only the level's first row is kept in 64 bits.
 
 // Row within a level of integer vertex `c` on a level with resolution `res` (dense when
 // it fits). Hashed rows match the reference (int64 products, XOR, non-negative modulo). For
@@ -111,15 +112,16 @@ template <int dims, typename scalar_t>
 struct LevelCell {
   int32_t res[dims];  // this level's resolution per dimension
   int64_t base;       // first table row of this level
-  int64_t size;       // table rows per level
+  int64_t size;       // table rows of this level
   bool dense;
   int32_t cell[dims];
   scalar_t frac[dims];
   bool inside[dims];  // x_d was in [0, 1]: clamped coordinates get no gradient
 
-  HG_HD LevelCell(const scalar_t* x, const int64_t* resolutions, int64_t level, int64_t table_size) : base(level * table_size), size(table_size) {
+  HG_HD LevelCell(const scalar_t* x, const int64_t* resolutions, int64_t level, const int64_t* offsets)
+      : base(offsets[level]), size(offsets[level + 1] - offsets[level]) {
     for (int d = 0; d < dims; ++d) res[d] = static_cast<int32_t>(resolutions[level * dims + d]);
-    dense = level_dense(res, dims, table_size);
+    dense = level_dense(res, dims, size);
     locate(x, res, dims, cell, frac, inside);
   }
 

@@ -15,14 +15,15 @@ namespace {
 using hashgrid::kMaxDims;
 constexpr int64_t kMaxFeat = 8;
 
-void check_inputs(const torch::Tensor& x, const torch::Tensor& table, const torch::Tensor& res) {
-  TORCH_CHECK(x.dim() == 2 && table.dim() == 3 && res.dim() == 2, "hash_encode: x [N,D], table [L,S,F], resolutions [L,D]");
+void check_inputs(const torch::Tensor& x, const torch::Tensor& table, const torch::Tensor& res, const torch::Tensor& offsets) {
+  TORCH_CHECK(x.dim() == 2 && table.dim() == 2 && res.dim() == 2 && offsets.dim() == 1,
+              "hash_encode: x [N,D], table [R,F], resolutions [L,D], offsets [L+1]");
   TORCH_CHECK(x.size(1) >= 1 && x.size(1) <= kMaxDims, "hash_encode: 1 to 4 input dimensions supported");
-  TORCH_CHECK(res.size(0) == table.size(0) && res.size(1) == x.size(1), "hash_encode: resolutions must be [L, D]");
-  TORCH_CHECK(res.scalar_type() == torch::kLong, "hash_encode: resolutions must be int64");
-  TORCH_CHECK(x.device().is_cpu() && table.device().is_cpu(), "hash_encode (cpu backend): tensors must be on the CPU");
-  TORCH_CHECK(table.size(2) <= kMaxFeat, "hash_encode (cpu): at most 8 features per level");
-  TORCH_CHECK(table.size(1) <= hashgrid::kMaxRows, "hash_encode (cpu): at most 2^31 - 1 table rows per level");
+  TORCH_CHECK(res.size(1) == x.size(1) && offsets.size(0) == res.size(0) + 1, "hash_encode: resolutions must be [L, D], offsets [L + 1]");
+  TORCH_CHECK(res.scalar_type() == torch::kLong && offsets.scalar_type() == torch::kLong, "hash_encode: resolutions and offsets must be int64");
+  TORCH_CHECK(x.device().is_cpu() && table.device().is_cpu() && offsets.device().is_cpu(), "hash_encode (cpu backend): tensors must be on the CPU");
+  TORCH_CHECK(table.size(1) <= kMaxFeat, "hash_encode (cpu): at most 8 features per level");
+  TORCH_CHECK(table.size(0) <= hashgrid::kMaxRows, "hash_encode (cpu): at most 2^31 - 1 table rows");
 }
 
 // A cell's corners are random rows of a large table: each read is a cache miss. The kernels
@@ -43,10 +44,10 @@ struct PointLevels {
   int64_t rows[kBatch][1 << dims];
   scalar_t weights[kBatch][1 << dims];
 
-  PointLevels(const scalar_t* x, const int64_t* res, int64_t l0, int64_t levels, int64_t size, const table_t* table, int64_t feat)
+  PointLevels(const scalar_t* x, const int64_t* res, int64_t l0, int64_t levels, const int64_t* offsets, const table_t* table, int64_t feat)
       : count(std::min(kBatch, levels - l0)) {
     for (int64_t j = 0; j < count; ++j) {
-      const hashgrid::LevelCell<dims, scalar_t> p(x, res, l0 + j, size);
+      const hashgrid::LevelCell<dims, scalar_t> p(x, res, l0 + j, offsets);
       for (int k = 0; k < (1 << dims); ++k) {
         rows[j][k] = p.corner_row(k, &weights[j][k]);
         HG_PREFETCH(table + rows[j][k] * feat, 0);
@@ -56,12 +57,12 @@ struct PointLevels {
 };
 
 template <int dims, typename scalar_t, typename table_t>
-void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* out,
-                  int64_t n, int64_t levels, int64_t size, int64_t feat) {
+void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, const int64_t* offsets, scalar_t* out,
+                  int64_t n, int64_t levels, int64_t feat) {
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       for (int64_t l0 = 0; l0 < levels; l0 += kBatch) {
-        const PointLevels<dims, scalar_t, table_t> b(x + i * dims, res, l0, levels, size, table, feat);
+        const PointLevels<dims, scalar_t, table_t> b(x + i * dims, res, l0, levels, offsets, table, feat);
         for (int64_t j = 0; j < b.count; ++j) {
           scalar_t acc[kMaxFeat] = {0, 0, 0, 0, 0, 0, 0, 0};  // in registers, not through `out`
           for (int k = 0; k < (1 << dims); ++k) {
@@ -79,17 +80,17 @@ void forward_impl(const scalar_t* x, const table_t* table, const int64_t* res, s
 // gtable need not be zeroed: each level's thread zeroes its slice just before scattering
 // into it, while the slice is still in its cache (one pass over the table, not two).
 template <int dims, typename scalar_t>
-void backward_table_impl(const scalar_t* grad_by_level, const scalar_t* x, const int64_t* res, scalar_t* gtable,
-                         int64_t n, int64_t levels, int64_t size, int64_t feat) {
+void backward_table_impl(const scalar_t* grad_by_level, const scalar_t* x, const int64_t* res, const int64_t* offsets, scalar_t* gtable,
+                         int64_t n, int64_t levels, int64_t feat) {
   at::parallel_for(0, levels, 1, [&](int64_t begin, int64_t end) {
     int64_t rows[kBatch][1 << dims];
     scalar_t weights[kBatch][1 << dims];
     for (int64_t l = begin; l < end; ++l) {
-      std::fill(gtable + l * size * feat, gtable + (l + 1) * size * feat, scalar_t(0));
+      std::fill(gtable + offsets[l] * feat, gtable + offsets[l + 1] * feat, scalar_t(0));
       for (int64_t i0 = 0; i0 < n; i0 += kBatch) {
         const int64_t count = std::min(kBatch, n - i0);
         for (int64_t j = 0; j < count; ++j) {
-          const hashgrid::LevelCell<dims, scalar_t> p(x + (i0 + j) * dims, res, l, size);
+          const hashgrid::LevelCell<dims, scalar_t> p(x + (i0 + j) * dims, res, l, offsets);
           for (int k = 0; k < (1 << dims); ++k) {
             rows[j][k] = p.corner_row(k, &weights[j][k]);
             HG_PREFETCH(gtable + rows[j][k] * feat, 1);
@@ -108,15 +109,15 @@ void backward_table_impl(const scalar_t* grad_by_level, const scalar_t* x, const
 }
 
 template <int dims, typename scalar_t, typename table_t>
-void backward_input_impl(const scalar_t* grad, const scalar_t* x, const table_t* table, const int64_t* res, scalar_t* gx,
-                         int64_t n, int64_t levels, int64_t size, int64_t feat) {
+void backward_input_impl(const scalar_t* grad, const scalar_t* x, const table_t* table, const int64_t* res, const int64_t* offsets,
+                         scalar_t* gx, int64_t n, int64_t levels, int64_t feat) {
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       scalar_t acc[kMaxDims] = {0, 0, 0, 0};
       for (int64_t l0 = 0; l0 < levels; l0 += kBatch) {
-        const PointLevels<dims, scalar_t, table_t> b(x + i * dims, res, l0, levels, size, table, feat);
+        const PointLevels<dims, scalar_t, table_t> b(x + i * dims, res, l0, levels, offsets, table, feat);
         for (int64_t j = 0; j < b.count; ++j) {
-          const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l0 + j, size);  // again: arithmetic only
+          const hashgrid::LevelCell<dims, scalar_t> p(x + i * dims, res, l0 + j, offsets);  // again: arithmetic only
           const scalar_t* g = grad + i * levels * feat + (l0 + j) * feat;
           for (int k = 0; k < (1 << dims); ++k) {
             const table_t* row = table + b.rows[j][k] * feat;
@@ -134,12 +135,13 @@ void backward_input_impl(const scalar_t* grad, const scalar_t* x, const table_t*
   });
 }
 
-torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
-  check_inputs(x, table, res);
+torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res, torch::Tensor offsets) {
+  check_inputs(x, table, res, offsets);
   x = x.contiguous();
   table = table.contiguous();
   res = res.contiguous();
-  const int64_t n = x.size(0), levels = table.size(0), size = table.size(1), feat = table.size(2);
+  offsets = offsets.contiguous();
+  const int64_t n = x.size(0), levels = res.size(0), feat = table.size(1);
   auto out = torch::empty({n, levels * feat}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_cpu_fwd", [&] {
     const bool half = table.scalar_type() == torch::kHalf;
@@ -148,33 +150,34 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
       constexpr int D = decltype(d)::value;
       if (half) {
         forward_impl<D, scalar_t, at::Half>(x.data_ptr<scalar_t>(), table.data_ptr<at::Half>(), res.data_ptr<int64_t>(),
-                                            out.data_ptr<scalar_t>(), n, levels, size, feat);
+                                            offsets.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), n, levels, feat);
       } else {
         forward_impl<D, scalar_t, scalar_t>(x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),
-                                            out.data_ptr<scalar_t>(), n, levels, size, feat);
+                                            offsets.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), n, levels, feat);
       }
     });
   });
   return out;
 }
 
-std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::Tensor table, torch::Tensor res,
+std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::Tensor table, torch::Tensor res, torch::Tensor offsets,
                                     bool need_table, bool need_input) {
-  check_inputs(x, table, res);
+  check_inputs(x, table, res, offsets);
   grad = grad.contiguous();
   x = x.contiguous();
   table = table.contiguous();
   res = res.contiguous();
-  const int64_t n = x.size(0), levels = table.size(0), size = table.size(1), feat = table.size(2);
+  offsets = offsets.contiguous();
+  const int64_t n = x.size(0), levels = res.size(0), feat = table.size(1);
   torch::Tensor gtable, gx;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hash_encode_cpu_bwd", [&] {
     if (need_table) {
       // accumulate in x's precision, cast to the table's dtype at the end
-      auto acc = torch::empty({levels, size, feat}, x.options());  // zeroed per level by the kernel
+      auto acc = torch::empty({table.size(0), feat}, x.options());  // zeroed per level by the kernel
       auto by_level = grad.view({n, levels, feat}).transpose(0, 1).contiguous();
       hashgrid::dispatch_dims(x.size(1), [&](auto d) {
         backward_table_impl<decltype(d)::value, scalar_t>(by_level.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), res.data_ptr<int64_t>(),
-                                                          acc.data_ptr<scalar_t>(), n, levels, size, feat);
+                                                          offsets.data_ptr<int64_t>(), acc.data_ptr<scalar_t>(), n, levels, feat);
       });
       gtable = acc.to(table.scalar_type());
     }
@@ -184,10 +187,10 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
         constexpr int D = decltype(d)::value;
         if (table.scalar_type() == torch::kHalf) {
           backward_input_impl<D, scalar_t, at::Half>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table.data_ptr<at::Half>(),
-                                                     res.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), n, levels, size, feat);
+                                                     res.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), n, levels, feat);
         } else {
           backward_input_impl<D, scalar_t, scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(),
-                                                     res.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), n, levels, size, feat);
+                                                     res.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), n, levels, feat);
         }
       });
     }

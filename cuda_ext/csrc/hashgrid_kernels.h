@@ -73,8 +73,8 @@ HG_HD void scatter_add(scalar_t* __restrict__ gtable, int64_t row, const scalar_
 // Features of point i on level l into the feature-major out.
 template <int dims, int F, typename scalar_t, typename table_t>
 HG_HD void encode_point_level(int64_t i, int64_t l, const scalar_t* __restrict__ x, const table_t* __restrict__ table,
-                              const int64_t* __restrict__ res, scalar_t* __restrict__ out, int64_t n, int64_t size) {
-  const LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
+                              const int64_t* __restrict__ res, const int64_t* __restrict__ offsets, scalar_t* __restrict__ out, int64_t n) {
+  const LevelCell<dims, scalar_t> p(x + i * dims, res, l, offsets);
   scalar_t acc[F] = {};
   HG_UNROLL
   for (int k = 0; k < (1 << dims); ++k) {
@@ -93,9 +93,9 @@ HG_HD void encode_point_level(int64_t i, int64_t l, const scalar_t* __restrict__
 // grad is feature-major.
 template <int dims, int F, typename scalar_t, typename table_t>
 HG_HD void backward_point_level(int64_t i, int64_t l, const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                                const table_t* __restrict__ table, const int64_t* __restrict__ res, scalar_t* __restrict__ gtable,
-                                scalar_t* __restrict__ gx, int64_t n, int64_t size) {
-  const LevelCell<dims, scalar_t> p(x + i * dims, res, l, size);
+                                const table_t* __restrict__ table, const int64_t* __restrict__ res, const int64_t* __restrict__ offsets,
+                                scalar_t* __restrict__ gtable, scalar_t* __restrict__ gx, int64_t n) {
+  const LevelCell<dims, scalar_t> p(x + i * dims, res, l, offsets);
   const scalar_t* gi = grad + l * F * n + i;
   scalar_t g[F];
   HG_UNROLL

@@ -15,7 +15,7 @@ template <typename Fn>
 void dispatch(const torch::Tensor& x, const torch::Tensor& table, Fn&& f) {
   bool ok = false;
   hashgrid::dispatch_types(x, table, [&](auto scalar, auto stored) {
-    hashgrid::dispatch_dims(x.size(1), [&](auto d) { ok = hashgrid::dispatch_feat(table.size(2), [&](auto ft) { f(scalar, stored, d, ft); }); });
+    hashgrid::dispatch_dims(x.size(1), [&](auto d) { ok = hashgrid::dispatch_feat(table.size(1), [&](auto ft) { f(scalar, stored, d, ft); }); });
   });
   TORCH_CHECK(ok, "cuda kernels on host: unsupported dims or features per level");
 }
@@ -28,31 +28,34 @@ void each_point_level(int64_t levels, int64_t n, Fn&& f) {
     for (int64_t i = 0; i < n; ++i) f(i, l);
 }
 
-torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res) {
+torch::Tensor forward(torch::Tensor x, torch::Tensor table, torch::Tensor res, torch::Tensor offsets) {
   x = x.contiguous();
   table = hashgrid::aligned_table(table);
   res = res.contiguous();
-  const int64_t n = x.size(0), levels = table.size(0), size = table.size(1), feat = table.size(2);
+  offsets = offsets.contiguous();
+  const int64_t n = x.size(0), levels = res.size(0), feat = table.size(1);
   auto out = torch::empty({levels * feat, n}, x.options());
   dispatch(x, table, [&](auto scalar, auto stored, auto d, auto ft) {
     using scalar_t = decltype(scalar);
     using table_t = decltype(stored);
     each_point_level(levels, n, [&](int64_t i, int64_t l) {
       hashgrid::encode_point_level<decltype(d)::value, decltype(ft)::value>(
-          i, l, x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table), res.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), n, size);
+          i, l, x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table), res.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(),
+          out.data_ptr<scalar_t>(), n);
     });
   });
   return out.t();
 }
 
-std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::Tensor table, torch::Tensor res, bool need_table,
-                                    bool need_input) {
+std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::Tensor table, torch::Tensor res, torch::Tensor offsets,
+                                    bool need_table, bool need_input) {
   auto grad_fm = grad.t().contiguous();
   x = x.contiguous();
   table = hashgrid::aligned_table(table);
   res = res.contiguous();
-  const int64_t n = x.size(0), levels = table.size(0), size = table.size(1), feat = table.size(2);
-  torch::Tensor acc = need_table ? torch::zeros({levels, size, feat}, x.options()) : torch::Tensor();
+  offsets = offsets.contiguous();
+  const int64_t n = x.size(0), levels = res.size(0);
+  torch::Tensor acc = need_table ? torch::zeros(table.sizes(), x.options()) : torch::Tensor();
   torch::Tensor gx = need_input ? torch::zeros_like(x) : torch::Tensor();
   dispatch(x, table, [&](auto scalar, auto stored, auto d, auto ft) {
     using scalar_t = decltype(scalar);
@@ -60,7 +63,7 @@ std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::
     each_point_level(levels, n, [&](int64_t i, int64_t l) {
       hashgrid::backward_point_level<decltype(d)::value, decltype(ft)::value>(
           i, l, grad_fm.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), hashgrid::table_ptr<table_t>(table), res.data_ptr<int64_t>(),
-          need_table ? acc.data_ptr<scalar_t>() : nullptr, need_input ? gx.data_ptr<scalar_t>() : nullptr, n, size);
+          offsets.data_ptr<int64_t>(), need_table ? acc.data_ptr<scalar_t>() : nullptr, need_input ? gx.data_ptr<scalar_t>() : nullptr, n);
     });
   });
   return {need_table ? acc.to(table.scalar_type()) : torch::Tensor(), gx};
