@@ -110,10 +110,10 @@ class TrainConfig:
     """Steps between reads of the running PSNR (the only time a GPU fit waits for the GPU)."""
     compile: bool = False
     """torch.compile the step's loss and its backward (fuses a few hundred small ops). On
-    2 CPU cores: 1.15-1.3x faster steps after compiling for about 35 s (a few seconds once
-    inductor's cache holds the shot's size), so it pays off on long or repeated fits
-    (bench/fit_bench.py). Not measured on a GPU (needs Triton). Falls back to eager steps,
-    with a warning, where compiling fails."""
+    2 CPU cores: 1.2-1.4x faster steps after compiling for about 25 s (a few seconds once
+    inductor's cache holds the shot's size), so it pays off on fits of more than about two
+    minutes (bench/fit_bench.py). Not measured on a GPU (needs Triton). Falls back to eager
+    steps, with a warning, where compiling fails."""
     cuda_graph: bool = False
     """On a GPU, capture the step (forward, backward, Adam) in a CUDA graph and replay it.
     Experimental: its speed on a GPU is not yet measured; the CPU ignores it."""
