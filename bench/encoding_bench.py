@@ -2,7 +2,7 @@
 
     python bench/encoding_bench.py [--sizes 14 16 18 20] [--repeat 3] [--fit-iters 40] [--devices cpu cuda]
 
-Table: L=16 levels, F=2 features, T=19 (2^19 entries per level), 2-D and 3-D inputs, fp32
+Table: L=16 levels, F=2 features, T=19 (at most 2^19 rows per level; coarse, dense levels fewer), 2-D and 3-D inputs, fp32
 and (native backends) fp16 table storage,
 forward alone and forward+backward (table gradient alone, and with the input gradient),
 for every backend that loads here (torch reference, cpu, cuda). Best of --repeat runs after one warm-up.
