@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, in one run (about 7 minutes on an H100): the CUDA
+# The checks that need a CUDA GPU, in one run (timed at 7 minutes on an H100 before the
+# compiled and torch-reference step profiles were added; about 9 expected): the CUDA
 # kernel and fitting-step tests, the encoding benchmark (with the fitter eager and from a
 # CUDA graph), a profile of one fitting step (eager, graphed and compiled;
 # eager with the torch reference encoding for the ratio), a fit's peak GPU memory
