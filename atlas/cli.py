@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import AtlasInputError
+from .errors import AtlasInputError, first_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -263,21 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _first_line(exc: BaseException) -> str:
-    """An exception's message cut to its first line: a library error (ffmpeg, a compiler)
-    may carry pages of its own output, and the CLI promises one line."""
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0].strip() if lines else exc.__class__.__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not os.environ.get("ATLAS_DEBUG"):  # warnings as one line each, like errors
-        warnings.formatwarning = lambda message, *_, **__: f"atlas {args.command}: warning: {_first_line(message)}\n"
+        warnings.formatwarning = lambda message, *_, **__: f"atlas {args.command}: warning: {first_line(message)}\n"
     try:
         return args.func(args)
     except AtlasInputError as exc:
-        print(f"atlas {args.command}: error: {_first_line(exc)}", file=sys.stderr)
+        print(f"atlas {args.command}: error: {first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"atlas {args.command}: interrupted", file=sys.stderr)
@@ -286,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("ATLAS_DEBUG"):
             traceback.print_exc()
         else:
-            print(f"atlas {args.command}: unexpected error: {exc.__class__.__name__}: {_first_line(exc)} (set ATLAS_DEBUG=1 for the traceback)", file=sys.stderr)
+            print(f"atlas {args.command}: unexpected error: {exc.__class__.__name__}: {first_line(exc)} (set ATLAS_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 
 

@@ -14,7 +14,7 @@ import yaml
 
 from cuda_ext import BACKENDS
 
-from .errors import AtlasInputError
+from .errors import AtlasInputError, first_line
 
 # the presets: configs/ beside the packages in a checkout (and an editable install), or
 # the copy a regular `pip install` puts inside the package (setup.py maps it to atlas/configs)
@@ -185,7 +185,7 @@ def load_config(preset: str | Path | dict | None = "default", overrides: list[st
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise AtlasInputError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise AtlasInputError(f"config {path} is not valid YAML: {first_line(exc)}") from None
         if not isinstance(data, dict):
             raise AtlasInputError(f"config {path} must be a mapping of sections")
     else:

@@ -7,3 +7,10 @@ else is a bug and exits 1.
 
 class AtlasInputError(ValueError):
     """Bad input or usage: the message says what is wrong and how to fix it."""
+
+
+def first_line(exc: BaseException | str) -> str:
+    """The first non-empty line of a message: a library's error (ffmpeg, a compiler,
+    inductor) may carry pages of its own output, and every message of ours is one line."""
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return line or exc.__class__.__name__

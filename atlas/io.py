@@ -230,9 +230,8 @@ def read_video(
     """Read a movie file or image sequence, optionally a frame range and resized to (W, H).
 
     `path` may also be frames already in memory: an array or tensor [T, H, W, C] (C = 1,
-    3 or 4), integer (full range) or float in [0, 1]. Its source is
-    recorded as "<array>", so edits later render over the reconstruction unless given
-    the frames again (`source=`).
+    3 or 4), integer (full range) or float in [0, 1]. Its source is recorded as "<array>",
+    so an edit renders over the reconstruction unless given the frames again (`frames=`).
 
     Only the frames in the range are kept, and the result is filled in place, so reading
     costs about the result's own memory (12 bytes per pixel).
@@ -248,13 +247,12 @@ def read_video(
     fps = DEFAULT_FPS
     if isinstance(path, (np.ndarray, torch.Tensor)):
         spath = ARRAY_SOURCE
-        arr = path.detach().cpu().numpy() if isinstance(path, torch.Tensor) else path
-        if arr.ndim != 4 or arr.shape[3] not in (1, 3, 4):
-            raise AtlasInputError(f"frames in memory must be [T, H, W, C] with C in 1, 3, 4; got shape {tuple(arr.shape)}")
-        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise AtlasInputError(f"frames in memory must be integer or float, got {arr.dtype}")
-        arr = arr[start:stop]
-        count, images = len(arr), iter(arr)
+        given = path.detach().cpu().numpy() if isinstance(path, torch.Tensor) else path
+        if given.ndim != 4 or given.shape[3] not in (1, 3, 4):
+            raise AtlasInputError(f"frames in memory must be [T, H, W, C] with C in 1, 3, 4; got shape {tuple(given.shape)}")
+        if not (np.issubdtype(given.dtype, np.integer) or np.issubdtype(given.dtype, np.floating)):
+            raise AtlasInputError(f"frames in memory must be integer or float, got {given.dtype}")
+        count, images = len(given[start:stop]), iter(given[start:stop])
     else:
         spath = str(path)
         count, images, fps = _open_frames(Path(spath), start, stop)

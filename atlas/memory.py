@@ -8,7 +8,6 @@ refuses up front instead, with the frame count and size that would fit.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -18,8 +17,8 @@ import torch
 from .bundle import MAP_CACHE_BYTES
 from .config import ModelConfig
 from .encoding import grid_resolutions, level_rows
-from .model import ALPHA_BASE, COLOUR_BASE, RESIDUAL_BASE
 from .errors import AtlasInputError
+from .model import ALPHA_BASE, COLOUR_BASE, RESIDUAL_BASE, FrameGeometry, frame_grid_finest
 
 # Host memory of `atlas fit` per pixel of the shot, measured with bench/memory_bench.py
 # (car-shadow, 40 frames at 854x480 and 427x240, preset fast). The fit peaks either while
@@ -118,11 +117,10 @@ def table_bytes(num_frames: int, height: int, width: int, model: ModelConfig) ->
     colour atlases' extent is only known after preprocessing; it is taken as 4 frames'
     area (car-shadow's atlases cover 5.3 frames, blackswan's 1.6)."""
     layers = 1 + model.num_foregrounds
-    t, log2 = max(num_frames - 1, 1), model.log2_table_size
+    geom, log2 = FrameGeometry(num_frames, height, width), model.log2_table_size
     colour = _grid_rows(2, model.colour_levels, COLOUR_BASE, (2 * width * model.colour_density, 2 * height * model.colour_density), log2)
-    residual = _grid_rows(3, model.residual_levels, RESIDUAL_BASE,
-                          (width * model.residual_finest_frac, height * model.residual_finest_frac, t), log2)
-    alpha = _grid_rows(3, model.alpha_levels, ALPHA_BASE, (width * model.alpha_finest_frac, height * model.alpha_finest_frac, t), log2)
+    residual = _grid_rows(3, model.residual_levels, RESIDUAL_BASE, frame_grid_finest(geom, model.residual_finest_frac), log2)
+    alpha = _grid_rows(3, model.alpha_levels, ALPHA_BASE, frame_grid_finest(geom, model.alpha_finest_frac), log2)
     rows = layers * (colour + residual) + (alpha if model.num_foregrounds else 0)
     return rows * 2 * 4  # 2 float32 features per row
 

@@ -67,6 +67,11 @@ class FrameGeometry:
         return torch.stack([(xy[:, 0] + 0.5) / self.width, (xy[:, 1] + 0.5) / self.height, tn], dim=-1)
 
 
+def frame_grid_finest(geom: FrameGeometry, frac: float) -> tuple[float, float, int]:
+    """Finest resolution of a 3-D (x, y, t) grid: `frac` of the frame size, a cell per frame."""
+    return geom.width * frac, geom.height * frac, max(geom.num_frames - 1, 1)
+
+
 class LayerMapping(nn.Module):
     """(x, y, t) -> (u, v) for one layer: learnable per-frame 3x3 transform + residual."""
 
@@ -76,7 +81,7 @@ class LayerMapping(nn.Module):
         self.transforms = nn.Parameter(transforms.clone().float())  # [T, 3, 3]
         self.register_buffer("uv_lo", uv_lo.clone().float())  # [2]
         self.register_buffer("uv_hi", uv_hi.clone().float())  # [2]
-        finest = (geom.width * cfg.residual_finest_frac, geom.height * cfg.residual_finest_frac, max(geom.num_frames - 1, 1))
+        finest = frame_grid_finest(geom, cfg.residual_finest_frac)
         self.grid = HashGrid(3, cfg.residual_levels, 2, cfg.log2_table_size, base=RESIDUAL_BASE, finest=finest, backend=backend)
         self.net = mlp(self.grid.out_dim, cfg.hidden, 2, 1, zero_last=True)
 
@@ -117,7 +122,7 @@ class LayeredAtlas(nn.Module):
             self.colour_nets.append(mlp(grid.out_dim, cfg.hidden, 3, cfg.colour_hidden_layers))
         self.num_fg = len(layer_names) - 1
         if self.num_fg:
-            finest = (geom.width * cfg.alpha_finest_frac, geom.height * cfg.alpha_finest_frac, max(geom.num_frames - 1, 1))
+            finest = frame_grid_finest(geom, cfg.alpha_finest_frac)
             self.alpha_grid = HashGrid(3, cfg.alpha_levels, 2, cfg.log2_table_size, base=ALPHA_BASE, finest=finest, backend=backend)
             self.alpha_net = mlp(self.alpha_grid.out_dim, cfg.hidden, self.num_fg, 1)
 

@@ -18,6 +18,7 @@ import torch
 
 from . import losses
 from .config import FitConfig, LossConfig
+from .errors import first_line
 from .model import LayeredAtlas
 from .preprocess import Preprocessed
 
@@ -128,8 +129,7 @@ class Stepper:
             try:
                 return self._step(idx)
             except Exception as exc:  # no C++ compiler or Triton, an inductor bug: the fit still runs
-                first = next((ln for ln in str(exc).splitlines() if ln.strip()), exc.__class__.__name__)
-                warnings.warn(f"train.compile: torch.compile failed ({first.strip()}); running steps eagerly", stacklevel=2)
+                warnings.warn(f"train.compile: torch.compile failed ({first_line(exc)}); running steps eagerly", stacklevel=2)
                 self.loss_fn = step_loss
                 self.opt.zero_grad(set_to_none=True)
         return self._step(idx)

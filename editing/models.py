@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from atlas.errors import AtlasInputError
+from atlas.errors import AtlasInputError, first_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub at import: never reach the network
 
@@ -97,8 +97,7 @@ def _load(cls: Any, ref: str, what: str, env: str | None, **kwargs: Any) -> Any:
         raise
     except (OSError, ValueError) as exc:  # huggingface_hub's "not cached" errors are OSErrors
         if looks_local:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise AtlasInputError(f"could not load {what} from {path}: {first}") from None
+            raise AtlasInputError(f"could not load {what} from {path}: {first_line(exc)}") from None
         raise _not_found(what, ref, env) from None
 
 
@@ -225,7 +224,7 @@ def _hed(weights: str | None) -> Any:
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except (RuntimeError, KeyError, TypeError) as exc:
-            raise AtlasInputError(f"{path} is not a ControlNetHED checkpoint: {str(exc).splitlines()[0]}") from None
+            raise AtlasInputError(f"{path} is not a ControlNetHED checkpoint: {first_line(exc)}") from None
         _hed_cache[ref] = HEDdetector(net.eval())
     return _hed_cache[ref]
 
