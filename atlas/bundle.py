@@ -1,6 +1,6 @@
-"""The atlas bundle (DESIGN.md §The atlas bundle): a directory written atomically.
+"""The atlas bundle: a directory written atomically (temp folder, then renamed).
 
-    bundle.json          format version, source, layers, config, metrics, timings, seed
+    bundle.json          format version, source, layers, config, metrics, timings, seed (atlas.meta)
     model.safetensors    every learned tensor
     atlas/<layer>.png    baked RGBA texture per layer
     quality/<layer>.png  where the mapping is unreliable (atlas.quality), grey in [0, 1]
@@ -9,9 +9,8 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -19,11 +18,15 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import FitConfig, config_from_dict
-from .errors import AtlasInputError
+from .errors import AtlasInputError, first_line
 from .evaluate import FrameMaps, evaluate_frame
 from .io import atomic_path, read_image, write_png
+from .meta import BundleCorrupt, BundleMeta
 from .model import FrameGeometry, LayeredAtlas
 from .preprocess import Preprocessed
+
+if TYPE_CHECKING:
+    from .track import Tracks
 
 FORMAT_VERSION = 2  # 2: hash tables are [R, F] with per-level row offsets (1: [L, S, F], still read)
 MAP_CACHE_BYTES = 1 << 30
@@ -44,7 +47,7 @@ def layer_names(num_fg: int) -> list[str]:
 class AtlasBundle:
     """A fitted video: model, metadata, baked textures, and optionally the preprocessing."""
 
-    def __init__(self, model: LayeredAtlas, meta: dict[str, Any], textures: dict[str, np.ndarray], cache: Preprocessed | None = None,
+    def __init__(self, model: LayeredAtlas, meta: BundleMeta, textures: dict[str, np.ndarray], cache: Preprocessed | None = None,
                  path: Path | None = None, quality: dict[str, np.ndarray] | None = None) -> None:
         self.model = model
         self.meta = meta
@@ -57,7 +60,7 @@ class AtlasBundle:
     # ---- properties users ask for
     @property
     def fps(self) -> float:
-        return float(self.meta["source"]["fps"])
+        return self.meta.source.fps
 
     @property
     def num_frames(self) -> int:
@@ -74,7 +77,7 @@ class AtlasBundle:
 
     @property
     def config(self) -> FitConfig:
-        return config_from_dict(self.meta["config"])
+        return config_from_dict(self.meta.config)
 
     # ---- evaluation
     def frame_maps(self, t: int) -> FrameMaps:
@@ -121,22 +124,36 @@ class AtlasBundle:
         return edit(self, atlas=atlas, keyframes=keyframes, keyframe_masks=keyframe_masks, prompt=prompt,
                     method=method, mode=mode, frames=frames, **options).frames
 
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """(width, height) of the source frames the bundle was fitted from (before --size)."""
+        return tuple(self.meta.source.source_size or self.meta.source.size)  # type: ignore[return-value]
+
+    def track(self, points: Any, layer: str | None = None, source_size: bool = False) -> "Tracks":
+        """Tracks of query points (x, y, t) through every frame, via the atlas: see
+        :mod:`atlas.track` for the solve, the coordinates and when a point is visible.
+
+        With `source_size`, queries and results are in pixels of the source frames
+        (for a bundle fitted with --size), else of the fitted frames.
+
+        Example:
+            >>> tracks = bundle.track([(120.5, 80.0, 0)])
+            >>> tracks.positions.shape   # [N, T, 2]
+        """
+        from .track import track_points
+
+        q = np.array(points, dtype=np.float64).reshape(-1, 3) if len(points) else np.zeros((0, 3))
+        if not source_size:
+            return track_points(self.model, q, layer)
+        (w, h), (sw, sh) = self.size, self.source_size
+        q[:, 0] *= w / sw
+        q[:, 1] *= h / sh
+        return track_points(self.model, q, layer).scaled(sw / w, sh / h)
+
     def info(self) -> dict[str, Any]:
         """Summary for `atlas info`."""
-        m = self.meta
-        return {
-            "path": str(self.path) if self.path else None,
-            "format_version": m["format_version"],
-            "tool_version": m["tool_version"],
-            "source": m["source"],
-            "layers": m["layers"],
-            "metrics": m["metrics"],
-            "timings": m["timings"],
-            "encoding_backend": m.get("encoding_backend"),
-            "device": m.get("device"),
-            "seed": m["seed"],
-            "preprocess": m.get("preprocess"),
-        }
+        m = self.meta.to_dict()
+        return {"path": str(self.path) if self.path else None, **{k: v for k, v in m.items() if k != "config"}}
 
     # ---- persistence
     def save(self, path: str | Path) -> Path:
@@ -146,7 +163,6 @@ class AtlasBundle:
         with atomic_path(path, is_dir=True) as tmp:
             state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
             save_file(state, str(tmp / "model.safetensors"))
-            os.chmod(tmp / "model.safetensors", 0o644)
             (tmp / "atlas").mkdir()
             for name, tex in self.textures.items():
                 write_png(tmp / "atlas" / f"{name}.png", tex)
@@ -157,59 +173,92 @@ class AtlasBundle:
             if self.cache is not None:
                 (tmp / "cache").mkdir()
                 save_file(self.cache.tensors(), str(tmp / "cache" / "preprocess.safetensors"))
-            (tmp / "bundle.json").write_text(json.dumps(self.meta, indent=2))
+            (tmp / "bundle.json").write_text(json.dumps(self.meta.to_dict(), indent=2))
         self.path = path
         return path
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "AtlasBundle":
-        """Open a bundle directory written by :meth:`save`."""
+        """Open a bundle directory written by :meth:`save`; anything in it that atlas did not
+        write that way is a one-line :class:`AtlasInputError`."""
         path = Path(path)
         meta_file = path / "bundle.json"
         if not meta_file.is_file():
             raise AtlasInputError(f"{path} is not an atlas bundle (no bundle.json); make one with `atlas fit`")
         try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise AtlasInputError(f"{meta_file} is corrupt: {exc}") from None
-        version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise AtlasInputError(f"{path} has bundle format {version!r}; this atlas {__version__} reads format <= {FORMAT_VERSION}: upgrade atlas")
-        try:
-            state = load_file(str(path / "model.safetensors"))
-        except Exception as exc:  # safetensors raises several types for truncated/corrupt files
-            raise AtlasInputError(f"cannot read {path / 'model.safetensors'}: {exc}") from None
-        model = build_model(meta, state).to(device)
-        textures = {}
-        for layer in meta["layers"]:
-            tex_path = path / "atlas" / f"{layer['name']}.png"
-            if tex_path.is_file():
-                textures[layer["name"]] = read_image(tex_path)
-        quality = {}
-        for layer in meta["layers"]:
-            q_path = path / "quality" / f"{layer['name']}.png"
-            if q_path.is_file():
-                quality[layer["name"]] = read_image(q_path)[..., 0]
-        cache = None
-        cache_file = path / "cache" / "preprocess.safetensors"
-        if cache_file.is_file():
-            pre = meta.get("preprocess", {})
-            cache = Preprocessed.from_tensors(load_file(str(cache_file)), pre.get("flow", "?"), pre.get("masks", "?"))
+            meta = BundleMeta.parse(json.loads(meta_file.read_text()), FORMAT_VERSION)
+            state = _read_tensors(path / "model.safetensors")
+            model = build_model(meta, state).to(device)
+            textures, quality = {}, {}
+            for layer in meta.layers:
+                tex_path = path / "atlas" / f"{layer.name}.png"
+                if tex_path.is_file():
+                    textures[layer.name] = _texture(tex_path, 4)
+                q_path = path / "quality" / f"{layer.name}.png"
+                if q_path.is_file():
+                    quality[layer.name] = _texture(q_path, 1)[..., 0]
+            cache = None
+            cache_file = path / "cache" / "preprocess.safetensors"
+            if cache_file.is_file():
+                cache = Preprocessed.from_tensors(_read_tensors(cache_file), meta.preprocess["flow"], meta.preprocess["masks"],
+                                                  model.geom)
+        except (BundleCorrupt, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AtlasInputError(f"{path}: bundle is corrupt: {exc}") from None
         return cls(model, meta, textures, cache, path, quality)
 
 
-def build_model(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> LayeredAtlas:
-    """Recreate the model from bundle metadata and its saved tensors."""
-    src = meta["source"]
-    geom = FrameGeometry(int(src["num_frames"]), int(src["size"][1]), int(src["size"][0]))
-    names = [layer["name"] for layer in meta["layers"]]
-    n = len(names)
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise BundleCorrupt(f"{file.name} is missing")
+    try:
+        return load_file(str(file))
+    except PermissionError:
+        raise
+    except Exception as exc:  # safetensors raises several types for truncated/corrupt files
+        raise BundleCorrupt(f"cannot read {file.name}: {exc}") from None
+
+
+def _texture(file: Path, channels: int) -> np.ndarray:
+    """A baked image of the bundle, as float32 with `channels` channels (grey/RGB/RGBA)."""
+    try:
+        image = read_image(file)
+    except AtlasInputError as exc:
+        raise BundleCorrupt(str(exc)) from None
+    if channels == 1:
+        return image[..., :1]
+    if image.shape[2] != channels:
+        raise BundleCorrupt(f"{file.name} has {image.shape[2]} channels, not {channels}")
+    return image
+
+
+def build_model(meta: BundleMeta, state: dict[str, torch.Tensor]) -> LayeredAtlas:
+    """Recreate the model from bundle metadata and its saved tensors (whose shapes must be
+    the ones that metadata implies)."""
+    src = meta.source
+    geom = FrameGeometry(src.num_frames, src.size[1], src.size[0])
+    n = len(meta.layers)
+    try:
+        cfg = config_from_dict(meta.config)
+    except AtlasInputError as exc:
+        raise BundleCorrupt(f"its config: {exc}") from None
+    if cfg.model.num_foregrounds != n - 1:
+        raise BundleCorrupt(f"{n} layers, but its config has {cfg.model.num_foregrounds} foregrounds")
+    want = {"transforms": (geom.num_frames, 3, 3), "uv_lo": (2,), "uv_hi": (2,)}
+    for i in range(n):
+        for key, shape in want.items():
+            tensor = state.get(f"mappings.{i}.{key}")
+            if tensor is None or tuple(tensor.shape) != shape or not torch.isfinite(tensor).all():
+                raise BundleCorrupt(f"model.safetensors: mappings.{i}.{key} is missing or not a finite {list(shape)} tensor")
     transforms = torch.stack([state[f"mappings.{i}.transforms"] for i in range(n)])
     lo = torch.stack([state[f"mappings.{i}.uv_lo"] for i in range(n)])
     hi = torch.stack([state[f"mappings.{i}.uv_hi"] for i in range(n)])
-    cfg = config_from_dict(meta["config"])
-    model = LayeredAtlas(geom, cfg.model, names, transforms, lo, hi, backend=cfg.model.encoding_backend)
-    model.load_state_dict(state)
+    if not bool((hi > lo).all()):
+        raise BundleCorrupt("model.safetensors: a layer's uv range is empty")
+    model = LayeredAtlas(geom, cfg.model, meta.layer_names, transforms, lo, hi, backend=cfg.model.encoding_backend)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+        raise BundleCorrupt(f"model.safetensors does not match bundle.json: {first_line(exc)}") from None
     return model.eval()
 
 

@@ -30,6 +30,21 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def _protected(bundle, *given: tuple[str, str | None]) -> list[tuple[str, str | None]]:
+    """What a command that reads `bundle` must never write over: the bundle, the footage it
+    was fitted from, and the command's other inputs, as (label, path) pairs."""
+    return [("the bundle", str(bundle.path)), ("the bundle's source footage", bundle.meta.source.path), *given]
+
+
+def _output(args: argparse.Namespace, protected: list[tuple[str, str | None]]) -> "Path":
+    """The resolved -o path, refused when it is, holds or lies in a protected input."""
+    from .io import check_not_input, output_path
+
+    out = output_path(args.output)
+    check_not_input(out, protected)
+    return out
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from .train import fit
 
@@ -37,21 +52,23 @@ def cmd_fit(args: argparse.Namespace) -> int:
         args.video, args.output, args.config, args.set, masks=args.masks, flow=args.flow, device=args.device,
         frames=args.frames, size=args.size, iters=args.iters, time_budget=args.time_budget, seed=args.seed,
         resume=args.resume, quiet=args.quiet, raft_weights=args.raft_weights, sam_checkpoint=args.sam_checkpoint,
-        sam_prompt=args.sam_prompt,
+        sam_prompt=args.sam_prompt, allow_gaps=args.allow_gaps,
     )
-    m = bundle.meta["metrics"]
-    _say(args, f"wrote {args.output}: mean PSNR {m['psnr_mean']:.2f} dB after {m['iterations']} iterations "
-               f"({bundle.meta['timings']['fit_s']:.0f} s)")
+    m = bundle.meta.metrics
+    _say(args, f"wrote {bundle.path}: mean PSNR {m['psnr_mean']:.2f} dB after {m['iterations']} iterations "
+               f"({bundle.meta.timings['fit_s']:.0f} s)")
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     from .bundle import AtlasBundle
-    from .io import write_video
+    from .io import output_lock, write_video
 
     bundle = AtlasBundle.load(args.bundle)
-    write_video(bundle.rendered_frames(), args.output, fps=bundle.fps)
-    _say(args, f"wrote {args.output} ({bundle.num_frames} frames)")
+    out = _output(args, _protected(bundle))
+    with output_lock(out, "atlas render"):
+        write_video(bundle.rendered_frames(), out, fps=bundle.fps)
+    _say(args, f"wrote {out} ({bundle.num_frames} frames)")
     return 0
 
 
@@ -59,9 +76,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from propagation.export import export
 
     from .bundle import AtlasBundle
+    from .io import output_lock
 
-    export(AtlasBundle.load(args.bundle), args.output)
-    _say(args, f"wrote {args.output}")
+    bundle = AtlasBundle.load(args.bundle)
+    out = _output(args, _protected(bundle))
+    with output_lock(out, "atlas export"):
+        export(bundle, out)
+    _say(args, f"wrote {out}")
     return 0
 
 
@@ -79,23 +100,38 @@ def _pairs(items: list[str], flag: str, key_type: type = str) -> dict:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from editing import edit, edited_textures
-
     from .bundle import AtlasBundle
-    from .io import atomic_path, check_replaceable, read_video, write_png, write_video
+    from .io import check_not_input, check_replaceable, output_lock, read_video
 
     bundle = AtlasBundle.load(args.bundle)
-    frames = None
-    if args.source:
-        frames = read_video(args.source, frames=tuple(bundle.meta["source"]["frames"]), size=bundle.size).frames
-    prompt, options = _prompt_options(args, bundle)
-    out = Path(args.output)
+    pairs = [_pairs(args.atlas, "--atlas"), _pairs(args.keyframe, "--keyframe", int), _pairs(args.keyframe_mask, "--keyframe-mask", int)]
+    flags = ("source", "region_mask", "shape_mask", "sam_checkpoint", "model", "controlnet", "annotator_weights")
+    protected = _protected(bundle, *((f"--{f.replace('_', '-')}", getattr(args, f)) for f in flags),
+                           *((f"{flag} {key}", path) for flag, given in zip(("--atlas", "--keyframe", "--keyframe-mask"), pairs)
+                             for key, path in given.items()))
+    out = _output(args, protected)
     edits_dir = out.with_name(out.stem + "_atlas")
     keys_dir = out.with_name(out.stem + "_keyframes")
     for folder in (edits_dir, keys_dir):  # before any generation: fail fast, not after minutes of sampling
+        check_not_input(folder, protected)
         check_replaceable(folder, r".+\.png")
-    result = edit(bundle, atlas=_pairs(args.atlas, "--atlas"), keyframes=_pairs(args.keyframe, "--keyframe", int),
-                  keyframe_masks=_pairs(args.keyframe_mask, "--keyframe-mask", int), prompt=prompt, method=args.method,
+    frames = None
+    if args.source:
+        frames = read_video(args.source, frames=tuple(bundle.meta.source.frames), size=bundle.size).frames
+    prompt, options = _prompt_options(args, bundle)
+    with output_lock(out, "atlas edit"):
+        _write_edit(args, bundle, pairs, prompt, options, frames, out, edits_dir, keys_dir)
+    return 0
+
+
+def _write_edit(args: argparse.Namespace, bundle, pairs: list[dict], prompt, options: dict, frames, out: Path, edits_dir: Path,
+                keys_dir: Path) -> None:
+    """Run the edit and write the video, the edited atlases and any generated keyframes."""
+    from editing import edit, edited_textures
+
+    from .io import atomic_path, write_png, write_video
+
+    result = edit(bundle, atlas=pairs[0], keyframes=pairs[1], keyframe_masks=pairs[2], prompt=prompt, method=args.method,
                   mode=args.mode, frames=frames, **options)
     write_video(result.iter_frames(), out, fps=bundle.fps)
     with atomic_path(edits_dir, is_dir=True) as tmp:
@@ -109,7 +145,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
                 write_png(tmp / f"{name}.png", image)
     extra = f" and the generated keyframes in {keys_dir}" if result.keyframes else ""
     _say(args, f"wrote {out} ({bundle.num_frames} frames), the edited atlases in {edits_dir}{extra}")
-    return 0
 
 
 PROMPT_OPTIONS = ("model", "controlnet", "annotator", "annotator_weights", "strength", "steps", "guidance", "seed", "negative_prompt",
@@ -156,13 +191,41 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"layer:     {layer['name']:<14} atlas {layer['atlas_size'][0]}x{layer['atlas_size'][1]}")
     print(f"quality:   mean PSNR {met['psnr_mean']:.2f} dB (min {min(met['psnr_per_frame']):.2f}, max {max(met['psnr_per_frame']):.2f})")
     print("per frame: " + " ".join(f"{p:.1f}" for p in met["psnr_per_frame"]))
-    for name, q in met.get("layers", {}).items():
-        if q.get("flow_consistency_px_mean") is not None:
-            print(f"mapping:   {name:<14} flow drift {q['flow_consistency_px_mean']:.2f} px (p95 {q['flow_consistency_px_p95']:.2f}), "
-                  f"unreliable {100 * q['unreliable_fraction']:.1f}% of the atlas (see quality/{name}.png)")
+    for layer in info["layers"]:
+        print(f"mapping:   {layer['name']:<14} {_mapping_quality(met.get('layers', {}).get(layer['name'], {}))}")
     print(f"fit:       {met['iterations']} iterations, {info['timings']['fit_s']:.1f} s on {info['device']}, encoding backend {info['encoding_backend']}")
     print(f"inputs:    flow {info['preprocess']['flow']}, masks {info['preprocess']['masks']}, seed {info['seed']}")
     return 0
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from .bundle import AtlasBundle
+    from .io import output_lock
+    from .track_io import parse_grid, parse_point, read_points_csv, write_tracks
+
+    bundle = AtlasBundle.load(args.bundle)
+    out = _output(args, _protected(bundle, ("--points", args.points)))
+    size = bundle.source_size if args.source_size else bundle.size
+    if sum(x is not None and x != [] for x in (args.point, args.points, args.grid)) != 1:
+        raise AtlasInputError("give the points to track one way: --point X,Y[@T] (repeatable), --points FILE.csv or --grid NxM[@T]")
+    points = ([parse_point(p) for p in args.point] if args.point else read_points_csv(args.points) if args.points
+              else parse_grid(args.grid, *size))
+    tracks = bundle.track(points, layer=args.layer, source_size=args.source_size)
+    with output_lock(out, "atlas track"):
+        write_tracks(tracks, out, size, first_frame=args.first_frame)
+    seen = tracks.visible.mean() * 100
+    _say(args, f"wrote {out}: {len(points)} tracks through {bundle.num_frames} frames, visible {seen:.0f}% of the time")
+    return 0
+
+
+def _mapping_quality(q: dict) -> str:
+    """One layer's mapping-quality line for `atlas info` (n/a where no pixel measured it)."""
+    def num(key: str, fmt: str, scale: float = 1.0) -> str:
+        value = q.get(key)
+        return format(scale * value, fmt) if isinstance(value, (int, float)) else "n/a"
+
+    return (f"flow drift {num('flow_consistency_px_mean', '.2f')} px (p95 {num('flow_consistency_px_p95', '.2f')}), "
+            f"unreliable {num('unreliable_fraction', '.1f', 100.0)}% of the atlas")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -197,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop fitting after this many seconds")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--resume", action="store_true", help="continue from the checkpoint next to the output")
+    f.add_argument("--allow-gaps", action="store_true", help="fit an image sequence with missing frame numbers as it is")
     f.set_defaults(func=cmd_fit)
 
     r = sub.add_parser("render", parents=[quiet], help="reconstruct the video from a bundle")
@@ -257,6 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=cmd_info)
 
+    tr = sub.add_parser("track", parents=[quiet], help="track points through the atlas (CSV, JSON or a Nuke Tracker4 script)")
+    tr.add_argument("bundle")
+    tr.add_argument("-o", "--output", required=True, help="tracks file: .csv, .json or .nk (Nuke)")
+    tr.add_argument("--point", action="append", metavar="X,Y[@T]", help="a query point in pixels, on frame T (default 0); repeatable")
+    tr.add_argument("--points", metavar="FILE.csv", help="query points, one x,y[,t] row each")
+    tr.add_argument("--grid", metavar="NxM[@T]", help="N x M query points spread over frame T (default 0)")
+    tr.add_argument("--layer", help="follow this layer (default: the layer with the largest weight at each query)")
+    tr.add_argument("--source-size", action="store_true", help="points in pixels of the source frames, not the fitted (--size) ones")
+    tr.add_argument("--first-frame", type=int, default=1, help="number of the first frame in a .nk script (default 1)")
+    tr.set_defaults(func=cmd_track)
+
     d = sub.add_parser("demo", parents=[quiet], help="make a synthetic clip, fit it, write a preview")
     d.add_argument("-o", "--output", default="atlas-demo", help="folder for the demo's files")
     d.set_defaults(func=cmd_demo)
@@ -271,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except AtlasInputError as exc:
         print(f"atlas {args.command}: error: {first_line(exc)}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:  # an unreadable input or unwritable output: the user's to fix
+        print(f"atlas {args.command}: error: permission denied: {exc.filename or first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"atlas {args.command}: interrupted", file=sys.stderr)

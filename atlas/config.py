@@ -41,8 +41,9 @@ def _check_value(name: str, value: Any, meta: Any) -> None:
         lo, hi, exclusive = meta["limits"]
         ok = math.isfinite(value) and value >= lo and not (exclusive and value == lo) and (hi is None or value <= hi)
         if not ok:
-            want = f"> {lo:g}" if exclusive else f">= {lo:g}"
-            want += f" and <= {hi:g}" if hi is not None else ""
+            num = lambda v: str(int(v)) if float(v).is_integer() else f"{v:g}"
+            want = f"> {num(lo)}" if exclusive else f">= {num(lo)}"
+            want += f" and <= {num(hi)}" if hi is not None else ""
             raise AtlasInputError(f"config key {name} must be {want}, got {value!r}")
 
 
@@ -52,21 +53,21 @@ class ModelConfig:
     """Foreground layers over the background; 0 gives one deformation field (CoDeF-like)."""
     log2_table_size: int = field(default=19, metadata=limits(4, 24))
     """Hash table size per level is 2**this (smaller grids use a dense table)."""
-    hidden: int = field(default=32, metadata=limits(1))
+    hidden: int = field(default=32, metadata=limits(1, 1024))
     """Width of every small MLP."""
     colour_levels: int = field(default=16, metadata=limits(1, 32))
     """Levels of each layer's 2-D colour grid."""
-    colour_hidden_layers: int = field(default=1, metadata=limits(0))
+    colour_hidden_layers: int = field(default=1, metadata=limits(0, 8))
     """Hidden layers of the colour MLP."""
-    colour_density: float = field(default=1.0, metadata=limits(0.0, exclusive=True))
+    colour_density: float = field(default=1.0, metadata=limits(0.0, 16.0, exclusive=True))
     """Finest colour-grid vertices per source pixel of atlas extent."""
     residual_levels: int = field(default=6, metadata=limits(1, 32))
     """Levels of the 3-D grid of the mapping residual (coarse: motion is smooth)."""
-    residual_finest_frac: float = field(default=0.125, metadata=limits(0.0, exclusive=True))
+    residual_finest_frac: float = field(default=0.125, metadata=limits(0.0, 4.0, exclusive=True))
     """Finest residual-grid resolution as a fraction of the frame size."""
     alpha_levels: int = field(default=8, metadata=limits(1, 32))
     """Levels of the 3-D opacity grid."""
-    alpha_finest_frac: float = field(default=0.5, metadata=limits(0.0, exclusive=True))
+    alpha_finest_frac: float = field(default=0.5, metadata=limits(0.0, 4.0, exclusive=True))
     """Finest opacity-grid resolution as a fraction of the frame size."""
     encoding_backend: str = field(default="auto", metadata=choices(*BACKENDS))
     """Hash-encoding backend: auto|cuda|cpu|torch|tcnn."""
@@ -94,9 +95,9 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    iters: int = field(default=3000, metadata=limits(1))
+    iters: int = field(default=3000, metadata=limits(1, 10_000_000))
     """Optimisation steps (a --time-budget may stop earlier)."""
-    batch: int = field(default=8192, metadata=limits(16))
+    batch: int = field(default=8192, metadata=limits(16, 1 << 21))
     """Pixels per step."""
     lr_grid: float = field(default=1e-2, metadata=limits(0.0))
     """Adam learning rate of the hash tables."""
@@ -143,7 +144,7 @@ def update_config(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
     names = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in updates.items():
         if key not in names:
-            raise AtlasInputError(f"unknown config key {prefix}{key!r}; known: {', '.join(prefix + n for n in names)}")
+            raise AtlasInputError(f"unknown config key {prefix + str(key)!r}; known: {', '.join(prefix + n for n in names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):

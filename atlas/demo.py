@@ -37,5 +37,5 @@ def run_demo(out: Path, quiet: bool = False, iters: int = 400) -> dict[str, obje
         "painted atlas": out / "painted_background.png",
         "edited video": edited,
         "export": exported,
-        "mean PSNR (dB)": bundle.meta["metrics"]["psnr_mean"],
+        "mean PSNR (dB)": bundle.meta.metrics["psnr_mean"],
     }

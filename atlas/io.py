@@ -34,6 +34,7 @@ class Video:
     fps: float
     source: str
     frame_range: tuple[int, int]  # [start, stop) indices into the source
+    source_size: tuple[int, int] | None = None  # (width, height) before any resize; None: the frames' own
 
     @property
     def size(self) -> tuple[int, int]:
@@ -133,8 +134,12 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return image[:, :, :3] if image.shape[2] >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
 
 
-def sequence_files(path: str) -> list[Path]:
-    """Files of an image sequence given as a folder or a `%04d` / `####` pattern."""
+def sequence_files(path: str, allow_gaps: bool = False) -> list[Path]:
+    """Files of an image sequence given as a folder or a `%04d` / `####` pattern.
+
+    A missing number in the sequence would shift every later frame against its neighbours
+    (and its mask), so a gap is refused, naming the first one, unless `allow_gaps`.
+    """
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
@@ -143,6 +148,10 @@ def sequence_files(path: str) -> list[Path]:
         suffixes = {f.suffix.lower() for f in files}
         if len(suffixes) > 1:
             raise AtlasInputError(f"folder {p} mixes image types {sorted(suffixes)}; keep one type per sequence")
+        found = [re.search(r"(\d+)\D*$", f.name) for f in files]
+        numbers = [int(m.group(1)) for m in found if m]
+        if not allow_gaps and len(numbers) == len(files) and len(set(numbers)) == len(files):  # numbered frames
+            _check_gaps(str(p), sorted(zip(numbers, files)))
         return files
     name = p.name
     m = re.search(r"%0?(\d*)d", name) or re.search(r"#+", name)
@@ -161,7 +170,20 @@ def sequence_files(path: str) -> list[Path]:
             matches.append((int(mm.group(1)), f))
     if not matches:
         raise AtlasInputError(f"no files match the sequence pattern {path}")
-    return [f for _, f in sorted(matches)]
+    matches.sort()
+    if not allow_gaps:
+        _check_gaps(path, matches)
+    return [f for _, f in matches]
+
+
+def _check_gaps(path: str, numbered: list[tuple[int, Path]]) -> None:
+    """Refuse a sequence whose frame numbers skip one (see :func:`sequence_files`)."""
+    for (a, fa), (b, _) in zip(numbered, numbered[1:]):
+        if b == a:
+            raise AtlasInputError(f"image sequence {path}: two files carry frame number {a} ({fa.name}, ...); keep one")
+        if b != a + 1:
+            raise AtlasInputError(f"image sequence {path} has a gap: frame {a + 1} is missing (after {fa.name}); "
+                                  "fill it, or pass --allow-gaps to use the frames as they are")
 
 
 def _read_movie(path: Path, start: int, stop: int | None) -> tuple[list[np.ndarray], float]:
@@ -196,9 +218,10 @@ def _as_float_rgb(image: np.ndarray) -> np.ndarray:
     return _rgb(image)
 
 
-def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int, int] | None) -> np.ndarray:
+def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
     """Stack `count` frames into one float32 [T, H, W, 3] array in [0, 1], allocated once and
-    filled frame by frame (no list of float frames, no stacked copy)."""
+    filled frame by frame (no list of float frames, no stacked copy); and the frames'
+    (width, height) before resizing."""
     import cv2
 
     arr: np.ndarray | None = None
@@ -215,7 +238,7 @@ def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int,
             im = cv2.resize(im, size, interpolation=cv2.INTER_AREA)
         np.clip(im, 0.0, 1.0, out=arr[i])
     assert arr is not None
-    return arr
+    return arr, (first[1], first[0])
 
 
 ARRAY_SOURCE = "<array>"
@@ -226,6 +249,7 @@ def read_video(
     frames: tuple[int, int | None] | str | None = None,
     size: tuple[int, int] | str | None = None,
     min_frames: int = 2,
+    allow_gaps: bool = False,
 ) -> Video:
     """Read a movie file or image sequence, optionally a frame range and resized to (W, H).
 
@@ -234,7 +258,8 @@ def read_video(
     so an edit renders over the reconstruction unless given the frames again (`frames=`).
 
     Only the frames in the range are kept, and the result is filled in place, so reading
-    costs about the result's own memory (12 bytes per pixel).
+    costs about the result's own memory (12 bytes per pixel). A range that ends past the
+    clip is cut to it, with a warning; see :func:`sequence_files` for `allow_gaps`.
 
     Example:
         >>> video = read_video("plate.%04d.png", frames="0:30", size="427x240")
@@ -255,16 +280,71 @@ def read_video(
         count, images = len(given[start:stop]), iter(given[start:stop])
     else:
         spath = str(path)
-        count, images, fps = _open_frames(Path(spath), start, stop)
+        count, images, fps = _open_frames(Path(spath), start, stop, allow_gaps)
+    if stop is not None and 0 < count < stop - start:
+        warnings.warn(f"--frames {start}:{stop}: {spath} ends at frame {start + count}; using {start}:{start + count}", stacklevel=2)
     if count == 0:
         raise AtlasInputError(f"{spath}: no frames" + (f" in range {start}:{stop if stop is not None else ''}" if frames else ""))
     if count < min_frames:
         raise AtlasInputError(f"{spath}: only {count} frame(s); fitting needs at least {min_frames}")
-    arr = _fill(images, count, spath, size)
-    return Video(torch.from_numpy(arr), fps, spath, (start, start + count))
+    arr, native = _fill(images, count, spath, size)
+    return Video(torch.from_numpy(arr), fps, spath, (start, start + count), native)
 
 
-def _open_frames(p: Path, start: int, stop: int | None) -> tuple[int, Iterator[np.ndarray], float]:
+def probe_video(path: str | Path | np.ndarray | torch.Tensor, frames: tuple[int, int | None] | None = None,
+                size: tuple[int, int] | None = None, allow_gaps: bool = False) -> tuple[int, int, int]:
+    """(frames, width, height) that :func:`read_video` would return, from the headers
+    alone (a movie's metadata, a sequence's file count and first image), so a shot too
+    large for memory is refused before anything is decoded. A movie whose length its
+    header does not give counts as the range asked for (or 1 frame)."""
+    start, stop = frames or (0, None)
+    if isinstance(path, (np.ndarray, torch.Tensor)):
+        count, (h, w) = len(range(*slice(start, stop).indices(path.shape[0]))), tuple(path.shape[1:3])
+    else:
+        p = Path(path)
+        if p.is_file() and p.suffix.lower() in MOVIE_EXTS:
+            count, w, h = _probe_movie(p, start, stop)
+        elif p.is_dir() or ((p.exists() or "%" in p.name or "#" in p.name) and not p.is_file()):
+            files = sequence_files(str(p), allow_gaps)
+            count = len(files[start:stop])
+            h, w = _image_size(files[0])
+        else:
+            return 0, 0, 0  # read_video says what is wrong with it
+    if size is not None:
+        w, h = size
+    return count, int(w), int(h)
+
+
+def _probe_movie(p: Path, start: int, stop: int | None) -> tuple[int, int, int]:
+    import imageio.v3 as iio
+
+    plugin = "pillow" if p.suffix.lower() == ".gif" else "FFMPEG"
+    try:
+        meta = iio.immeta(p, plugin=plugin)
+    except Exception:  # undecodable: read_video reports it
+        return 0, 0, 0
+    w, h = meta.get("size") or meta.get("shape", (0, 0))[1::-1] or (0, 0)
+    total = meta.get("nframes")
+    if not isinstance(total, (int, float)) or not np.isfinite(total):
+        total = round(float(meta.get("duration") or 0) * float(meta.get("fps") or 0)) or None
+    known = [n for n in (None if total is None else int(total) - start, None if stop is None else stop - start) if n is not None]
+    return max(min(known), 0) if known else 1, int(w), int(h)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image, from its header where the format allows."""
+    if path.suffix.lower() != ".exr":
+        try:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return im.height, im.width
+        except Exception:  # PIL cannot parse it: decode it (read_image has the error message)
+            pass
+    return read_image(path).shape[:2]
+
+
+def _open_frames(p: Path, start: int, stop: int | None, allow_gaps: bool = False) -> tuple[int, Iterator[np.ndarray], float]:
     """(frame count, the frames [start, stop) decoded one by one, fps) of a movie or image sequence."""
     spath = str(p)
     fps = DEFAULT_FPS
@@ -277,7 +357,7 @@ def _open_frames(p: Path, start: int, stop: int | None) -> tuple[int, Iterator[n
         else:
             raise AtlasInputError(f"unsupported input type {p.suffix!r}; use a movie ({', '.join(sorted(MOVIE_EXTS))}) or an image sequence")
     elif p.exists() or "%" in p.name or "#" in p.name:
-        files = sequence_files(spath)[start:stop]
+        files = sequence_files(spath, allow_gaps)[start:stop]
         count, images = len(files), (read_image(f) for f in files)
     else:
         raise AtlasInputError(f"input not found: {spath}")
@@ -291,32 +371,133 @@ def _to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
     return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def output_path(text: str | Path, flag: str = "-o") -> Path:
+    """The path an output will really be written to: symlinks followed (so a link is never
+    replaced by a folder, and the checks below see the real target). '', '.' and '..'
+    name no new output and are refused."""
+    raw = str(text)
+    if raw.strip() in ("", ".", "..") or Path(raw).name in ("", ".", ".."):
+        raise AtlasInputError(f"{flag} {raw!r}: give the name of a new file or folder to write")
+    return Path(os.path.realpath(raw))
+
+
+def _protected(path: str | Path) -> Path:
+    """What writing must never touch for an input: the file or folder itself (symlinks
+    followed), or the folder of a `%04d` / `####` sequence pattern."""
+    p = Path(path)
+    if not p.exists() and ("%" in p.name or "#" in p.name):
+        p = p.parent
+    return Path(os.path.realpath(p))
+
+
+def check_not_input(out: Path, inputs: Iterable[tuple[str, str | Path | None]]) -> None:
+    """Refuse an output that is, holds, or lies inside one of `inputs`, (label, path) pairs:
+    the command's own inputs, the bundle, the footage the bundle was fitted from. Writing
+    there would replace or pollute them. Symlinks are followed on both sides."""
+    out = Path(os.path.realpath(out))
+    for label, item in inputs:
+        if item is None or str(item) in ("", ARRAY_SOURCE):
+            continue
+        p = _protected(item)
+        if not p.exists():  # nothing there to destroy (e.g. a model's hub id)
+            continue
+        if out == p or p.is_relative_to(out) or out.is_relative_to(p):
+            relation = "is" if out == p else "holds" if p.is_relative_to(out) else "lies inside"
+            raise AtlasInputError(f"output {out} {relation} {label} ({item}); write somewhere else")
+
+
+@contextmanager
+def output_lock(out: Path, command: str = "atlas") -> Iterator[None]:
+    """Hold an exclusive lock on `out` for a command's whole run, so two runs never write
+    the same output (or its checkpoint) at once: the second is refused at once.
+
+    The lock is a hidden file beside `out`, removed when the run ends.
+    """
+    import fcntl
+
+    lock = out.parent / f".{out.name}.lock"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AtlasInputError(f"another {command} is writing {out} right now; wait for it or choose another output") from None
+        try:  # the lock file may have been removed by the previous holder between open and flock
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(lock)
+        finally:
+            os.close(fd)
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any slow work when the output's folder cannot be written (a read-only
+    volume or folder), by making and removing a temporary folder in the nearest existing
+    ancestor."""
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise AtlasInputError(f"cannot write {out}: {folder} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".atlas-write-test-", dir=folder))
+    except OSError as exc:
+        raise AtlasInputError(f"cannot write {out}: {folder} is not writable ({exc.strerror})") from None
+
+
+def _share(tree: Path) -> None:
+    """Give every file and folder of a new output the modes a new file gets under the
+    user's umask (tempfile and safetensors make them private), so a bundle copied to a
+    shared volume can be read by other users as any other file there."""
+    umask = os.umask(0)
+    os.umask(umask)
+    items = [tree, *tree.rglob("*")] if tree.is_dir() else [tree]
+    for item in items:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+
+
 @contextmanager
 def atomic_path(final: str | Path, is_dir: bool) -> Iterator[Path]:
     """Yield a temp path next to `final`; move it into place only if the block succeeds.
 
     An existing `final` is replaced only at the very end, so readers never see a
-    half-written result and a failure leaves the old one untouched.
+    half-written result and a failure leaves the old one untouched (and no temporary
+    files). `final` should be resolved (:func:`output_path`): a symlink is replaced as a
+    link, not followed.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a bundle should be shareable like any new folder
     target = tmp if is_dir else tmp / final.name
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
     try:
         yield target
+        _share(target)
         if final.exists() or final.is_symlink():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
             os.replace(final, old)
-            os.replace(target, final)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+            try:
+                os.replace(target, final)
+            except OSError:
+                os.replace(old, final)  # put the previous output back
+                raise
         else:
             os.replace(target, final)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif leftover.exists() or leftover.is_symlink():
+                leftover.unlink()
 
 
 def check_replaceable(folder: Path, pattern: str) -> None:

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from .bundle import MAP_CACHE_BYTES
-from .config import ModelConfig
+from .config import ModelConfig, TrainConfig
 from .encoding import grid_resolutions, level_rows
 from .errors import AtlasInputError
 from .model import ALPHA_BASE, COLOUR_BASE, RESIDUAL_BASE, FrameGeometry, frame_grid_finest
@@ -34,6 +34,8 @@ HOST_BASE_BYTES = 0.8e9  # the interpreter, torch, OpenCV
 MAP_BYTES_PER_PIXEL = 12.0
 MAP_BYTES_PER_PIXEL_PER_LAYER = 12.0
 TABLE_COPIES_TRAINING = 4
+ACTIVATION_COPIES = 3  # an activation, its saved copy for backward, its gradient
+DEFAULT_BATCH = TrainConfig.batch
 # On a GPU the step reads the frames (12 bytes per pixel), forward flow (8), its validity
 # (1) and masks (4) from device memory: counted from those dtypes, not measured on a GPU.
 DEVICE_BYTES_PER_PIXEL = 25.0
@@ -125,17 +127,35 @@ def table_bytes(num_frames: int, height: int, width: int, model: ModelConfig) ->
     return rows * 2 * 4  # 2 float32 features per row
 
 
-def estimate(num_frames: int, height: int, width: int, model: ModelConfig, map_cache: int = MAP_CACHE_BYTES) -> tuple[float, float]:
+def network_bytes(model: ModelConfig, batch: int) -> int:
+    """Bytes of the small MLPs while training (weights, gradients and two Adam moments) and
+    of one step's activations (each kept for the backward pass, and its gradient): what a
+    very wide `model.hidden` or large `train.batch` costs, apart from the tables."""
+    layers, hid, n_col = 1 + model.num_foregrounds, model.hidden, model.colour_hidden_layers
+    feats = {"residual": 2 * model.residual_levels, "colour": 2 * model.colour_levels, "alpha": 2 * model.alpha_levels}
+    weights = layers * (feats["residual"] * hid + 2 * hid + feats["colour"] * hid + max(n_col - 1, 0) * hid * hid + 3 * hid)
+    if model.num_foregrounds:
+        weights += feats["alpha"] * hid + hid * model.num_foregrounds
+    # points per step: the batch and its flow targets (1.5 B) through the mappings and the
+    # opacity, the batch (B) through the colours, the rigidity stencil (0.75 B) through each residual
+    per_point = layers * (2.25 * (feats["residual"] + hid) + feats["colour"] + hid * max(n_col, 1))
+    if model.num_foregrounds:
+        per_point += 1.5 * (feats["alpha"] + hid)
+    return int(4 * (TABLE_COPIES_TRAINING * weights + ACTIVATION_COPIES * batch * per_point))
+
+
+def estimate(num_frames: int, height: int, width: int, model: ModelConfig, map_cache: int = MAP_CACHE_BYTES,
+             batch: int = DEFAULT_BATCH) -> tuple[float, float]:
     """(host bytes, GPU bytes when fitting on a GPU) at the fit's peak. `map_cache` caps
-    the frame maps the fit keeps for the bundle."""
+    the frame maps the fit keeps for the bundle; `batch` is train.batch."""
     px = num_frames * height * width
     layers = 1 + model.num_foregrounds
     tables = table_bytes(num_frames, height, width, model)
-    training = TABLE_COPIES_TRAINING * tables + px * HOST_BYTES_PER_PIXEL_TRAINING
+    training = TABLE_COPIES_TRAINING * tables + px * HOST_BYTES_PER_PIXEL_TRAINING + network_bytes(model, batch)
     maps = min(map_cache, px * (MAP_BYTES_PER_PIXEL + MAP_BYTES_PER_PIXEL_PER_LAYER * layers))
     after = tables + px * HOST_BYTES_PER_PIXEL + maps
     host = HOST_BASE_BYTES + max(training, after)
-    gpu = DEVICE_BASE_BYTES + TABLE_COPIES_TRAINING * tables + px * DEVICE_BYTES_PER_PIXEL
+    gpu = DEVICE_BASE_BYTES + TABLE_COPIES_TRAINING * tables + px * DEVICE_BYTES_PER_PIXEL + network_bytes(model, batch)
     return host, gpu
 
 
@@ -156,20 +176,21 @@ def _advice(fits: Callable[[int, int, int], bool], num_frames: int, height: int,
     return f"fit {fewer}a smaller size (--size {w}x{h}), or set {SKIP_ENV}=1 to try anyway"
 
 
-def check_fit_memory(num_frames: int, height: int, width: int, model: ModelConfig, device: torch.device) -> None:
+def check_fit_memory(num_frames: int, height: int, width: int, model: ModelConfig, device: torch.device,
+                     batch: int = DEFAULT_BATCH) -> None:
     """Raise AtlasInputError when the fit would clearly not fit in host (or GPU) memory."""
     if os.environ.get(SKIP_ENV):
         return
-    host, gpu = estimate(num_frames, height, width, model)
+    host, gpu = estimate(num_frames, height, width, model, batch=batch)
     shot = f"{num_frames} frames at {width}x{height}, {1 + model.num_foregrounds} layers"
     have = available_host_memory()
     if have is not None and host > have:
-        advice = _advice(lambda t, h, w: estimate(t, h, w, model)[0] <= have, num_frames, height, width)
+        advice = _advice(lambda t, h, w: estimate(t, h, w, model, batch=batch)[0] <= have, num_frames, height, width)
         raise AtlasInputError(f"this shot needs about {host / 1e9:.1f} GB of memory to fit ({shot}) but {have / 1e9:.1f} GB is "
                               f"available; {advice}")
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
         if gpu > free:
-            advice = _advice(lambda t, h, w: estimate(t, h, w, model)[1] <= free, num_frames, height, width)
+            advice = _advice(lambda t, h, w: estimate(t, h, w, model, batch=batch)[1] <= free, num_frames, height, width)
             raise AtlasInputError(f"this shot needs about {gpu / 1e9:.1f} GB of GPU memory to fit ({shot}) but {free / 1e9:.1f} GB "
                                   f"is free; {advice}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import cv2
 import numpy as np
@@ -16,8 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import FLOW_METHODS
-from .errors import AtlasInputError
+from .errors import AtlasInputError, first_line
 from .io import sequence_files, read_image
+from .meta import BundleCorrupt
+from .weights import load_weights
+
+if TYPE_CHECKING:
+    from .model import FrameGeometry
 
 
 @dataclass
@@ -40,7 +45,16 @@ class Preprocessed:
         }
 
     @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor], flow_method: str, mask_source: str) -> "Preprocessed":
+    def from_tensors(cls, t: dict[str, torch.Tensor], flow_method: str, mask_source: str, geom: "FrameGeometry | None" = None) -> "Preprocessed":
+        """Rebuild from :meth:`tensors` (a bundle's or checkpoint's cache); with `geom`, the
+        shapes are checked against the fitted frames (:class:`BundleCorrupt` if they differ)."""
+        if geom is not None:
+            T, H, W = geom.num_frames, geom.height, geom.width
+            want = {"flow_fwd": (T - 1, H, W, 2), "flow_bwd": (T - 1, H, W, 2), "valid_fwd": (T - 1, H, W),
+                    "valid_bwd": (T - 1, H, W), "masks": (T, H, W)}
+            for key, shape in want.items():
+                if key not in t or tuple(t[key].shape) != shape:
+                    raise BundleCorrupt(f"the preprocessing cache's {key} is missing or not {list(shape)}")
         return cls(
             t["flow_fwd"].float(), t["flow_bwd"].float(), t["valid_fwd"].bool(), t["valid_bwd"].bool(),
             t["masks"].float() / 255.0, flow_method, mask_source,
@@ -96,7 +110,7 @@ def load_raft(path: Path) -> torch.nn.Module:
     """RAFT large or small (detected from the checkpoint), weights loaded without pickle code."""
     from torchvision.models.optical_flow import raft_large, raft_small
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights(path, "RAFT weights")
     for build in (raft_large, raft_small):
         model = build(weights=None)
         try:
@@ -170,9 +184,10 @@ def compute_flow(frames: np.ndarray, method: str = "auto", raft_weights: str | N
 
 
 # ---------------------------------------------------------------- masks
-def read_masks(folder: str | Path, num_frames: int, frame_range: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+def read_masks(folder: str | Path, num_frames: int, frame_range: tuple[int, int], size: tuple[int, int],
+               allow_gaps: bool = False) -> np.ndarray:
     """User masks [T, H, W] in {0, 1}: one image per source frame (or per fitted frame)."""
-    files = sequence_files(str(folder))
+    files = sequence_files(str(folder), allow_gaps)
     start, stop = frame_range
     if len(files) >= stop and len(files) != num_frames:
         files = files[start:stop]
@@ -279,16 +294,20 @@ def sam_model(embed_dim: int, depth: int, num_heads: int, global_attn: list[int]
 def load_sam(path: Path) -> torch.nn.Module:
     """A SAM checkpoint (ViT-B/L/H or any encoder size), its shape read from the weights,
     loaded without pickle code."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights(path, "SAM checkpoint")
     try:
         embed = state["image_encoder.patch_embed.proj.weight"].shape[0]
         depth = sum(1 for k in state if k.startswith("image_encoder.blocks.") and k.endswith(".norm1.weight"))
         rel = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"] for i in range(depth)]
-    except (KeyError, TypeError, AttributeError):
+        heads = embed // rel[0].shape[1]
+    except (KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError):
         raise AtlasInputError(f"{path} is not a segment-anything (SAM) checkpoint") from None
     global_attn = [i for i, r in enumerate(rel) if r.shape[0] != 2 * SAM_WINDOW - 1]
-    model = sam_model(embed, depth, embed // rel[0].shape[1], global_attn)
-    model.load_state_dict(state)
+    model = sam_model(embed, depth, heads, global_attn)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise AtlasInputError(f"{path} is not a complete segment-anything (SAM) checkpoint: {first_line(exc)}") from None
     return model
 
 
@@ -338,11 +357,12 @@ def preprocess(
     sam_prompt: str | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    allow_gaps: bool = False,
 ) -> Preprocessed:
     """Flow + consistency + masks for frames [T, H, W, 3]; `progress` shows the flow's bar."""
     arr = frames.numpy()
     t, h, w, _ = arr.shape
-    user_masks = read_masks(masks_dir, t, frame_range or (0, t), (w, h)) if masks_dir is not None else None
+    user_masks = read_masks(masks_dir, t, frame_range or (0, t), (w, h), allow_gaps) if masks_dir is not None else None
     fwd, bwd, method = compute_flow(arr, flow, raft_weights, device, progress)
     valid_fwd = np.stack([consistency(fwd[i], bwd[i]) for i in range(t - 1)])
     valid_bwd = np.stack([consistency(bwd[i], fwd[i]) for i in range(t - 1)])

@@ -6,12 +6,13 @@ opacity flow consistency + foreground sparsity. Checkpoints allow `--resume`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -25,11 +26,12 @@ from . import __version__
 from .bake import Coverage, bake, texture_size
 from .bundle import FORMAT_VERSION, AtlasBundle, cache_has_room, check_output_dir, layer_names
 from .config import FitConfig, load_config, update_config
-from .errors import AtlasInputError
+from .errors import AtlasInputError, first_line
 from .evaluate import evaluate_frame, psnr
 from .initialise import initial_layout
-from .io import Video, read_video
+from .io import Video, check_not_input, check_writable, output_lock, output_path, parse_frame_range, parse_size, probe_video, read_video
 from .memory import check_fit_memory
+from .meta import BundleMeta, LayerInfo, SourceInfo
 from .model import FrameGeometry, LayeredAtlas
 from .preprocess import Preprocessed, preprocess
 from .quality import QualityStats
@@ -58,14 +60,17 @@ class _Checkpoint:
         save_file(pre.tensors(), str(self.dir / "preprocess.safetensors"))
         (self.dir / "meta.json").write_text(json.dumps(meta))
 
-    def load_preprocess(self, meta: dict[str, Any]) -> Preprocessed | None:
+    def load_preprocess(self, key: str, geom: FrameGeometry) -> Preprocessed | None:
         f, m = self.dir / "preprocess.safetensors", self.dir / "meta.json"
         if not (f.is_file() and m.is_file()):
             return None
-        saved = json.loads(m.read_text())
-        if saved.get("key") != meta["key"]:
-            raise AtlasInputError(f"--resume: {self.dir} was made for a different input or settings; delete it or drop --resume")
-        return Preprocessed.from_tensors(load_file(str(f)), saved["flow"], saved["masks"])
+        with self.corrupt_is_input_error():
+            saved = json.loads(m.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError("meta.json is not an object")
+            if saved.get("key") != key:
+                raise AtlasInputError(f"--resume: {self.dir} was made for a different input or settings; delete it or drop --resume")
+            return Preprocessed.from_tensors(load_file(str(f)), str(saved["flow"]), str(saved["masks"]), geom)
 
     def save_state(self, model: LayeredAtlas, opt: torch.optim.Optimizer, step: int, gen: torch.Generator, elapsed: float) -> None:
         tmp = self.dir / "state.pt.tmp"
@@ -74,7 +79,26 @@ class _Checkpoint:
 
     def load_state(self) -> dict[str, Any] | None:
         f = self.dir / "state.pt"
-        return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+        if not f.is_file():
+            return None
+        with self.corrupt_is_input_error():
+            state = torch.load(f, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not {"model", "optim", "step", "rng", "elapsed"} <= set(state):
+                raise ValueError("state.pt lacks the model, optimiser or step")
+            return state
+
+    @contextlib.contextmanager
+    def corrupt_is_input_error(self) -> Iterator[None]:
+        """A checkpoint that cannot be read back (truncated, edited, not ours) is the user's
+        to delete: one line, not a traceback."""
+        try:
+            yield
+        except AtlasInputError:
+            raise
+        except PermissionError:
+            raise
+        except Exception as exc:  # json, safetensors, torch.load and shape errors come in many types
+            raise AtlasInputError(f"--resume: the checkpoint {self.dir} is corrupt ({first_line(exc)}); delete it or drop --resume") from None
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -117,10 +141,11 @@ def _train(model: LayeredAtlas, video: Video, pre: Preprocessed, cfg: FitConfig,
     gen = torch.Generator(device=device).manual_seed(seed)
     start, elapsed0 = 0, 0.0
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        stepper.load_optimizer(resume_state["optim"])
-        gen.set_state(resume_state["rng"])
-        start, elapsed0 = int(resume_state["step"]), float(resume_state["elapsed"])
+        with ckpt.corrupt_is_input_error():
+            model.load_state_dict(resume_state["model"])
+            stepper.load_optimizer(resume_state["optim"])
+            gen.set_state(resume_state["rng"])
+            start, elapsed0 = int(resume_state["step"]), float(resume_state["elapsed"])
     running, t0 = _RunningPsnr(tc.eval_every), time.perf_counter()
     bar = tqdm(total=tc.iters, initial=start, disable=quiet, desc="fit", unit="it", dynamic_ncols=True)
     step = start
@@ -169,17 +194,23 @@ def fit(
     raft_weights: str | None = None,
     sam_checkpoint: str | None = None,
     sam_prompt: str | None = None,
+    allow_gaps: bool = False,
 ) -> AtlasBundle:
     """Register a video into layered atlases and save the bundle at `out`.
 
     `video` is a movie or image-sequence path, a :class:`Video`, or frames in memory
     ([T, H, W, 3] array or tensor, uint8 or float in [0, 1]; see :func:`read_video`).
+    Everything about the inputs and the output is checked before the slow work starts,
+    and the output is locked for the whole fit, so two fits never write one bundle.
 
     Example:
         >>> bundle = fit("clip.mp4", out="clip.atlas", config="fast")
     """
-    out = Path(out)
+    out = output_path(out)
+    footage = None if isinstance(video, (Video, np.ndarray, torch.Tensor)) else video
+    check_not_input(out, [("the footage", footage), ("--masks", masks), ("--raft-weights", raft_weights), ("--sam-checkpoint", sam_checkpoint)])
     check_output_dir(out)
+    check_writable(out)
     cfg = load_config(config, overrides)
     if flow is not None:
         update_config(cfg, {"preprocess": {"flow": flow}})
@@ -189,30 +220,51 @@ def fit(
         cfg.train.iters = iters
     if time_budget is not None and time_budget <= 0:
         raise AtlasInputError("--time-budget must be positive (seconds)")
-    if masks is not None and not Path(masks).exists():
-        raise AtlasInputError(f"--masks folder not found: {masks}")
+    if masks is not None:
+        if not Path(masks).exists():
+            raise AtlasInputError(f"--masks folder not found: {masks}")
+        if not Path(masks).is_dir():
+            raise AtlasInputError(f"--masks expects a folder of mask images (one per frame), and {masks} is a file")
+    if sam_prompt is not None and sam_checkpoint is None:
+        raise AtlasInputError("--sam-prompt needs --sam-checkpoint (the SAM weights to prompt)")
     dev = pick_device(device)
+    frame_range = parse_frame_range(frames) if isinstance(frames, str) else frames
+    shot_size = parse_size(size) if isinstance(size, str) else size
+    if not isinstance(video, Video):  # refuse a shot too large for memory before decoding it
+        count, w, h = probe_video(video, frame_range, shot_size, allow_gaps)
+        if count:
+            check_fit_memory(count, h, w, cfg.model, dev, cfg.train.batch)
+    with output_lock(out, "atlas fit"):
+        return _fit(video, out, cfg, dev, masks, frame_range, shot_size, time_budget, seed, resume, quiet, raft_weights,
+                    sam_checkpoint, sam_prompt, allow_gaps)
+
+
+def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: FitConfig, dev: torch.device, masks: str | None,
+         frames: tuple[int, int | None] | None, size: tuple[int, int] | None, time_budget: float | None, seed: int, resume: bool,
+         quiet: bool, raft_weights: str | None, sam_checkpoint: str | None, sam_prompt: str | None, allow_gaps: bool) -> AtlasBundle:
+    """The fit itself, once :func:`fit` has checked its arguments and locked `out`."""
     torch.manual_seed(seed)
     cv2.setRNGSeed(seed)
     backend = cuda_ext.resolve_backend(cfg.model.encoding_backend, dev)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    vid = video if isinstance(video, Video) else read_video(video, frames, size)
+    vid = video if isinstance(video, Video) else read_video(video, frames, size, allow_gaps=allow_gaps)
     timings["read_s"] = round(time.perf_counter() - t0, 2)
     T, H, W = vid.frames.shape[:3]
-    check_fit_memory(T, H, W, cfg.model, dev)
+    check_fit_memory(T, H, W, cfg.model, dev, cfg.train.batch)
     geom = FrameGeometry(T, H, W)
     ckpt = _Checkpoint(out)
     # what a checkpoint must match to be resumed: the model layout (format), inputs,
     # preprocessing and architecture (train/loss settings may change, e.g. more --iters)
     key = json.dumps([FORMAT_VERSION, vid.source, vid.frame_range, [W, H], masks, sam_checkpoint, sam_prompt, seed,
                       cfg.to_dict()["preprocess"], cfg.to_dict()["model"]])
-    pre = ckpt.load_preprocess({"key": key}) if resume else None
+    pre = ckpt.load_preprocess(key, geom) if resume else None
+    resume_state = ckpt.load_state() if resume else None
     t0 = time.perf_counter()
     if pre is None:
         pre = preprocess(vid.frames, cfg.preprocess.flow, masks, vid.frame_range, cfg.preprocess.motion_threshold,
-                         raft_weights, sam_checkpoint, sam_prompt, dev, progress=not quiet)
+                         raft_weights, sam_checkpoint, sam_prompt, dev, progress=not quiet, allow_gaps=allow_gaps)
         ckpt.save_preprocess(pre, {"key": key, "flow": pre.flow_method, "masks": pre.mask_source})
     timings["preprocess_s"] = round(time.perf_counter() - t0, 2)
 
@@ -222,7 +274,6 @@ def fit(
     if not quiet:
         tqdm.write(f"atlas fit: {T} frames {W}x{H}, layers {names}, flow {pre.flow_method}, masks {pre.mask_source}, "
                    f"device {dev.type}, encoding backend {backend}{', compiled step' if cfg.train.compile else ''}")
-    resume_state = ckpt.load_state() if resume else None
     if resume and not quiet:
         start = f"step {resume_state['step']}" if resume_state is not None else "the first step (no checkpoint yet)"
         tqdm.write(f"atlas fit: --resume from {start} in {ckpt.dir}")
@@ -248,21 +299,20 @@ def fit(
     textures = bake(model, cov.masks())
     quality, quality_summary = qstats.result()
     timings["bake_s"] = round(time.perf_counter() - t0, 2)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "tool_version": __version__,
-        "source": {"path": str(Path(vid.source).resolve()) if Path(vid.source).exists() else vid.source, "fps": vid.fps,
-                   "frames": list(vid.frame_range), "num_frames": T, "size": [W, H]},
-        "layers": [{"name": n, "atlas_size": list(textures[n].shape[1::-1]), "uv_range": {"lo": lo[i].tolist(), "hi": hi[i].tolist()}}
-                   for i, n in enumerate(names)],
-        "config": cfg.to_dict(),
-        "metrics": {"psnr_per_frame": per_frame, "psnr_mean": round(float(np.mean(per_frame)), 3), "layers": quality_summary, **stats},
-        "timings": timings,
-        "encoding_backend": backend,
-        "device": dev.type,
-        "seed": seed,
-        "preprocess": {"flow": pre.flow_method, "masks": pre.mask_source},
-    }
+    source_path = str(Path(vid.source).resolve()) if Path(vid.source).exists() else vid.source
+    meta = BundleMeta(
+        format_version=FORMAT_VERSION,
+        tool_version=__version__,
+        source=SourceInfo(source_path, vid.fps, list(vid.frame_range), T, [W, H], list(vid.source_size or (W, H))),
+        layers=[LayerInfo(n, list(textures[n].shape[1::-1]), lo[i].tolist(), hi[i].tolist()) for i, n in enumerate(names)],
+        config=cfg.to_dict(),
+        metrics={"psnr_per_frame": per_frame, "psnr_mean": round(float(np.mean(per_frame)), 3), "layers": quality_summary, **stats},
+        timings=timings,
+        seed=seed,
+        encoding_backend=backend,
+        device=dev.type,
+        preprocess={"flow": pre.flow_method, "masks": pre.mask_source},
+    )
     bundle = AtlasBundle(model.cpu(), meta, textures, pre, quality=quality)
     bundle.remember_maps(maps)
     bundle.save(out)

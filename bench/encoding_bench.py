@@ -96,7 +96,7 @@ def fit_table(iters: int, devices: list[str]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             b = atlas.fit(video, Path(tmp) / "b", "fast", [f"model.encoding_backend={name}", f"train.cuda_graph={str(graph).lower()}"],
                           iters=iters, device=dev.type, quiet=True)
-        its = b.meta["metrics"]["iters_per_s"]
+        its = b.meta.metrics["iters_per_s"]
         if name == "torch":
             reference[dev.type] = its
         ratio = f"{its / reference[dev.type]:.1f}" if dev.type in reference else "-"

@@ -35,11 +35,11 @@ def worker(clip: str, masks: bool, preset: str, budget: float, frames: str, size
                            time_budget=budget, iters=1_000_000 if budget else None, device=device, quiet=True)
         gt = read_video(folder / "masks", frames=frames, size=size).frames[..., 0] > 0.5
         alpha = torch.stack([1.0 - bundle.frame_maps(t).weights[..., 0] for t in range(bundle.num_frames)]) > 0.5
-        m, tm = bundle.meta["metrics"], bundle.meta["timings"]
+        m, tm = bundle.meta.metrics, bundle.meta.timings
     return {
         "clip": clip, "masks": "given" if masks else "none", "preprocess_s": tm["preprocess_s"],
         "reach": m["running_psnr_reached_s"], "psnr": m["psnr_mean"], "iou": float((alpha & gt).sum() / (alpha | gt).sum()),
-        "iters": m["iterations"], "it_s": m["iters_per_s"], "fit_s": tm["fit_s"], "backend": bundle.meta["encoding_backend"],
+        "iters": m["iterations"], "it_s": m["iters_per_s"], "fit_s": tm["fit_s"], "backend": bundle.meta.encoding_backend,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 

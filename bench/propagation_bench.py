@@ -88,7 +88,7 @@ def keyframe_accuracy(tmp: str, iters: int, preset: str) -> None:
     base = chained_flow(clip.frames, truth[0], region[0])
     score = lambda out: [psnr(out[t][region[t]], truth[t][region[t]]) for t in range(1, len(truth)) if region[t].any()]
     a, b = score(ours), score(base)
-    print(f"\nkeyframe edit on a synthetic 160x120x16 clip (fit: preset {preset}, {iters} iterations, recon {bundle.meta['metrics']['psnr_mean']:.1f} dB)")
+    print(f"\nkeyframe edit on a synthetic 160x120x16 clip (fit: preset {preset}, {iters} iterations, recon {bundle.meta.metrics['psnr_mean']:.1f} dB)")
     print(f"{'method':<22} {'mean PSNR':>10} {'min':>6} {'last frame':>11}   (dB inside the edit region, frames 1..15)")
     print(f"{'atlas (ours)':<22} {np.mean(a):>10.2f} {min(a):>6.2f} {a[-1]:>11.2f}")
     print(f"{'chained DIS flow':<22} {np.mean(b):>10.2f} {min(b):>6.2f} {b[-1]:>11.2f}")

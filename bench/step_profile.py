@@ -71,7 +71,7 @@ def main() -> int:
     events = prof.key_averages()
     sort = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, preset {a.preset} "
-          f"{' '.join(a.overrides)}, batch {cfg.train.batch}, backend {bundle.meta['encoding_backend']}")
+          f"{' '.join(a.overrides)}, batch {cfg.train.batch}, backend {bundle.meta.encoding_backend}")
     print(events.table(sort_by=sort, row_limit=a.rows))
     print(f"wall {wall:.2f} ms/step ({1e3 / wall:.1f} it/s, unprofiled)")
     if dev.type == "cuda":

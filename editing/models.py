@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from atlas.errors import AtlasInputError, first_line
+from atlas.weights import load_weights
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub at import: never reach the network
 
@@ -222,7 +223,7 @@ def _hed(weights: str | None) -> Any:
             from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
         net = ControlNetHED_Apache2()
         try:
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            net.load_state_dict(load_weights(path, "HED weights"))
         except (RuntimeError, KeyError, TypeError) as exc:
             raise AtlasInputError(f"{path} is not a ControlNetHED checkpoint: {first_line(exc)}") from None
         _hed_cache[ref] = HEDdetector(net.eval())

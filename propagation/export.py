@@ -67,7 +67,7 @@ def export(bundle: AtlasBundle, out: str | Path) -> Path:
             "uv": {n: f"uv/{n}/%05d.exr" for n in names},
             "stmap": {n: f"stmap/{n}/%05d.exr" for n in names},
             "quality": quality,
-            "metrics": bundle.meta["metrics"],
+            "metrics": bundle.meta.metrics,
             "conventions": CONVENTIONS,
         }
         (tmp / "export.json").write_text(json.dumps(info, indent=2))

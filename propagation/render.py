@@ -56,13 +56,13 @@ def source_frames(bundle: AtlasBundle, frames: torch.Tensor | None = None) -> to
     else (source gone) the bundle's reconstruction, with a warning."""
     w, h = bundle.size
     if frames is None:
-        src = bundle.meta["source"]
-        if src["path"] == ARRAY_SOURCE:
+        src = bundle.meta.source
+        if src.path == ARRAY_SOURCE:
             warnings.warn("the bundle was fitted from frames in memory: pass them again (frames=, or --source on the "
                           "command line) to edit over them; editing the reconstruction instead", stacklevel=2)
             return bundle.render()
         try:
-            frames = read_video(src["path"], frames=tuple(src["frames"]), size=(w, h)).frames
+            frames = read_video(src.path, frames=tuple(src.frames), size=(w, h)).frames
         except AtlasInputError as exc:
             warnings.warn(f"source video unavailable ({exc}); editing the reconstruction instead", stacklevel=2)
             return bundle.render()

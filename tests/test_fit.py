@@ -14,7 +14,7 @@ from atlas.io import Video
 
 
 def test_reconstruction_psnr(fitted):
-    m = fitted.meta["metrics"]
+    m = fitted.meta.metrics
     assert m["psnr_mean"] > 28.0, m
     assert len(m["psnr_per_frame"]) == fitted.num_frames
     assert min(m["psnr_per_frame"]) > 25.0
@@ -120,7 +120,7 @@ def test_fit_frames_in_memory(tiny_video, tmp_path):
 
     u8 = (tiny_video.frames.numpy() * 255 + 0.5).astype(np.uint8)
     bundle = atlas.fit(u8, tmp_path / "a", "fast", iters=3, quiet=True)
-    assert bundle.meta["source"]["path"] == "<array>" and bundle.num_frames == 4
+    assert bundle.meta.source.path == "<array>" and bundle.num_frames == 4
     with pytest.warns(UserWarning, match="fitted from frames in memory"):
         assert torch.equal(source_frames(bundle), bundle.render())
     given = torch.from_numpy(u8.astype(np.float32) / 255)
@@ -138,14 +138,14 @@ def test_atlases_and_quality_do_not_depend_on_the_kept_frame_maps(tiny_video, tm
     for name in kept.layer_names:
         assert np.array_equal(kept.textures[name], streamed.textures[name])
         assert np.array_equal(kept.quality[name], streamed.quality[name])
-    assert kept.meta["metrics"]["layers"] == streamed.meta["metrics"]["layers"]
+    assert kept.meta.metrics["layers"] == streamed.meta.metrics["layers"]
     assert kept.textures["background"][..., 3].mean() > 0  # the comparison is not of empty coverage
 
 
 def test_time_budget_and_resume(tiny_video, tmp_path):
     out = tmp_path / "r"
     first = atlas.fit(tiny_video, out, "fast", ["train.checkpoint_every=5"], iters=10_000, time_budget=1.5, quiet=True)
-    assert 0 < first.meta["metrics"]["iterations"] < 10_000
+    assert 0 < first.meta.metrics["iterations"] < 10_000
     # a checkpoint left by an interrupted run is picked up by --resume
     ckpt = out.with_name(out.name + ".ckpt")
     assert not ckpt.exists()  # a finished fit cleans up after itself
@@ -161,7 +161,7 @@ def test_time_budget_and_resume(tiny_video, tmp_path):
     state = torch.load(saved["dir"] / "state.pt", weights_only=True)
     assert state["step"] == 10
     resumed = atlas.fit(tiny_video, tmp_path / "s", "fast", ["train.checkpoint_every=5"], iters=12, quiet=True, resume=True)
-    assert resumed.meta["metrics"]["iterations"] == 12
+    assert resumed.meta.metrics["iterations"] == 12
     assert not saved["dir"].exists()
 
 
@@ -180,5 +180,5 @@ def test_user_masks_are_used(clip, tmp_path):
         write_png(masks / f"{t:05d}.png", m.numpy())
     video = Video(clip.frames, clip.fps, "synthetic", (0, clip.frames.shape[0]))
     b = atlas.fit(video, tmp_path / "m", "fast", masks=str(masks), iters=3, quiet=True)
-    assert b.meta["preprocess"]["masks"] == "user"
+    assert b.meta.preprocess["masks"] == "user"
     assert torch.equal(b.cache.masks, clip.masks)

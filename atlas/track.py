@@ -1,0 +1,159 @@
+"""Point tracks through the atlas: a query pixel's atlas address, found again in every frame.
+
+A query (x, y, t) takes the (u, v) of one layer there (by default the layer with the
+largest compositing weight) and, in every frame t', solves mapping(x', y', t') = (u, v)
+for (x', y'):
+  * seed: the layer's global transform inverted in closed form (the residual is small
+    where the mapping is healthy); where that does not converge, the nearest sample of a
+    coarse grid of the frame's uv map;
+  * Newton steps on the full mapping (global transform + residual), its 2x2 Jacobian by
+    central differences of a quarter pixel (the hash grid is piecewise linear, so a
+    difference sees more of it than the local derivative does), steps capped in length.
+
+Coordinates are continuous pixels of the fitted frames: the top-left pixel spans 0..1 in
+x and y (so its centre is (0.5, 0.5)). A point is *visible* in a frame when it lies inside
+the frame, the solve converged (within MAX_RESIDUAL_PX atlas pixels of the query's (u, v))
+and the layer's compositing weight there is at least VISIBLE_WEIGHT; its *confidence* is
+that weight times exp(-residual in atlas pixels).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import AtlasInputError
+from .model import LayeredAtlas, LayerMapping
+
+VISIBLE_WEIGHT = 0.5
+MAX_RESIDUAL_PX = 1.0  # atlas pixels: a solve that ends farther from (u, v) found no pre-image
+NEWTON_STEPS = 8
+MAX_STEP_PX = 32.0
+DIFF_PX = 0.25
+GRID_SAMPLES = 96  # coarse uv grid for seeds: this many samples along the frame's long side
+CHUNK = 1 << 16
+
+
+@dataclass
+class Tracks:
+    """Tracks of N query points through the T fitted frames."""
+
+    queries: np.ndarray  # [N, 3] (x, y, t) as asked, continuous pixels of the fitted frames
+    layers: list[str]  # [N] the layer each query follows
+    positions: np.ndarray  # [N, T, 2] float32 (x, y), continuous pixels
+    visible: np.ndarray  # [N, T] bool
+    confidence: np.ndarray  # [N, T] float32 in [0, 1]
+
+    def scaled(self, sx: float, sy: float) -> "Tracks":
+        """The same tracks in pixels scaled by (sx, sy) (e.g. to the source's resolution)."""
+        s = np.array([sx, sy], np.float32)
+        q = self.queries.copy()
+        q[:, :2] *= s
+        return Tracks(q, list(self.layers), self.positions * s, self.visible.copy(), self.confidence.copy())
+
+
+def _layer_uv(mapping: LayerMapping, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """uv [N, 2] of continuous pixel positions p [N, 2] in frames t [N], chunked."""
+    return torch.cat([mapping(p[s : s + CHUNK] - 0.5, t[s : s + CHUNK]) for s in range(0, len(p), CHUNK)])
+
+
+def _global_inverse(mapping: LayerMapping, uv: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Continuous pixels whose global transform in frame t reaches uv (the residual ignored)."""
+    g = mapping.geom
+    canon = mapping.uv_lo + uv * (mapping.uv_hi - mapping.uv_lo)
+    h_inv = torch.linalg.inv(mapping.transforms.detach().double())[t].float()
+    q = torch.einsum("nij,nj->ni", h_inv, torch.cat([canon, torch.ones_like(canon[:, :1])], dim=-1))
+    q = q[:, :2] / torch.where(q[:, 2:].abs() < 1e-9, torch.full_like(q[:, 2:], 1e-9), q[:, 2:])
+    return q * g.scale + torch.tensor([g.width / 2.0, g.height / 2.0])
+
+
+def _newton(mapping: LayerMapping, p: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refine p [N, 2] towards mapping(p, t) = target; returns (p, residual in atlas px)."""
+    px = mapping.pixels_per_uv.detach()
+    h = DIFF_PX
+    offsets = torch.tensor([[0.0, 0.0], [h, 0.0], [-h, 0.0], [0.0, h], [0.0, -h]])
+    n = len(p)
+    for _ in range(NEWTON_STEPS):
+        probe = (p[None] + offsets[:, None]).reshape(-1, 2)
+        uv = _layer_uv(mapping, probe, t.repeat(5)).reshape(5, n, 2) * px
+        f = uv[0] - target * px
+        jac = torch.stack([(uv[1] - uv[2]) / (2 * h), (uv[3] - uv[4]) / (2 * h)], dim=-1)  # [N, 2 (uv), 2 (xy)]
+        det = jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
+        ok = det.abs() > 1e-8
+        inv = torch.stack([torch.stack([jac[:, 1, 1], -jac[:, 0, 1]], -1), torch.stack([-jac[:, 1, 0], jac[:, 0, 0]], -1)], 1)
+        step = torch.einsum("nij,nj->ni", inv, f) / torch.where(ok, det, torch.ones_like(det))[:, None]
+        step = torch.where(ok[:, None], step, torch.zeros_like(step))
+        length = step.norm(dim=-1, keepdim=True)
+        p = p - step * (MAX_STEP_PX / length.clamp_min(MAX_STEP_PX))
+    res = ((_layer_uv(mapping, p, t) - target) * px).norm(dim=-1)
+    return p, res
+
+
+def _grid_seeds(mapping: LayerMapping, targets: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """For each (target uv, frame), the sample of a coarse pixel grid of that frame whose uv
+    is nearest: a seed that does not rely on the global transform."""
+    g = mapping.geom
+    step = max(g.width, g.height) / GRID_SAMPLES
+    xs = torch.arange(step / 2, g.width, step)
+    ys = torch.arange(step / 2, g.height, step)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+    seeds = torch.empty(len(targets), 2)
+    px = mapping.pixels_per_uv.detach()
+    for t in frames.unique().tolist():
+        sel = (frames == t).nonzero().squeeze(1)
+        uv = _layer_uv(mapping, grid, torch.full((len(grid),), t, dtype=torch.long)) * px
+        nearest = torch.cdist(targets[sel] * px, uv).argmin(dim=1)
+        seeds[sel] = grid[nearest]
+    return seeds
+
+
+@torch.no_grad()
+def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = None) -> Tracks:
+    """Tracks of `queries` [N, 3] (x, y, t) through every frame; see the module docstring."""
+    g = model.geom
+    q = np.asarray(queries, np.float64).reshape(-1, 3)
+    if not len(q):
+        raise AtlasInputError("no points to track")
+    frames_q = q[:, 2]
+    if (frames_q != np.round(frames_q)).any() or frames_q.min() < 0 or frames_q.max() >= g.num_frames:
+        bad = q[(frames_q != np.round(frames_q)) | (frames_q < 0) | (frames_q >= g.num_frames)][0]
+        raise AtlasInputError(f"query frame {bad[2]:g} is not a frame of this bundle (0..{g.num_frames - 1})")
+    outside = (q[:, 0] < 0) | (q[:, 0] > g.width) | (q[:, 1] < 0) | (q[:, 1] > g.height)
+    if outside.any():
+        x, y = q[outside][0, :2]
+        raise AtlasInputError(f"point ({x:g}, {y:g}) lies outside the {g.width}x{g.height} frame")
+    if layer is not None and layer not in model.layer_names:
+        raise AtlasInputError(f"no layer {layer!r} in this bundle; layers: {', '.join(model.layer_names)}")
+    model = model.cpu().eval()
+    n, T = len(q), g.num_frames
+    qp = torch.from_numpy(q[:, :2]).float()
+    qt = torch.from_numpy(q[:, 2]).long()
+    weights_q = model.layer_weights(model.alpha(qp - 0.5, qt))
+    chosen = torch.full((n,), model.layer_names.index(layer)) if layer else weights_q.argmax(dim=1)
+    positions = torch.zeros(n, T, 2)
+    residual = torch.full((n, T), float("inf"))
+    frames = torch.arange(T).repeat(n)
+    for li in chosen.unique().tolist():
+        rows = (chosen == li).nonzero().squeeze(1)
+        mapping = model.mappings[li]
+        target = _layer_uv(mapping, qp[rows], qt[rows]).repeat_interleave(T, dim=0)
+        t_all = frames[: len(rows) * T]
+        p, res = _newton(mapping, _global_inverse(mapping, target, t_all), t_all, target)
+        retry = (res > MAX_RESIDUAL_PX).nonzero().squeeze(1)
+        if len(retry):
+            p2, res2 = _newton(mapping, _grid_seeds(mapping, target[retry], t_all[retry]), t_all[retry], target[retry])
+            better = res2 < res[retry]
+            p[retry[better]], res[retry[better]] = p2[better], res2[better]
+        positions[rows] = p.reshape(len(rows), T, 2)
+        residual[rows] = res.reshape(len(rows), T)
+    flat = positions.reshape(-1, 2)
+    w_all = torch.cat([model.layer_weights(model.alpha(flat[s : s + CHUNK] - 0.5, frames[s : s + CHUNK]))
+                       for s in range(0, len(flat), CHUNK)])
+    weight = w_all.gather(1, chosen.repeat_interleave(T)[:, None]).reshape(n, T)
+    inside = (positions[..., 0] >= 0) & (positions[..., 0] <= g.width) & (positions[..., 1] >= 0) & (positions[..., 1] <= g.height)
+    visible = inside & (residual <= MAX_RESIDUAL_PX) & (weight >= VISIBLE_WEIGHT)
+    confidence = torch.where(torch.isfinite(residual), weight * torch.exp(-residual), torch.zeros_like(weight))
+    positions[torch.arange(n), qt] = qp  # the query itself, exactly
+    return Tracks(q.astype(np.float32), [model.layer_names[i] for i in chosen.tolist()], positions.numpy(), visible.numpy(),
+                  confidence.clamp(0, 1).numpy().astype(np.float32))

@@ -1,0 +1,151 @@
+"""Point tracking through the atlas, scored with the TAP-Vid protocol.
+
+    python bench/track_bench.py [--presets fast default] [--budget 90] [--size 427x240]
+                                [--clips blackswan ...] [--device auto] [--set key=value ...]
+
+For every clip (the shared DAVIS clips with their human-annotated TAP-Vid tracks, first
+32 frames, and a synthetic clip with exact ground truth), fits a bundle for `--budget`
+seconds, queries each ground-truth track at its first visible frame, and scores the atlas's
+tracks (atlas.track_metrics: delta_avg, average Jaccard, occlusion accuracy, in 256x256
+coordinates) beside two baselines on the same frames: chained OpenCV DIS flow (never
+occluded) and zero motion. Each fit runs in a fresh subprocess. Prints one table per
+preset with the means, and the time to track 1,000 points through the frames.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+CLIPS = ["blackswan", "bmx-trees", "car-shadow", "dance-twirl", "drift-chicane", "motocross-jump", "paragliding-launch"]
+SYNTHETIC = "synthetic"
+FRAMES = 32
+
+
+def synthetic_truth(width: int, height: int, n: int = 256, seed: int = 0):
+    """A synthetic clip and ground-truth tracks: background points (hidden while the sprite
+    covers them or outside the frame) and sprite points, queried on frame 0."""
+    from atlas.synthetic import make_clip
+
+    clip = make_clip(num_frames=FRAMES, width=width, height=height, seed=seed)
+    rng = np.random.default_rng(seed)
+    p0 = rng.uniform([1, 1], [width - 1, height - 1], (n, 2))
+    centre, radius = clip.sprite_centre, clip.sprite_radius
+    on_sprite = ((p0 - centre[0]) ** 2).sum(-1) < radius**2
+    bg = p0[:, None] - (clip.camera - clip.camera[0])[None]
+    fg = p0[:, None] + (centre - centre[0])[None]
+    points = np.where(on_sprite[:, None, None], fg, bg)
+    covered = ((points - centre[None]) ** 2).sum(-1) < radius**2
+    outside = (points[..., 0] < 0) | (points[..., 0] > width) | (points[..., 1] < 0) | (points[..., 1] > height)
+    occluded = outside | (covered & ~on_sprite[:, None])
+    return clip, points.astype(np.float32), occluded
+
+
+def worker(clip: str, preset: str, budget: float, size: str, device: str, overrides: list[str]) -> dict:
+    import atlas
+    from atlas.io import Video, parse_size, read_video
+    from atlas.preprocess import dis_flow
+    from atlas.track_metrics import chained_flow_tracks, query_first, tapvid_metrics
+
+    w, h = parse_size(size)
+    if clip == SYNTHETIC:
+        synth, points, occluded = synthetic_truth(w, h)
+        video = Video(synth.frames, synth.fps, SYNTHETIC, (0, FRAMES))
+    else:
+        video = read_video(DATA / "davis" / clip / "frames", frames=(0, FRAMES), size=(w, h))
+        gt = np.load(DATA / "tapvid" / f"{clip}.npz")
+        points = gt["points"] * np.array([w / float(gt["width"]), h / float(gt["height"])], np.float32)
+        occluded = gt["occluded"]
+    seen = ~occluded.all(axis=1)
+    points, occluded = points[seen], occluded[seen]
+    q = query_first(occluded)
+    queries = np.concatenate([points[np.arange(len(q)), q], q[:, None].astype(np.float32)], axis=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = atlas.fit(video, Path(tmp) / "b", preset, overrides, time_budget=budget, iters=1_000_000 if budget else None,
+                           device=device, quiet=True)
+    t0 = time.perf_counter()
+    tracks = bundle.track(queries)
+    track_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    grid = np.stack(np.meshgrid(np.linspace(1, w - 1, 40), np.linspace(1, h - 1, 25)), -1).reshape(-1, 2)
+    bundle.track(np.concatenate([grid, np.zeros((len(grid), 1))], 1))
+    thousand_s = time.perf_counter() - t0
+    frames = video.frames.numpy()
+    fwd, _ = dis_flow(frames)
+    never = np.zeros_like(occluded)
+    scores = {
+        "atlas": tapvid_metrics(points, occluded, tracks.positions, ~tracks.visible, (w, h)),
+        "dis": tapvid_metrics(points, occluded, chained_flow_tracks(fwd, queries), never, (w, h)),
+        "zero": tapvid_metrics(points, occluded, np.repeat(queries[:, None, :2], FRAMES, 1), never, (w, h)),
+    }
+    m = bundle.meta
+    return {"clip": clip, "psnr": m.metrics["psnr_mean"], "fit_s": m.timings["fit_s"], "tracks": len(queries), "track_s": track_s,
+            "thousand_s": thousand_s, "atlas_size": [layer.atlas_size for layer in m.layers], **scores}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["fast", "default"])
+    p.add_argument("--budget", type=float, default=90.0, help="fitting seconds per clip (0: the preset's iterations)")
+    p.add_argument("--size", default="427x240")
+    p.add_argument("--clips", nargs="+", default=CLIPS + [SYNTHETIC])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--json", help="also write every row to this JSON file")
+    p.add_argument("--worker", nargs=2, metavar=("CLIP", "PRESET"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        print(json.dumps(worker(a.worker[0], a.worker[1], a.budget, a.size, a.device, a.overrides)))
+        return 0
+    clips = [c for c in a.clips if c == SYNTHETIC or (DATA / "davis" / c).is_dir()]
+    if len(clips) < len(a.clips):
+        print(f"skipping clips not found under {DATA}: {sorted(set(a.clips) - set(clips))}")
+    rows = []
+    for preset in a.presets:
+        print(f"\npreset {preset}, {a.size}, first {FRAMES} frames, fit budget {a.budget:g} s, device {a.device}")
+        head = f"{'clip':<20}{'PSNR':>7}{'fit s':>7}{'d_avg':>7}{'AJ':>7}{'OA':>7}{'DIS d':>7}{'DIS AJ':>7}{'zero d':>7}  bg atlas"
+        print(head)
+        print("-" * len(head))
+        done = []
+        for clip in clips:
+            cmd = [sys.executable, __file__, "--worker", clip, preset, "--budget", str(a.budget), "--size", a.size, "--device", a.device]
+            for o in a.overrides:
+                cmd += ["--set", o]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                print(f"{clip:<20} failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
+                continue
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            r["preset"] = preset
+            done.append(r)
+            bg = r["atlas_size"][0]
+            print(f"{clip:<20}{r['psnr']:>7.2f}{r['fit_s']:>7.0f}{r['atlas']['delta_avg']:>7.1f}{r['atlas']['aj']:>7.1f}"
+                  f"{r['atlas']['oa']:>7.1f}{r['dis']['delta_avg']:>7.1f}{r['dis']['aj']:>7.1f}{r['zero']['delta_avg']:>7.1f}  {bg[0]}x{bg[1]}",
+                  flush=True)
+        for label, sel in (("mean (real clips)", [r for r in done if r["clip"] != SYNTHETIC]), ("mean (all)", done)):
+            if sel:
+                mean = lambda f: float(np.mean([f(r) for r in sel]))
+                print(f"{label:<20}{mean(lambda r: r['psnr']):>7.2f}{mean(lambda r: r['fit_s']):>7.0f}"
+                      f"{mean(lambda r: r['atlas']['delta_avg']):>7.1f}{mean(lambda r: r['atlas']['aj']):>7.1f}"
+                      f"{mean(lambda r: r['atlas']['oa']):>7.1f}{mean(lambda r: r['dis']['delta_avg']):>7.1f}"
+                      f"{mean(lambda r: r['dis']['aj']):>7.1f}{mean(lambda r: r['zero']['delta_avg']):>7.1f}")
+        if done:
+            below = [r["clip"] for r in done if r["atlas"]["delta_avg"] < r["dis"]["delta_avg"]]
+            print(f"atlas below chained DIS on: {', '.join(below) or 'none'}")
+            print(f"1,000 tracks through {FRAMES} frames: {np.median([r['thousand_s'] for r in done]):.2f} s (median over clips)")
+        rows += done
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Point tracks through the atlas (`bundle.track`, `atlas track`) and the TAP-Vid metrics."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+from atlas.cli import main
+from atlas.track_metrics import chained_flow_tracks, tapvid_metrics
+
+
+def _truth(clip, points: np.ndarray):
+    """Ground truth of frame-0 points of the synthetic clip: (positions [N, T, 2], on the
+    sprite [N], hidden [N, T] (a background point under the sprite, or out of frame))."""
+    centre, radius = clip.sprite_centre, clip.sprite_radius
+    on_sprite = ((points - centre[0]) ** 2).sum(-1) < radius**2
+    bg = points[:, None] - (clip.camera - clip.camera[0])[None]
+    fg = points[:, None] + (centre - centre[0])[None]
+    pos = np.where(on_sprite[:, None, None], fg, bg)
+    h, w = clip.frames.shape[1:3]
+    under = ((pos - centre[None]) ** 2).sum(-1) < radius**2
+    out = (pos[..., 0] < 0) | (pos[..., 0] > w) | (pos[..., 1] < 0) | (pos[..., 1] > h)
+    return pos, on_sprite, out | (under & ~on_sprite[:, None])
+
+
+def test_tracks_follow_background_and_sprite(fitted, clip):
+    rng = np.random.default_rng(0)
+    pts = rng.uniform([4, 4], [76, 56], (300, 2))
+    centre, radius = clip.sprite_centre[0], clip.sprite_radius
+    d = np.sqrt(((pts - centre) ** 2).sum(-1))
+    pts = pts[(d < radius - 3) | (d > radius + 3)]  # away from the silhouette, where layers blend
+    truth, on_sprite, hidden = _truth(clip, pts)
+    tracks = fitted.track([(x, y, 0) for x, y in pts])
+    assert tracks.positions.shape == (len(pts), clip.frames.shape[0], 2)
+    assert [name == "foreground" for name in tracks.layers] == list(on_sprite)
+    err = np.linalg.norm(tracks.positions - truth, axis=-1)
+    shown = ~hidden
+    # tolerances (pixels of the 80x60 frames, 350 steps): the sprite's mapping drifts more
+    for layer, (median, p90) in ((~on_sprite, (0.5, 1.5)), (on_sprite, (1.5, 3.0))):
+        e = err[layer][shown[layer]]
+        assert np.median(e) < median and np.quantile(e, 0.9) < p90, (np.median(e), np.quantile(e, 0.9))
+    assert np.array_equal(tracks.positions[:, 0], pts.astype(np.float32))  # the query frame holds the query
+    # visibility: mostly right, and a background point is hidden while the sprite covers it
+    assert (tracks.visible == shown).mean() > 0.9
+    covered = hidden & ~on_sprite[:, None] & (err < 50)
+    assert covered.sum() > 10 and (~tracks.visible[covered]).mean() > 0.8
+    assert tracks.confidence[tracks.visible].min() >= 0.3
+
+
+def test_source_size_queries_are_scaled(fitted, clip):
+    fitted.meta.source.source_size = [160, 120]  # as if fitted with --size from a 160x120 source
+    try:
+        a = fitted.track([(20.0, 20.0, 0)])
+        b = fitted.track([(40.0, 40.0, 0)], source_size=True)
+    finally:
+        fitted.meta.source.source_size = None
+    assert np.allclose(b.positions, 2 * a.positions, atol=1e-4) and np.array_equal(a.visible, b.visible)
+
+
+def test_tapvid_metrics_on_a_hand_computed_case():
+    # 2 tracks x 3 frames, frames 256x256 so pixels are metric pixels
+    gt = np.array([[[10, 10], [10, 10], [10, 10]], [[50, 50], [50, 50], [50, 50]]], float)
+    occ = np.array([[False, False, False], [True, False, True]])  # track 2 is queried on frame 1
+    pred = gt.copy()
+    pred[0, 1] += [3, 0]  # 3 px off: within 4, 8, 16
+    pred[0, 2] += [0, 20]  # 20 px off: within none
+    pred_occ = np.array([[False, False, False], [False, False, False]])  # track 2, frame 2: visible, but hidden in truth
+    m = tapvid_metrics(gt, occ, pred, pred_occ, (256, 256))
+    # evaluated (after each query frame): track 1 frames 1 and 2 (visible); track 2 frame 2 (hidden)
+    # delta per threshold 1, 2, 4, 8, 16 of the 2 visible points: 0, 0, 1/2, 1/2, 1/2 -> 30
+    assert m["delta_avg"] == pytest.approx(30.0)
+    # Jaccard: true positives 0, 0, 1, 1, 1; false positives (predicted visible but hidden, or
+    # too far) 3, 3, 2, 2, 2; TP / (2 + FP): 0, 0, 1/4, 1/4, 1/4 -> 15
+    assert m["aj"] == pytest.approx(15.0)
+    assert m["oa"] == pytest.approx(100 * 2 / 3)  # track 2's frame 2 is called visible
+    # coordinates are scaled to 256x256: the same case on 512x128 frames, x doubled and y halved
+    m2 = tapvid_metrics(gt * [2, 0.5], occ, pred * [2, 0.5], pred_occ, (512, 128))
+    assert m2 == pytest.approx(m)
+
+
+def test_chained_flow_baseline_integrates_the_flow():
+    flow = np.zeros((3, 20, 30, 2), np.float32)
+    flow[..., 0] = 1.5  # everything moves 1.5 px right per frame
+    flow[1, ..., 1] = -2.0
+    pos = chained_flow_tracks(flow, np.array([[5.0, 10.0, 0.0], [8.0, 8.0, 2.0]]))
+    assert np.allclose(pos[0], [[5, 10], [6.5, 10], [8, 8], [9.5, 8]])
+    assert np.allclose(pos[1], [[8, 8], [8, 8], [8, 8], [9.5, 8]])
+
+
+def _read_nuke_tracks(text: str) -> list[dict[str, dict[int, float]]]:
+    """track_x / track_y keys of each track of a Tracker4 node, parsed back."""
+    def curve(body: str) -> dict[int, float]:
+        keys, frame = {}, None
+        for tok in body.split():
+            if tok.startswith("x"):
+                frame = int(tok[1:])
+            elif tok != "K":
+                keys[frame] = float(tok)
+                frame += 1
+        return keys
+
+    out = []
+    for row in re.findall(r'^ \{ \{curve K x\d+ 1\} "track \d+" (.*)$', text, flags=re.M):
+        curves = re.findall(r"\{curve ([^}]*)\}", row)
+        out.append({"x": curve(curves[0]), "y": curve(curves[1])})
+    return out
+
+
+@pytest.fixture()
+def bundle_path(fitted):
+    return str(fitted.path)
+
+
+def test_cli_track_writes_csv_json_and_nuke(fitted, bundle_path, tmp_path):
+    args = ["track", bundle_path, "--point", "20,30", "--point", "60.5,15.25@3", "--quiet"]
+    for ext in ("csv", "json", "nk"):
+        assert main([*args, "-o", str(tmp_path / f"t.{ext}")]) == 0
+    ref = fitted.track([(20, 30, 0), (60.5, 15.25, 3)])
+    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert len(rows) == 2 * fitted.num_frames and set(rows[0]) == {"track", "frame", "x", "y", "visible", "confidence"}
+    r = rows[fitted.num_frames + 5]
+    assert (int(r["track"]), int(r["frame"])) == (1, 5)
+    assert float(r["x"]) == pytest.approx(ref.positions[1, 5, 0], abs=1e-3) and int(r["visible"]) == ref.visible[1, 5]
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["size"] == list(fitted.size) and data["tracks"][1]["query"] == [60.5, 15.25, 3.0]
+    assert data["tracks"][0]["y"] == pytest.approx(ref.positions[0, :, 1], abs=1e-3)
+    nuke = _read_nuke_tracks((tmp_path / "t.nk").read_text())
+    assert len(nuke) == 2 and "Tracker4 {" in (tmp_path / "t.nk").read_text()
+    h = fitted.size[1]
+    for i in range(2):
+        frames = [t for t in range(fitted.num_frames) if ref.visible[i, t]]
+        assert sorted(nuke[i]["x"]) == [t + 1 for t in frames]  # keyed where visible, Nuke frames from 1
+        for t in frames:
+            assert nuke[i]["x"][t + 1] == pytest.approx(ref.positions[i, t, 0], abs=1e-3)
+            assert nuke[i]["y"][t + 1] == pytest.approx(h - ref.positions[i, t, 1], abs=1e-3)  # bottom-left origin
+
+
+def test_cli_track_grid_and_points_file(fitted, bundle_path, tmp_path):
+    pts = tmp_path / "pts.csv"
+    pts.write_text("x,y,t\n10,10,0\n30.5,40,2\n")
+    assert main(["track", bundle_path, "--points", str(pts), "-o", str(tmp_path / "a.json"), "--quiet"]) == 0
+    assert [t["query"] for t in json.loads((tmp_path / "a.json").read_text())["tracks"]] == [[10, 10, 0], [30.5, 40, 2]]
+    assert main(["track", bundle_path, "--grid", "4x3@1", "-o", str(tmp_path / "g.json"), "--quiet"]) == 0
+    queries = [t["query"] for t in json.loads((tmp_path / "g.json").read_text())["tracks"]]
+    assert len(queries) == 12 and queries[0] == [10.0, 10.0, 1.0] and queries[-1] == [70.0, 50.0, 1.0]
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--point", "500,10"], "outside"),
+    (["--point", "10,10@99"], "not a frame"),
+    (["--point", "ten,10"], "--point expects"),
+    (["--grid", "0x3"], "--grid expects"),
+    (["--point", "10,10", "--layer", "sky"], "no layer 'sky'"),
+    (["--point", "10,10", "--grid", "2x2"], "one way"),
+    ([], "one way"),
+])
+def test_cli_track_bad_input(bundle_path, tmp_path, capsys, extra, match):
+    out = tmp_path / "t.csv"
+    assert main(["track", bundle_path, "-o", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_cli_track_bad_points_file_and_extension(bundle_path, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y\n1,2\n3,four\n")
+    for argv, match in ((["--points", str(bad)], "row 3"), (["--point", "1,1", "-o", str(tmp_path / "t.txt")], ".csv, .json, .nk")):
+        out = ["-o", str(tmp_path / "t.csv")] if "-o" not in argv else []
+        assert main(["track", bundle_path, *argv, *out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert match in err and len(err.splitlines()) == 1, err
