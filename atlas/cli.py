@@ -193,6 +193,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("per frame: " + " ".join(f"{p:.1f}" for p in met["psnr_per_frame"]))
     for layer in info["layers"]:
         print(f"mapping:   {layer['name']:<14} {_mapping_quality(met.get('layers', {}).get(layer['name'], {}))}")
+    for line in met.get("warnings", []):
+        print(f"warning:   {line}")
     print(f"fit:       {met['iterations']} iterations, {info['timings']['fit_s']:.1f} s on {info['device']}, encoding backend {info['encoding_backend']}")
     print(f"inputs:    flow {info['preprocess']['flow']}, masks {info['preprocess']['masks']}, seed {info['seed']}")
     return 0
@@ -224,8 +226,14 @@ def _mapping_quality(q: dict) -> str:
         value = q.get(key)
         return format(scale * value, fmt) if isinstance(value, (int, float)) else "n/a"
 
-    return (f"flow drift {num('flow_consistency_px_mean', '.2f')} px (p95 {num('flow_consistency_px_p95', '.2f')}), "
+    line = (f"flow drift {num('flow_consistency_px_mean', '.2f')} px (p95 {num('flow_consistency_px_p95', '.2f')}), "
+            f"long-range {num('long_range_px_mean', '.2f')} px (p95 {num('long_range_px_p95', '.2f')}), "
             f"unreliable {num('unreliable_fraction', '.1f', 100.0)}% of the atlas")
+    if "motion_model" in q:
+        extent = q.get("extent_frames") or [0, 0]
+        line += f", {q['motion_model']} motion, extent {extent[0]:.1f} x {extent[1]:.1f} frames"
+        line += ", DEGENERATE" if q.get("degenerate") else ""
+    return line
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -87,6 +87,10 @@ class LossConfig:
     """Initial weight of the mask bootstrapping BCE; decays linearly to 0."""
     mask_anneal: float = field(default=0.5, metadata=limits(0.0, 1.0))
     """Fraction of the iterations over which the mask weight decays."""
+    long_range: float = field(default=0.005, metadata=limits(0.0))
+    """Weight of long-range consistency: both ends of a long-range correspondence (frames
+    up to preprocess.long_range_stride apart) land on the same atlas point (atlas px,
+    Charbonnier, weighted by layer opacity), so errors cannot add up along the shot."""
     alpha_flow: float = field(default=0.05, metadata=limits(0.0))
     """Weight of foreground opacity consistency along the flow."""
     sparsity: float = field(default=0.002, metadata=limits(0.0))
@@ -125,7 +129,12 @@ class PreprocessConfig:
     flow: str = field(default="auto", metadata=choices(*FLOW_METHODS))
     """Optical flow: auto (RAFT if weights are local, else DIS) | raft | dis."""
     motion_threshold: float = field(default=0.0, metadata=limits(0.0))
-    """Motion-bootstrap mask: flow deviation (pixels) from the camera motion; 0 = automatic (Otsu)."""
+    """Motion-bootstrap mask: flow deviation (pixels) from the camera motion; 0 = automatic (atlas.preprocess.motion_masks)."""
+    long_range_stride: int = field(default=16, metadata=limits(0, 256))
+    """Longest stride (frames) of the long-range correspondences (flow between frames t and
+    t + k for k = 1, 2, 4, ... up to this; atlas.longrange); 0 turns them off."""
+    long_range_samples: int = field(default=2048, metadata=limits(16, 1 << 16))
+    """Correspondences kept per frame pair and stride."""
 
 
 @dataclass

@@ -1,60 +1,199 @@
-"""Initial per-frame global transforms and atlas extents, estimated from the flow.
+"""Initial per-frame global transforms and atlas extents, from the correspondences.
 
-Background: a homography per frame pair (RANSAC on flow from pixels outside the mask);
-foreground: a similarity on pixels inside the mask. Pairwise motions are chained so each
-frame maps into frame 0's plane; the learnable transforms start here.
+Background: a homography per link (RANSAC on the correspondences outside the mask);
+foreground: a similarity inside it. A link joins frames a and a + k (k = 1, 2, 4, ...;
+atlas.longrange), and frame t is reached from frame 0 over the binary decomposition of t
+(t = 16 + 8 + 2 + 1: four links), so errors add up over log2(t) links, not t.
+
+Every link's motion and every chained transform is checked for conditioning: a motion
+between two frames must be close to rigid (no fold, little change of area, shear or
+perspective), and a frame mapped into the canonical plane must stay a convex, finite,
+not too distorted quadrilateral. A link that fails falls back to a simpler motion model
+(homography -> affine -> similarity -> translation); a chain that still degenerates is
+rebuilt with the simpler model for the whole shot, and the first frame where the richer
+model broke is reported (the camera turned too far for one atlas with that model).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
+from .longrange import consecutive_pairs, groups
 from .model import FrameGeometry
 from .preprocess import Preprocessed
 
 MAX_POINTS = 6000
+MODELS = ("homography", "affine", "similarity", "translation")
+MIN_INLIERS = 0.3  # a motion explaining fewer of its correspondences is not the layer's
+# a link's motion, frame corners mapped: area change, corner angles, perspective (w spread)
+LINK_AREA = (0.6, 1.6)
+LINK_ANGLE_DEG = (55.0, 125.0)
+LINK_W_RATIO = 0.75
+# a chained transform, frame corners mapped into the canonical plane
+CHAIN_AREA = (1.0 / 16.0, 16.0)
+CHAIN_ANGLE_DEG = (30.0, 150.0)
+CHAIN_W_RATIO = 0.25
 
 
-def _pair_motion(flow: np.ndarray, select: np.ndarray, geom: FrameGeometry, kind: str, rng: np.random.Generator) -> np.ndarray | None:
-    """3x3 motion of normalised coordinates from frame t to t+1, or None if unreliable."""
-    ys, xs = np.nonzero(select)
-    if len(xs) < 12:
-        return None
-    if len(xs) > MAX_POINTS:
-        pick = rng.choice(len(xs), MAX_POINTS, replace=False)
-        ys, xs = ys[pick], xs[pick]
-    src = np.stack([xs, ys], -1).astype(np.float32)
-    dst = src + flow[ys, xs]
-    norm = lambda p: ((p + 0.5 - np.array([geom.width / 2, geom.height / 2], np.float32)) / geom.scale).astype(np.float32)
-    a, b = norm(src), norm(dst)
-    thr = 1.0 / geom.scale
+@dataclass
+class Chain:
+    """Transforms [T, 3, 3] of one layer (frame t's normalised coordinates -> frame 0's
+    plane), the motion model they use, and the first frame where a richer model broke."""
+
+    transforms: np.ndarray
+    model: str
+    break_frame: int | None = None
+    broken_model: str | None = None
+
+
+def _corners(geom: FrameGeometry) -> np.ndarray:
+    w, h = geom.width / (2 * geom.scale), geom.height / (2 * geom.scale)
+    return np.array([[-w, -h], [w, -h], [w, h], [-w, h]])
+
+
+def well_conditioned(m: np.ndarray, geom: FrameGeometry, area: tuple[float, float], angle: tuple[float, float], w_ratio: float) -> bool:
+    """Whether the frame's corners mapped by m form a convex quad with finite, same-sign w
+    (min/max at least `w_ratio`), an area ratio in `area` and corner angles in `angle`."""
+    if not np.all(np.isfinite(m)):
+        return False
+    c = _corners(geom)
+    ph = np.c_[c, np.ones(4)] @ m.T
+    w = ph[:, 2]
+    if not (np.all(w > 0) or np.all(w < 0)) or np.abs(w).min() / np.abs(w).max() < w_ratio:
+        return False
+    p = ph[:, :2] / w[:, None]
+    edges = np.roll(p, -1, axis=0) - p
+    cross = edges[:, 0] * np.roll(edges, -1, axis=0)[:, 1] - edges[:, 1] * np.roll(edges, -1, axis=0)[:, 0]
+    if not (np.all(cross > 0) or np.all(cross < 0)):
+        return False
+    quad = 0.5 * abs(np.sum(p[:, 0] * np.roll(p[:, 1], -1) - np.roll(p[:, 0], -1) * p[:, 1]))
+    ratio = quad / (4 * c[1, 0] * c[2, 1])
+    if not area[0] <= ratio <= area[1]:
+        return False
+    prev, nxt = -np.roll(edges, 1, axis=0), edges
+    cos = (prev * nxt).sum(1) / (np.linalg.norm(prev, axis=1) * np.linalg.norm(nxt, axis=1) + 1e-12)
+    deg = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    return bool(np.all((deg >= angle[0]) & (deg <= angle[1])))
+
+
+def _fit(a: np.ndarray, b: np.ndarray, kind: str, thr: float) -> tuple[np.ndarray | None, float]:
+    """(3x3 motion a -> b, inlier share) by RANSAC for one motion model."""
+    if kind == "translation":
+        d = np.median(b - a, axis=0)
+        inl = np.linalg.norm(b - a - d, axis=1) < 3 * thr
+        return np.array([[1.0, 0, d[0]], [0, 1.0, d[1]], [0, 0, 1.0]]), float(inl.mean())
     if kind == "homography":
-        m, _ = cv2.findHomography(a, b, cv2.RANSAC, thr, maxIters=2000, confidence=0.995)
+        m, inl = cv2.findHomography(a, b, cv2.RANSAC, thr, maxIters=2000, confidence=0.995)
     else:
-        m2, _ = cv2.estimateAffinePartial2D(a, b, method=cv2.RANSAC, ransacReprojThreshold=thr, maxIters=2000)
+        est = cv2.estimateAffine2D if kind == "affine" else cv2.estimateAffinePartial2D
+        m2, inl = est(a, b, method=cv2.RANSAC, ransacReprojThreshold=thr, maxIters=2000)
         m = None if m2 is None else np.vstack([m2, [0.0, 0.0, 1.0]])
-    return None if m is None or not np.all(np.isfinite(m)) else m
+    if m is None or inl is None:
+        return None, 0.0
+    return m, float(inl.mean())
+
+
+def link_motion(src: np.ndarray, dst: np.ndarray, geom: FrameGeometry, models: tuple[str, ...], rng: np.random.Generator,
+                min_inliers: float = MIN_INLIERS) -> np.ndarray | None:
+    """Motion of normalised coordinates between two frames from pixel correspondences
+    src -> dst [N, 2]: the first of `models` that explains at least `min_inliers` of them
+    and is well conditioned, else None."""
+    if len(src) < 12:
+        return None
+    if len(src) > MAX_POINTS:
+        pick = rng.choice(len(src), MAX_POINTS, replace=False)
+        src, dst = src[pick], dst[pick]
+    centre = np.array([geom.width / 2, geom.height / 2])
+    a = ((src + 0.5 - centre) / geom.scale).astype(np.float32)
+    b = ((dst + 0.5 - centre) / geom.scale).astype(np.float32)
+    for kind in models:
+        m, inliers = _fit(a, b, kind, 1.0 / geom.scale)
+        if m is not None and inliers >= min_inliers and well_conditioned(m, geom, LINK_AREA, LINK_ANGLE_DEG, LINK_W_RATIO):
+            return m
+    return None
+
+
+def _select(pairs: np.ndarray, masks: np.ndarray, use_mask: str) -> np.ndarray:
+    """Correspondences whose both ends lie in the layer (outside/inside the mask, or all)."""
+    if use_mask == "all":
+        return np.ones(len(pairs), bool)
+    h, w = masks.shape[1:]
+    t, t2 = pairs[:, 0].astype(int), pairs[:, 3].astype(int)
+    x, y = pairs[:, 1].astype(int), pairs[:, 2].astype(int)
+    x2, y2 = np.clip(np.round(pairs[:, 4]), 0, w - 1).astype(int), np.clip(np.round(pairs[:, 5]), 0, h - 1).astype(int)
+    inside = (masks[t, y, x] > 0.5) & (masks[t2, y2, x2] > 0.5)
+    outside = (masks[t, y, x] <= 0.5) & (masks[t2, y2, x2] <= 0.5)
+    return inside if use_mask == "inside" else outside
+
+
+def _stride_pairs(pre: Preprocessed) -> np.ndarray:
+    """The correspondences, or (for a cache without them) stride-1 ones from the flow."""
+    if len(pre.pairs):
+        return pre.pairs.numpy()
+    return consecutive_pairs(pre.flow_fwd.numpy(), pre.valid_fwd.numpy(), MAX_POINTS, np.random.default_rng(0))
+
+
+def _chain(links: dict[tuple[int, int], np.ndarray], num_frames: int) -> np.ndarray:
+    """Transforms from the link motions over the binary decomposition of each frame index;
+    a missing link is replaced by shorter ones, a missing stride-1 link by the previous
+    frame's motion."""
+    out = [np.eye(3)]
+    last = np.eye(3)
+    for t in range(1, num_frames):
+        k = t & -t
+        while k > 1 and (t - k, k) not in links:
+            k //= 2
+        if (t - k, k) in links:
+            m = links[(t - k, k)]
+            if k == 1:
+                last = m
+        else:  # no reliable stride-1 link: assume the motion continues
+            m = last
+        out.append(out[t - k] @ np.linalg.inv(m))
+    arr = np.stack(out)
+    return arr / arr[:, 2:3, 2:3]
+
+
+def first_degenerate(transforms: np.ndarray, geom: FrameGeometry) -> int | None:
+    """The first frame whose transform into the canonical plane is not well conditioned."""
+    for t, h in enumerate(transforms):
+        if not well_conditioned(h, geom, CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO):
+            return t
+    return None
+
+
+def robust_chain(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: str, seed: int = 0) -> Chain:
+    """Transforms of one layer with motion model `kind` (or a simpler one where `kind`
+    degenerates); see the module docstring."""
+    rng = np.random.default_rng(seed)
+    pairs = _stride_pairs(pre)
+    pairs = pairs[_select(pairs, pre.masks.numpy(), use_mask)]
+    by_link = groups(pairs)
+    models = MODELS[MODELS.index(kind):]
+    broke: tuple[int, str] | None = None
+    for i, model in enumerate(models):
+        links = {}
+        for (t, k), rows in sorted(by_link.items()):
+            # a longer link must be explained well, or shorter ones are used; consecutive
+            # frames have no shorter link, so there any well-conditioned motion will do
+            m = link_motion(pairs[rows, 1:3], pairs[rows, 4:6], geom, models[i:], rng, MIN_INLIERS if k > 1 else 0.0)
+            if m is not None:
+                links[(t, k)] = m
+        transforms = _chain(links, geom.num_frames)
+        bad = first_degenerate(transforms, geom)
+        if bad is None or model == models[-1]:
+            return Chain(transforms, model, *(broke or (None, None)))
+        broke = broke or (bad, model)
+    raise AssertionError("unreachable")
 
 
 def chain_transforms(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: str, seed: int = 0) -> np.ndarray:
-    """[T, 3, 3] transforms taking frame t's normalised coords into frame 0's plane.
-
-    `use_mask` is "outside" (background), "inside" (foreground) or "all" pixels.
-    A pair without enough reliable points reuses the previous pair's motion.
-    """
-    rng = np.random.default_rng(seed)
-    flow, valid, masks = pre.flow_fwd.numpy(), pre.valid_fwd.numpy(), pre.masks.numpy()
-    out = [np.eye(3)]
-    last = np.eye(3)
-    for t in range(geom.num_frames - 1):
-        m = masks[t] > 0.5
-        select = valid[t] & {"inside": m, "outside": ~m}.get(use_mask, True)
-        motion = _pair_motion(flow[t], select, geom, kind, rng)
-        last = motion if motion is not None else last
-        out.append(out[-1] @ np.linalg.inv(last))
-    arr = np.stack(out)
-    return arr / arr[:, 2:3, 2:3]
+    """[T, 3, 3] transforms taking frame t's normalised coords into frame 0's plane
+    (`use_mask`: "outside" for the background, "inside" for a foreground, or "all")."""
+    return robust_chain(pre, geom, kind, use_mask, seed).transforms
 
 
 def _apply(h: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -85,17 +224,18 @@ def uv_range(transforms: np.ndarray, geom: FrameGeometry, masks: np.ndarray | No
     return lo - pad, hi + pad
 
 
-def initial_layout(pre: Preprocessed, geom: FrameGeometry, num_fg: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Transforms [layers, T, 3, 3], uv_lo [layers, 2], uv_hi [layers, 2] (background first)."""
+def initial_layout(pre: Preprocessed, geom: FrameGeometry, num_fg: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Chain]]:
+    """Transforms [layers, T, 3, 3], uv_lo [layers, 2], uv_hi [layers, 2] (background first),
+    and each layer's :class:`Chain` (its motion model and where a richer one broke)."""
     masks = pre.masks.numpy()
     has_fg = num_fg > 0 and masks.sum() > 0
-    bg = chain_transforms(pre, geom, "homography", "outside" if has_fg else "all", seed)
-    transforms, los, his = [bg], [], []
-    lo, hi = uv_range(bg, geom, None, 0.02)
+    bg = robust_chain(pre, geom, "homography", "outside" if has_fg else "all", seed)
+    chains, los, his = [bg], [], []
+    lo, hi = uv_range(bg.transforms, geom, None, 0.02)
     los.append(lo), his.append(hi)
     for _ in range(num_fg):
-        fg = chain_transforms(pre, geom, "similarity", "inside", seed) if has_fg else bg
-        lo, hi = uv_range(fg, geom, masks if has_fg else None, 0.15)
-        transforms.append(fg), los.append(lo), his.append(hi)
+        fg = robust_chain(pre, geom, "similarity", "inside", seed) if has_fg else bg
+        lo, hi = uv_range(fg.transforms, geom, masks if has_fg else None, 0.15)
+        chains.append(fg), los.append(lo), his.append(hi)
     f = lambda xs: torch.from_numpy(np.stack(xs)).float()
-    return f(transforms), f(los), f(his)
+    return f([c.transforms for c in chains]), f(los), f(his), chains

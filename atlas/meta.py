@@ -149,6 +149,8 @@ class BundleMeta:
         quality = metrics.get("layers", {})
         if not isinstance(quality, dict) or not all(isinstance(v, dict) for v in quality.values()):
             raise BundleCorrupt("metrics.layers must map layer names to their mapping quality")
+        if not isinstance(metrics.get("warnings", []), list) or not all(isinstance(w, str) for w in metrics.get("warnings", [])):
+            raise BundleCorrupt("metrics.warnings must be a list of lines")
         timings = _need(data, "timings", dict, "")
         pre = data.get("preprocess") or {"flow": "?", "masks": "?"}
         if not isinstance(pre, dict) or not all(isinstance(pre.get(k), str) for k in ("flow", "masks")):

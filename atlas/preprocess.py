@@ -6,7 +6,7 @@ motion (a robust quadratic flow field fitted to the whole frame).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -36,12 +36,13 @@ class Preprocessed:
     masks: torch.Tensor  # [T, H, W] float in [0, 1], foreground = 1
     flow_method: str
     mask_source: str  # user | sam | motion
+    pairs: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 6))  # [M, 6] long-range correspondences (atlas.longrange)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {
             "flow_fwd": self.flow_fwd.half(), "flow_bwd": self.flow_bwd.half(),
             "valid_fwd": self.valid_fwd.to(torch.uint8), "valid_bwd": self.valid_bwd.to(torch.uint8),
-            "masks": (self.masks * 255).round().to(torch.uint8),
+            "masks": (self.masks * 255).round().to(torch.uint8), "pairs": self.pairs.float().contiguous(),
         }
 
     @classmethod
@@ -55,21 +56,24 @@ class Preprocessed:
             for key, shape in want.items():
                 if key not in t or tuple(t[key].shape) != shape:
                     raise BundleCorrupt(f"the preprocessing cache's {key} is missing or not {list(shape)}")
+            if "pairs" in t and (t["pairs"].ndim != 2 or t["pairs"].shape[1] != 6 or not torch.isfinite(t["pairs"]).all()):
+                raise BundleCorrupt("the preprocessing cache's pairs are not finite [M, 6] correspondences")
+        pairs = t["pairs"].float() if "pairs" in t else torch.zeros(0, 6)  # caches from before long-range pairs have none
         return cls(
             t["flow_fwd"].float(), t["flow_bwd"].float(), t["valid_fwd"].bool(), t["valid_bwd"].bool(),
-            t["masks"].float() / 255.0, flow_method, mask_source,
+            t["masks"].float() / 255.0, flow_method, mask_source, pairs,
         )
 
 
 # ---------------------------------------------------------------- flow
-def _grey_u8(frame: np.ndarray) -> np.ndarray:
+def grey_u8(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2GRAY)
 
 
 def dis_flow(frames: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV DIS flow between consecutive frames: (fwd, bwd), each [T-1, H, W, 2]."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    grey = [_grey_u8(f) for f in frames]
+    grey = [grey_u8(f) for f in frames]
     fwd, bwd = _flow_arrays(frames.shape)
     for i in _pairs(len(grey), "flow (DIS)", progress):
         fwd[i] = dis.calc(grey[i], grey[i + 1], None)
@@ -358,8 +362,15 @@ def preprocess(
     device: torch.device | str = "cpu",
     progress: bool = False,
     allow_gaps: bool = False,
+    long_range_stride: int = 0,
+    long_range_samples: int = 2048,
+    seed: int = 0,
 ) -> Preprocessed:
-    """Flow + consistency + masks for frames [T, H, W, 3]; `progress` shows the flow's bar."""
+    """Flow + consistency + masks for frames [T, H, W, 3], and long-range correspondences
+    up to `long_range_stride` frames apart (atlas.longrange; 0: none); `progress` shows
+    the flows' bars."""
+    from .longrange import long_range_pairs
+
     arr = frames.numpy()
     t, h, w, _ = arr.shape
     user_masks = read_masks(masks_dir, t, frame_range or (0, t), (w, h), allow_gaps) if masks_dir is not None else None
@@ -374,7 +385,8 @@ def preprocess(
         masks, source = sam_masks(arr, sam_checkpoint, sam_prompt, device), "sam"
     else:
         masks, source = motion_masks(fwd, bwd, valid_fwd, valid_bwd, motion_threshold), "motion"
+    pairs = long_range_pairs(arr, fwd, bwd, valid_fwd, long_range_stride, long_range_samples, seed, progress)
     return Preprocessed(
         torch.from_numpy(fwd), torch.from_numpy(bwd), torch.from_numpy(valid_fwd), torch.from_numpy(valid_bwd),
-        torch.from_numpy(masks.astype(np.float32)), method, source,
+        torch.from_numpy(masks.astype(np.float32)), method, source, torch.from_numpy(pairs),
     )

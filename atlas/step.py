@@ -25,11 +25,13 @@ from .preprocess import Preprocessed
 
 def step_data(frames: torch.Tensor, pre: Preprocessed, device: torch.device) -> dict[str, torch.Tensor]:
     """What :func:`step_loss` reads, flattened per pixel and moved to `device` once."""
+    long = pre.pairs[pre.pairs[:, 3] - pre.pairs[:, 0] > 1]  # stride 1 is the flow term's
     return {
         "rgb": frames.reshape(-1, 3).to(device),
         "flow": pre.flow_fwd.reshape(-1, 2).to(device),
         "valid": pre.valid_fwd.reshape(-1).to(device),
         "masks": pre.masks.reshape(-1).to(device),
+        "pairs": long.to(device),
     }
 
 
@@ -38,7 +40,9 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
     """(loss, reconstruction MSE) for a batch of pixel indices `idx` into the video.
 
     data: "rgb" [T*H*W, 3], "flow" [(T-1)*H*W, 2], "valid" [(T-1)*H*W] bool, "masks"
-    [T*H*W]; `mask_w` is the annealed mask-bootstrap weight (a 0-dim tensor).
+    [T*H*W], "pairs" [M, 6] long-range correspondences (t, x, y, t2, x2, y2); `mask_w` is
+    the annealed mask-bootstrap weight (a 0-dim tensor). A quarter of the batch's indices,
+    taken modulo M, pick the correspondences of the step (uniform, like the pixels).
     Shapes never depend on the data (no boolean indexing, no `.any()`). Each grid is
     evaluated once per step where possible: the batch and its flow targets go through
     the model together, the rigidity stencil through each residual grid together.
@@ -55,16 +59,26 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
     has_flow = ((t[:half] < T - 1) & data["valid"][fidx]).float()
     xy2 = xy[:half] + data["flow"][fidx]
     t2 = (t[:half] + 1).clamp_max(T - 1)
-    out = model(torch.cat([xy, xy2]), torch.cat([t, t2]), colour_rows=B)
+    pairs = data["pairs"]
+    n_long = q if pairs.shape[0] and lw.long_range > 0 else 0  # static for a fit
+    pts, frames = [xy, xy2], [t, t2]
+    if n_long:
+        pr = pairs.index_select(0, idx[:n_long] % pairs.shape[0])
+        pts += [pr[:, 1:3], pr[:, 4:6]]
+        frames += [pr[:, 0].long(), pr[:, 3].long()]
+    out = model(torch.cat(pts), torch.cat(frames), colour_rows=B)
     mse = losses.reconstruction(out["rgb"], data["rgb"][idx])
     loss = lw.recon * mse
     uv, alpha, weights = out["uv"], out["alpha"], out["weights"]
     flow_w = weights[:half].detach() * has_flow[:, None]
-    loss = loss + lw.flow * losses.flow_consistency(uv[:half], uv[B:], flow_w, px_per_uv)
+    loss = loss + lw.flow * losses.flow_consistency(uv[:half], uv[B : B + half], flow_w, px_per_uv)
+    if n_long:
+        a0, a1 = B + half, B + half + n_long
+        loss = loss + lw.long_range * losses.flow_consistency(uv[a0:a1], uv[a1:], weights[a0:a1].detach(), px_per_uv)
     if model.num_fg:
         loss = loss + mask_w * losses.mask_bootstrap(1.0 - weights[:B, 0], data["masks"][idx])
         loss = loss + lw.sparsity * losses.sparsity(alpha[:B])
-        loss = loss + lw.alpha_flow * losses.alpha_flow(alpha[:half], alpha[B:], has_flow)
+        loss = loss + lw.alpha_flow * losses.alpha_flow(alpha[:half], alpha[B : B + half], has_flow)
     # rigidity of each residual on a quarter of the batch: the pixel and its +x, +y neighbours
     x, y = xy[:q].unbind(-1)
     stencil = torch.cat([xy[:q], torch.stack([x + 1.0, y], -1), torch.stack([x, y + 1.0], -1)])

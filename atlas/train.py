@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +27,7 @@ from . import __version__
 from .bake import Coverage, bake, texture_size
 from .bundle import FORMAT_VERSION, AtlasBundle, cache_has_room, check_output_dir, layer_names
 from .config import FitConfig, load_config, update_config
+from .diagnose import layer_health
 from .errors import AtlasInputError, first_line
 from .evaluate import evaluate_frame, psnr
 from .initialise import initial_layout
@@ -264,12 +266,14 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
     t0 = time.perf_counter()
     if pre is None:
         pre = preprocess(vid.frames, cfg.preprocess.flow, masks, vid.frame_range, cfg.preprocess.motion_threshold,
-                         raft_weights, sam_checkpoint, sam_prompt, dev, progress=not quiet, allow_gaps=allow_gaps)
+                         raft_weights, sam_checkpoint, sam_prompt, dev, progress=not quiet, allow_gaps=allow_gaps,
+                         long_range_stride=cfg.preprocess.long_range_stride, long_range_samples=cfg.preprocess.long_range_samples,
+                         seed=seed)
         ckpt.save_preprocess(pre, {"key": key, "flow": pre.flow_method, "masks": pre.mask_source})
     timings["preprocess_s"] = round(time.perf_counter() - t0, 2)
 
     names = layer_names(cfg.model.num_foregrounds)
-    transforms, lo, hi = initial_layout(pre, geom, cfg.model.num_foregrounds, seed)
+    transforms, lo, hi, chains = initial_layout(pre, geom, cfg.model.num_foregrounds, seed)
     model = LayeredAtlas(geom, cfg.model, names, transforms, lo, hi, backend=cfg.model.encoding_backend).to(dev)
     if not quiet:
         tqdm.write(f"atlas fit: {T} frames {W}x{H}, layers {names}, flow {pre.flow_method}, masks {pre.mask_source}, "
@@ -298,6 +302,12 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
     t0 = time.perf_counter()
     textures = bake(model, cov.masks())
     quality, quality_summary = qstats.result()
+    psnr_mean = round(float(np.mean(per_frame)), 3)
+    health, warns = layer_health(model, pre, chains, textures, psnr_mean)
+    for name in names:
+        quality_summary[name].update(health[name])
+    for line in warns:
+        warnings.warn(line, stacklevel=2)
     timings["bake_s"] = round(time.perf_counter() - t0, 2)
     source_path = str(Path(vid.source).resolve()) if Path(vid.source).exists() else vid.source
     meta = BundleMeta(
@@ -306,7 +316,7 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
         source=SourceInfo(source_path, vid.fps, list(vid.frame_range), T, [W, H], list(vid.source_size or (W, H))),
         layers=[LayerInfo(n, list(textures[n].shape[1::-1]), lo[i].tolist(), hi[i].tolist()) for i, n in enumerate(names)],
         config=cfg.to_dict(),
-        metrics={"psnr_per_frame": per_frame, "psnr_mean": round(float(np.mean(per_frame)), 3), "layers": quality_summary, **stats},
+        metrics={"psnr_per_frame": per_frame, "psnr_mean": psnr_mean, "layers": quality_summary, "warnings": warns, **stats},
         timings=timings,
         seed=seed,
         encoding_backend=backend,

@@ -1,0 +1,89 @@
+"""Long-range correspondences: pixels matched between frames t and t + k, k = 1, 2, 4, ...
+
+Consecutive flow alone lets errors add up along the chain of frames. Here, for each stride
+k (powers of two up to `max_stride`), OpenCV DIS computes the flow between frames t and
+t + k directly, started from the composition of the two stride-k/2 flows (so large
+displacements are found) and kept only where its forward and backward flows agree. A
+sample of the surviving pixels of every (t, k) becomes a correspondence: the fit asks both
+ends to land on the same atlas point (losses.flow_consistency), and the initial global
+transforms are chained over strides (atlas.initialise), so any frame is a few links from
+frame 0 instead of t links.
+
+Correspondences are rows (t, x, y, t2, x2, y2), float32, in the model's pixel coordinates
+(pixel (i, j) is x = i, y = j).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from .preprocess import consistency, grey_u8, warp_sample
+
+COLUMNS = 6
+
+
+def strides(num_frames: int, max_stride: int) -> list[int]:
+    """1, 2, 4, ... up to `max_stride`, each shorter than the shot."""
+    out, k = [], 1
+    while k <= max_stride and k < num_frames:
+        out.append(k)
+        k *= 2
+    return out
+
+
+def _sample(flow: np.ndarray, valid: np.ndarray, t: int, k: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    ys, xs = np.nonzero(valid)
+    if len(xs) > count:
+        pick = rng.choice(len(xs), count, replace=False)
+        ys, xs = ys[pick], xs[pick]
+    f = flow[ys, xs]
+    return np.stack([np.full(len(xs), t), xs, ys, np.full(len(xs), t + k), xs + f[:, 0], ys + f[:, 1]], 1).astype(np.float32)
+
+
+def consecutive_pairs(fwd: np.ndarray, valid_fwd: np.ndarray, per_pair: int, rng: np.random.Generator) -> np.ndarray:
+    """Stride-1 correspondences [M, 6] sampled from the consecutive flow where it is valid."""
+    return np.concatenate([_sample(fwd[t], valid_fwd[t], t, 1, per_pair, rng) for t in range(len(fwd))])
+
+
+def long_range_pairs(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, max_stride: int,
+                     per_pair: int, seed: int = 0, progress: bool = False) -> np.ndarray:
+    """Correspondences [M, 6] of frames [T, H, W, 3] for every stride up to `max_stride`,
+    at most `per_pair` for each (t, k); stride 1 reuses the consecutive flow (fwd, bwd,
+    valid_fwd). Empty when `max_stride` is 0."""
+    rng = np.random.default_rng(seed)
+    T = frames.shape[0]
+    ks = strides(T, max_stride)
+    if not ks:
+        return np.zeros((0, COLUMNS), np.float32)
+    rows = [consecutive_pairs(fwd, valid_fwd, per_pair, rng)]
+    grey = [grey_u8(f) for f in frames]
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    prev_f, prev_b = fwd, bwd
+    todo = sum(T - k for k in ks[1:])
+    bar = tqdm(total=todo, desc="flow (long range)", unit="pair", disable=not progress or not todo, leave=False, dynamic_ncols=True)
+    for k in ks[1:]:
+        h = k // 2
+        cur_f = np.empty((T - k, *fwd.shape[1:]), np.float32)
+        cur_b = np.empty_like(cur_f)
+        for t in range(T - k):
+            # frame t -> t + h -> t + k, and back: the stride-h flows composed start the direct flow
+            init_f = prev_f[t] + warp_sample(prev_f[t + h], prev_f[t])
+            init_b = prev_b[t + h] + warp_sample(prev_b[t], prev_b[t + h])
+            cur_f[t] = dis.calc(grey[t], grey[t + k], np.ascontiguousarray(init_f))
+            cur_b[t] = dis.calc(grey[t + k], grey[t], np.ascontiguousarray(init_b))
+            rows.append(_sample(cur_f[t], consistency(cur_f[t], cur_b[t]), t, k, per_pair, rng))
+            bar.update(1)
+        prev_f, prev_b = cur_f, cur_b
+    bar.close()
+    return np.concatenate(rows)
+
+
+def groups(pairs: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """{(t, k): row indices} of correspondences from frame t to frame t + k."""
+    t, t2 = pairs[:, 0].astype(np.int64), pairs[:, 3].astype(np.int64)
+    key = t * (1 << 20) + (t2 - t)
+    order = np.argsort(key, kind="stable")
+    uniq, start = np.unique(key[order], return_index=True)
+    bounds = list(start[1:]) + [len(order)]
+    return {(int(u >> 20), int(u & ((1 << 20) - 1))): order[s:e] for u, s, e in zip(uniq, start, bounds)}

@@ -1,0 +1,114 @@
+"""Registration that holds: long-range correspondences, conditioned global motion, and the
+checks that say when a layer's mapping is degenerate or drifts."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from atlas.diagnose import DRIFT_PX, layer_health
+from atlas.initialise import CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO, Chain, robust_chain, well_conditioned
+from atlas.longrange import groups, long_range_pairs, strides
+from atlas.model import FrameGeometry
+from atlas.preprocess import Preprocessed, preprocess
+
+
+@pytest.fixture(scope="module")
+def pre_long(clip):
+    return preprocess(clip.frames, flow="dis", long_range_stride=4, long_range_samples=512)
+
+
+def test_long_range_pairs_match_the_true_motion(pre_long, clip):
+    pairs = pre_long.pairs.numpy()
+    assert strides(clip.frames.shape[0], 4) == [1, 2, 4]
+    by = groups(pairs)
+    assert {k for _, k in by} == {1, 2, 4} and all(len(rows) <= 512 for rows in by.values())
+    t, t2 = pairs[:, 0].astype(int), pairs[:, 3].astype(int)
+    xy, xy2 = pairs[:, 1:3], pairs[:, 4:6]
+    # background pixels (off the sprite at both ends) move against the camera
+    c, r = clip.sprite_centre, clip.sprite_radius
+    bg = (((xy + 0.5 - c[t]) ** 2).sum(1) > (r + 2) ** 2) & (((xy2 + 0.5 - c[t2]) ** 2).sum(1) > (r + 2) ** 2)
+    true = xy + (clip.camera[t] - clip.camera[t2])
+    err = np.linalg.norm(xy2 - true, axis=1)
+    for k in (2, 4):
+        sel = bg & (t2 - t == k)
+        assert sel.sum() > 100 and np.median(err[sel]) < 0.3, (k, np.median(err[sel]))
+
+
+def test_stride_chain_follows_the_camera(pre_long, clip):
+    g = FrameGeometry(*clip.frames.shape[:3])
+    chain = robust_chain(pre_long, g, "homography", "outside")
+    assert chain.model == "homography" and chain.break_frame is None
+    p = np.array([[10.0, 12.0], [60.0, 40.0], [33.0, 20.0]])
+    q = (p + 0.5 - [g.width / 2, g.height / 2]) / g.scale
+    for t in range(1, g.num_frames):
+        ph = np.c_[q, np.ones(3)] @ chain.transforms[t].T
+        mapped = ph[:, :2] / ph[:, 2:] * g.scale + [g.width / 2, g.height / 2] - 0.5
+        assert np.abs(mapped - (p + clip.camera[t] - clip.camera[0])).max() < 1.0, t
+
+
+def test_conditioning_rejects_folds_blow_ups_and_strong_perspective():
+    g = FrameGeometry(10, 60, 80)
+    ok = lambda m: well_conditioned(np.asarray(m, float), g, CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO)
+    assert ok(np.eye(3)) and ok(np.diag([2.0, 2.0, 1.0])) and ok([[1, 0.2, 0.1], [-0.1, 1, 0], [0, 0, 1]])
+    assert not ok(np.diag([8.0, 8.0, 1.0]))  # 64x the frame's area
+    assert not ok(np.diag([1.0, -1.0, 1.0]) @ [[1, 3, 0], [0, 1, 0], [0, 0, 1]])  # sheared flat
+    assert not ok([[1, 0, 0], [0, 1, 0], [2.5, 0, 1]])  # the far edge runs off towards the horizon
+    assert not ok([[1, 0, 0], [0, 1, 0], [0, 0, 0]]) and not ok(np.full((3, 3), np.nan))
+
+
+def _pairs_of(motion: np.ndarray, g: FrameGeometry, n_links: int, rng: np.random.Generator) -> torch.Tensor:
+    """Stride-1 correspondences of a camera whose frame-to-frame motion is `motion`
+    (normalised coordinates)."""
+    rows = []
+    centre = np.array([g.width / 2, g.height / 2])
+    for t in range(n_links):
+        xy = rng.uniform([0, 0], [g.width - 1, g.height - 1], (400, 2)).round()
+        q = (xy + 0.5 - centre) / g.scale
+        ph = np.c_[q, np.ones(len(q))] @ motion.T
+        xy2 = ph[:, :2] / ph[:, 2:] * g.scale + centre - 0.5
+        rows.append(np.c_[np.full(len(xy), t), xy, np.full(len(xy), t + 1), xy2])
+    return torch.from_numpy(np.concatenate(rows)).float()
+
+
+def test_a_chain_that_degenerates_falls_back_and_names_the_frame():
+    """A camera turning a little every frame: each link is a fine homography, but chained
+    over the shot its perspective runs off towards the horizon."""
+    T = 40
+    g = FrameGeometry(T, 60, 80)
+    turn = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.12, 0.0, 1.0]])
+    pairs = _pairs_of(turn, g, T - 1, np.random.default_rng(0))
+    empty = torch.zeros(T - 1, 60, 80)
+    pre = Preprocessed(torch.zeros(T - 1, 60, 80, 2), torch.zeros(T - 1, 60, 80, 2), empty.bool(), empty.bool(),
+                       torch.zeros(T, 60, 80), "dis", "motion", pairs)
+    chain = robust_chain(pre, g, "homography", "all")
+    assert chain.broken_model == "homography" and chain.model in ("affine", "similarity", "translation")
+    assert 1 < chain.break_frame < T
+    assert all(well_conditioned(h, g, CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO) for h in chain.transforms)
+
+
+def test_health_flags_a_degenerate_and_a_drifting_layer(fitted):
+    model = copy.deepcopy(fitted.model)
+    chains = [Chain(m.transforms.detach().numpy(), "homography") for m in model.mappings]
+    pre = fitted.cache
+    health, warns = layer_health(model, pre, chains, fitted.textures, 30.0)
+    assert not any(h["degenerate"] for h in health.values()) and not warns, warns
+    with torch.no_grad():
+        model.mappings[0].transforms[5] = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [4.0, 0, 1.0]])
+    # correspondences that disagree by 10 px: the background drifts
+    W, H = fitted.size
+    rng = np.random.default_rng(0)
+    xy = rng.uniform([5, 5], [W - 25, H - 5], (500, 2))
+    bad = np.c_[np.zeros(500), xy, np.full(500, 3), xy + [10.0, 0.0]]
+    drifting = copy.copy(pre)
+    drifting.pairs = torch.from_numpy(bad).float()
+    health, warns = layer_health(model, drifting, chains, fitted.textures, 18.0)
+    assert health["background"]["degenerate"] and health["background"]["degenerate_frame"] == 5
+    assert any("background: the mapping is degenerate from frame 5" in w for w in warns), warns
+    assert any("reconstruction is poor" in w for w in warns)
+    model = copy.deepcopy(fitted.model)
+    health, warns = layer_health(model, drifting, chains, fitted.textures, 30.0)
+    assert health["background"]["long_range_px_mean"] > DRIFT_PX
+    assert any("background: the mapping drifts" in w for w in warns), warns
