@@ -90,9 +90,9 @@ class LossConfig:
     long_range: float = field(default=0.0, metadata=limits(0.0))
     """Weight of long-range consistency: both ends of a long-range correspondence (frames
     up to preprocess.long_range_stride apart) land on the same atlas point (atlas px,
-    Charbonnier, weighted by layer opacity). Off by default: at 0.005 it lowered tracking
-    on bmx-trees and car-shadow (bench/track_bench.py; the correspondences still set the
-    initial transforms and measure drift)."""
+    Charbonnier, weighted by layer opacity). Off by default, as it lowered tracking
+    accuracy in bench/track_bench.py; the correspondences still set the initial
+    transforms and measure drift (atlas.diagnose)."""
     alpha_flow: float = field(default=0.05, metadata=limits(0.0))
     """Weight of foreground opacity consistency along the flow."""
     sparsity: float = field(default=0.002, metadata=limits(0.0))
