@@ -1,14 +1,12 @@
-"""Initial per-frame global transforms and atlas extents, from the correspondences.
+"""Initial per-frame global transforms and atlas extents, from the flow.
 
-Background: a homography per link (RANSAC on the correspondences outside the mask);
-foreground: a similarity inside it. A link joins frames a and a + k (k = 1, 2, 4, ...;
-atlas.longrange), and frame t is reached from frame 0 over the binary decomposition of t
-(t = 16 + 8 + 2 + 1: four links), so errors add up over log2(t) links, not t.
+Background: a homography per consecutive frame pair (RANSAC on the flow outside the
+mask); foreground: a similarity inside it; chained so each frame maps into frame 0's plane.
 
-Every link's motion and every chained transform is checked for conditioning: a motion
+Every pair's motion and every chained transform is checked for conditioning: a motion
 between two frames must be close to rigid (no fold, little change of area, shear or
 perspective), and a frame mapped into the canonical plane must stay a convex, finite,
-not too distorted quadrilateral. A link that fails falls back to a simpler motion model
+not too distorted quadrilateral. A pair that fails falls back to a simpler motion model
 (homography -> affine -> similarity -> translation); a chain that still degenerates is
 rebuilt with the simpler model for the whole shot, and the first frame where the richer
 model broke is reported (the camera turned too far for one atlas with that model).
@@ -21,13 +19,12 @@ import cv2
 import numpy as np
 import torch
 
-from .longrange import consecutive_pairs, groups
+from .longrange import groups, sample_pairs
 from .model import FrameGeometry
 from .preprocess import Preprocessed
 
 MAX_POINTS = 6000
 MODELS = ("homography", "affine", "similarity", "translation")
-MIN_INLIERS = 0.3  # a motion explaining fewer of its correspondences is not the layer's
 # a link's motion, frame corners mapped: area change, corner angles, perspective (w spread)
 LINK_AREA = (0.6, 1.6)
 LINK_ANGLE_DEG = (55.0, 125.0)
@@ -79,28 +76,22 @@ def well_conditioned(m: np.ndarray, geom: FrameGeometry, area: tuple[float, floa
     return bool(np.all((deg >= angle[0]) & (deg <= angle[1])))
 
 
-def _fit(a: np.ndarray, b: np.ndarray, kind: str, thr: float) -> tuple[np.ndarray | None, float]:
-    """(3x3 motion a -> b, inlier share) by RANSAC for one motion model."""
+def _fit(a: np.ndarray, b: np.ndarray, kind: str, thr: float) -> np.ndarray | None:
+    """3x3 motion a -> b by RANSAC for one motion model."""
     if kind == "translation":
         d = np.median(b - a, axis=0)
-        inl = np.linalg.norm(b - a - d, axis=1) < 3 * thr
-        return np.array([[1.0, 0, d[0]], [0, 1.0, d[1]], [0, 0, 1.0]]), float(inl.mean())
+        return np.array([[1.0, 0, d[0]], [0, 1.0, d[1]], [0, 0, 1.0]])
     if kind == "homography":
-        m, inl = cv2.findHomography(a, b, cv2.RANSAC, thr, maxIters=2000, confidence=0.995)
-    else:
-        est = cv2.estimateAffine2D if kind == "affine" else cv2.estimateAffinePartial2D
-        m2, inl = est(a, b, method=cv2.RANSAC, ransacReprojThreshold=thr, maxIters=2000)
-        m = None if m2 is None else np.vstack([m2, [0.0, 0.0, 1.0]])
-    if m is None or inl is None:
-        return None, 0.0
-    return m, float(inl.mean())
+        m, _ = cv2.findHomography(a, b, cv2.RANSAC, thr, maxIters=2000, confidence=0.995)
+        return m
+    est = cv2.estimateAffine2D if kind == "affine" else cv2.estimateAffinePartial2D
+    m2, _ = est(a, b, method=cv2.RANSAC, ransacReprojThreshold=thr, maxIters=2000)
+    return None if m2 is None else np.vstack([m2, [0.0, 0.0, 1.0]])
 
 
-def link_motion(src: np.ndarray, dst: np.ndarray, geom: FrameGeometry, models: tuple[str, ...], rng: np.random.Generator,
-                min_inliers: float = MIN_INLIERS) -> np.ndarray | None:
+def link_motion(src: np.ndarray, dst: np.ndarray, geom: FrameGeometry, models: tuple[str, ...], rng: np.random.Generator) -> np.ndarray | None:
     """Motion of normalised coordinates between two frames from pixel correspondences
-    src -> dst [N, 2]: the first of `models` that explains at least `min_inliers` of them
-    and is well conditioned, else None."""
+    src -> dst [N, 2]: the first of `models` that RANSAC fits well conditioned, else None."""
     if len(src) < 12:
         return None
     if len(src) > MAX_POINTS:
@@ -110,8 +101,8 @@ def link_motion(src: np.ndarray, dst: np.ndarray, geom: FrameGeometry, models: t
     a = ((src + 0.5 - centre) / geom.scale).astype(np.float32)
     b = ((dst + 0.5 - centre) / geom.scale).astype(np.float32)
     for kind in models:
-        m, inliers = _fit(a, b, kind, 1.0 / geom.scale)
-        if m is not None and inliers >= min_inliers and well_conditioned(m, geom, LINK_AREA, LINK_ANGLE_DEG, LINK_W_RATIO):
+        m = _fit(a, b, kind, 1.0 / geom.scale)
+        if m is not None and well_conditioned(m, geom, LINK_AREA, LINK_ANGLE_DEG, LINK_W_RATIO):
             return m
     return None
 
@@ -129,30 +120,24 @@ def _select(pairs: np.ndarray, masks: np.ndarray, use_mask: str) -> np.ndarray:
     return inside if use_mask == "inside" else outside
 
 
-def _stride_pairs(pre: Preprocessed) -> np.ndarray:
-    """The correspondences, or (for a cache without them) stride-1 ones from the flow."""
-    if len(pre.pairs):
-        return pre.pairs.numpy()
-    return consecutive_pairs(pre.flow_fwd.numpy(), pre.valid_fwd.numpy(), MAX_POINTS, np.random.default_rng(0))
+def _layer_pairs(pre: Preprocessed, use_mask: str, rng: np.random.Generator) -> np.ndarray:
+    """Consecutive-frame correspondences of the layer from the dense flow: up to
+    MAX_POINTS of its valid pixels per frame pair."""
+    fwd, valid, masks = pre.flow_fwd.numpy(), pre.valid_fwd.numpy(), pre.masks.numpy()
+    rows = []
+    for t in range(len(fwd)):
+        m = masks[t] > 0.5
+        rows.append(sample_pairs(fwd[t], valid[t] & {"inside": m, "outside": ~m}.get(use_mask, True), t, 1, MAX_POINTS, rng))
+    return np.concatenate(rows)
 
 
-def _chain(links: dict[tuple[int, int], np.ndarray], num_frames: int) -> np.ndarray:
-    """Transforms from the link motions over the binary decomposition of each frame index;
-    a missing link is replaced by shorter ones, a missing stride-1 link by the previous
-    frame's motion."""
-    out = [np.eye(3)]
-    last = np.eye(3)
-    for t in range(1, num_frames):
-        k = t & -t
-        while k > 1 and (t - k, k) not in links:
-            k //= 2
-        if (t - k, k) in links:
-            m = links[(t - k, k)]
-            if k == 1:
-                last = m
-        else:  # no reliable stride-1 link: assume the motion continues
-            m = last
-        out.append(out[t - k] @ np.linalg.inv(m))
+def _chain(links: dict[int, np.ndarray], num_frames: int) -> np.ndarray:
+    """Transforms from the pair motions {t: motion t -> t + 1}; a pair without a reliable
+    motion reuses the previous pair's."""
+    out, last = [np.eye(3)], np.eye(3)
+    for t in range(num_frames - 1):
+        last = links.get(t, last)
+        out.append(out[-1] @ np.linalg.inv(last))
     arr = np.stack(out)
     return arr / arr[:, 2:3, 2:3]
 
@@ -169,19 +154,16 @@ def robust_chain(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: st
     """Transforms of one layer with motion model `kind` (or a simpler one where `kind`
     degenerates); see the module docstring."""
     rng = np.random.default_rng(seed)
-    pairs = _stride_pairs(pre)
-    pairs = pairs[_select(pairs, pre.masks.numpy(), use_mask)]
-    by_link = groups(pairs)
+    pairs = _layer_pairs(pre, use_mask, rng)
+    by_pair = groups(pairs)
     models = MODELS[MODELS.index(kind):]
     broke: tuple[int, str] | None = None
     for i, model in enumerate(models):
         links = {}
-        for (t, k), rows in sorted(by_link.items()):
-            # a longer link must be explained well, or shorter ones are used; consecutive
-            # frames have no shorter link, so there any well-conditioned motion will do
-            m = link_motion(pairs[rows, 1:3], pairs[rows, 4:6], geom, models[i:], rng, MIN_INLIERS if k > 1 else 0.0)
+        for (t, _), rows in sorted(by_pair.items()):
+            m = link_motion(pairs[rows, 1:3], pairs[rows, 4:6], geom, models[i:], rng)
             if m is not None:
-                links[(t, k)] = m
+                links[t] = m
         transforms = _chain(links, geom.num_frames)
         bad = first_degenerate(transforms, geom)
         if bad is None or model == models[-1]:

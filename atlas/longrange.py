@@ -4,10 +4,9 @@ Consecutive flow alone lets errors add up along the chain of frames. Here, for e
 k (powers of two up to `max_stride`), OpenCV DIS computes the flow between frames t and
 t + k directly, started from the composition of the two stride-k/2 flows (so large
 displacements are found) and kept only where its forward and backward flows agree. A
-sample of the surviving pixels of every (t, k) becomes a correspondence: the fit asks both
-ends to land on the same atlas point (losses.flow_consistency), and the initial global
-transforms are chained over strides (atlas.initialise), so any frame is a few links from
-frame 0 instead of t links.
+sample of the surviving pixels of every (t, k) becomes a correspondence. They measure
+whether a fitted layer drifts (atlas.diagnose), and with `loss.long_range` the fit asks
+both ends to land on the same atlas point (losses.flow_consistency).
 
 Correspondences are rows (t, x, y, t2, x2, y2), float32, in the model's pixel coordinates
 (pixel (i, j) is x = i, y = j).
@@ -32,7 +31,8 @@ def strides(num_frames: int, max_stride: int) -> list[int]:
     return out
 
 
-def _sample(flow: np.ndarray, valid: np.ndarray, t: int, k: int, count: int, rng: np.random.Generator) -> np.ndarray:
+def sample_pairs(flow: np.ndarray, valid: np.ndarray, t: int, k: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to `count` correspondences [M, 6] from frame t to t + k, at pixels where `valid`."""
     ys, xs = np.nonzero(valid)
     if len(xs) > count:
         pick = rng.choice(len(xs), count, replace=False)
@@ -43,7 +43,7 @@ def _sample(flow: np.ndarray, valid: np.ndarray, t: int, k: int, count: int, rng
 
 def consecutive_pairs(fwd: np.ndarray, valid_fwd: np.ndarray, per_pair: int, rng: np.random.Generator) -> np.ndarray:
     """Stride-1 correspondences [M, 6] sampled from the consecutive flow where it is valid."""
-    return np.concatenate([_sample(fwd[t], valid_fwd[t], t, 1, per_pair, rng) for t in range(len(fwd))])
+    return np.concatenate([sample_pairs(fwd[t], valid_fwd[t], t, 1, per_pair, rng) for t in range(len(fwd))])
 
 
 def long_range_pairs(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, max_stride: int,
@@ -72,7 +72,7 @@ def long_range_pairs(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid
             init_b = prev_b[t + h] + warp_sample(prev_b[t], prev_b[t + h])
             cur_f[t] = dis.calc(grey[t], grey[t + k], np.ascontiguousarray(init_f))
             cur_b[t] = dis.calc(grey[t + k], grey[t], np.ascontiguousarray(init_b))
-            rows.append(_sample(cur_f[t], consistency(cur_f[t], cur_b[t]), t, k, per_pair, rng))
+            rows.append(sample_pairs(cur_f[t], consistency(cur_f[t], cur_b[t]), t, k, per_pair, rng))
             bar.update(1)
         prev_f, prev_b = cur_f, cur_b
     bar.close()

@@ -59,8 +59,8 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
     has_flow = ((t[:half] < T - 1) & data["valid"][fidx]).float()
     xy2 = xy[:half] + data["flow"][fidx]
     t2 = (t[:half] + 1).clamp_max(T - 1)
-    pairs = data["pairs"]
-    n_long = q if pairs.shape[0] and lw.long_range > 0 else 0  # static for a fit
+    pairs = data.get("pairs")
+    n_long = q if pairs is not None and pairs.shape[0] and lw.long_range > 0 else 0  # static for a fit
     pts, frames = [xy, xy2], [t, t2]
     if n_long:
         pr = pairs.index_select(0, idx[:n_long] % pairs.shape[0])

@@ -37,7 +37,7 @@ def test_long_range_pairs_match_the_true_motion(pre_long, clip):
         assert sel.sum() > 100 and np.median(err[sel]) < 0.3, (k, np.median(err[sel]))
 
 
-def test_stride_chain_follows_the_camera(pre_long, clip):
+def test_chain_follows_the_camera(pre_long, clip):
     g = FrameGeometry(*clip.frames.shape[:3])
     chain = robust_chain(pre_long, g, "homography", "outside")
     assert chain.model == "homography" and chain.break_frame is None
@@ -46,7 +46,7 @@ def test_stride_chain_follows_the_camera(pre_long, clip):
     for t in range(1, g.num_frames):
         ph = np.c_[q, np.ones(3)] @ chain.transforms[t].T
         mapped = ph[:, :2] / ph[:, 2:] * g.scale + [g.width / 2, g.height / 2] - 0.5
-        assert np.abs(mapped - (p + clip.camera[t] - clip.camera[0])).max() < 1.0, t
+        assert np.abs(mapped - (p + clip.camera[t] - clip.camera[0])).max() < 1.5, t
 
 
 def test_conditioning_rejects_folds_blow_ups_and_strong_perspective():
@@ -59,18 +59,14 @@ def test_conditioning_rejects_folds_blow_ups_and_strong_perspective():
     assert not ok([[1, 0, 0], [0, 1, 0], [0, 0, 0]]) and not ok(np.full((3, 3), np.nan))
 
 
-def _pairs_of(motion: np.ndarray, g: FrameGeometry, n_links: int, rng: np.random.Generator) -> torch.Tensor:
-    """Stride-1 correspondences of a camera whose frame-to-frame motion is `motion`
-    (normalised coordinates)."""
-    rows = []
+def _flow_of(motion: np.ndarray, g: FrameGeometry) -> torch.Tensor:
+    """The flow [H, W, 2] of a frame-to-frame motion of normalised coordinates."""
+    ys, xs = np.mgrid[0 : g.height, 0 : g.width].astype(np.float64)
     centre = np.array([g.width / 2, g.height / 2])
-    for t in range(n_links):
-        xy = rng.uniform([0, 0], [g.width - 1, g.height - 1], (400, 2)).round()
-        q = (xy + 0.5 - centre) / g.scale
-        ph = np.c_[q, np.ones(len(q))] @ motion.T
-        xy2 = ph[:, :2] / ph[:, 2:] * g.scale + centre - 0.5
-        rows.append(np.c_[np.full(len(xy), t), xy, np.full(len(xy), t + 1), xy2])
-    return torch.from_numpy(np.concatenate(rows)).float()
+    q = (np.stack([xs, ys], -1).reshape(-1, 2) + 0.5 - centre) / g.scale
+    ph = np.c_[q, np.ones(len(q))] @ motion.T
+    moved = ph[:, :2] / ph[:, 2:] * g.scale + centre - 0.5
+    return torch.from_numpy((moved - np.stack([xs, ys], -1).reshape(-1, 2)).reshape(g.height, g.width, 2)).float()
 
 
 def test_a_chain_that_degenerates_falls_back_and_names_the_frame():
@@ -79,10 +75,9 @@ def test_a_chain_that_degenerates_falls_back_and_names_the_frame():
     T = 40
     g = FrameGeometry(T, 60, 80)
     turn = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.12, 0.0, 1.0]])
-    pairs = _pairs_of(turn, g, T - 1, np.random.default_rng(0))
-    empty = torch.zeros(T - 1, 60, 80)
-    pre = Preprocessed(torch.zeros(T - 1, 60, 80, 2), torch.zeros(T - 1, 60, 80, 2), empty.bool(), empty.bool(),
-                       torch.zeros(T, 60, 80), "dis", "motion", pairs)
+    flow = _flow_of(turn, g).expand(T - 1, -1, -1, -1).contiguous()
+    valid = torch.ones(T - 1, 60, 80, dtype=torch.bool)
+    pre = Preprocessed(flow, -flow, valid, valid, torch.zeros(T, 60, 80), "dis", "motion")
     chain = robust_chain(pre, g, "homography", "all")
     assert chain.broken_model == "homography" and chain.model in ("affine", "similarity", "translation")
     assert 1 < chain.break_frame < T

@@ -82,6 +82,25 @@ def test_batched_step_loss_equals_the_plain_formulation():
     assert torch.allclose(g_step, g_plain, rtol=1e-4, atol=1e-9)
 
 
+def test_long_range_term_matches_its_plain_formulation():
+    model, data, cfg = _setup()
+    cfg.loss.long_range = 0.05
+    HW = GEOM.height * GEOM.width
+    gen = torch.Generator().manual_seed(2)
+    m = 300
+    t = torch.randint(0, GEOM.num_frames - 2, (m,), generator=gen).float()
+    xy = torch.rand(m, 2, generator=gen) * torch.tensor([GEOM.width - 1.0, GEOM.height - 1.0])
+    data["pairs"] = torch.cat([t[:, None], xy.round(), (t + 2)[:, None], xy + torch.randn(m, 2, generator=gen)], 1)
+    idx = torch.randint(0, GEOM.num_frames * HW, (512,), generator=gen)
+    px = torch.stack([mp.pixels_per_uv for mp in model.mappings])
+    loss, _ = step_loss(model, data, idx, torch.tensor(0.3), cfg.loss, px)
+    pr = data["pairs"][idx[: len(idx) // 4] % m]  # a quarter of the batch picks its correspondences
+    a, b = model(pr[:, 1:3], pr[:, 0].long()), model(pr[:, 4:6], pr[:, 3].long())
+    term = losses.flow_consistency(a["uv"], b["uv"], a["weights"].detach(), px)
+    expected = _plain_loss(model, data, idx, 0.3, cfg) + cfg.loss.long_range * term
+    assert term.item() > 0.1 and torch.allclose(loss, expected, rtol=1e-5, atol=1e-7), (loss.item(), expected.item())
+
+
 # ops that make a GPU wait for the host: reading a value back, data-dependent shapes, and
 # tensors made from Python data (a host-to-device copy)
 HOST_SYNCS = {"aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::lift_fresh"}
