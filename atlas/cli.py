@@ -1,4 +1,4 @@
-"""The `atlas` command (DESIGN.md §CLI). Heavy modules are imported per subcommand.
+"""The `atlas` command (its usage is in the README). Heavy modules are imported per subcommand.
 
 Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 unexpected failure
 (set ATLAS_DEBUG=1 to see the traceback).

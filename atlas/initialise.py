@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from .longrange import groups, sample_pairs
+from .longrange import sample_pairs
 from .model import FrameGeometry
 from .preprocess import Preprocessed
 
@@ -120,15 +120,15 @@ def _select(pairs: np.ndarray, masks: np.ndarray, use_mask: str) -> np.ndarray:
     return inside if use_mask == "inside" else outside
 
 
-def _layer_pairs(pre: Preprocessed, use_mask: str, rng: np.random.Generator) -> np.ndarray:
-    """Consecutive-frame correspondences of the layer from the dense flow: up to
-    MAX_POINTS of its valid pixels per frame pair."""
+def _layer_pairs(pre: Preprocessed, use_mask: str, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per consecutive frame pair, correspondences [M, 6] of the layer from the dense flow:
+    up to MAX_POINTS of its valid pixels."""
     fwd, valid, masks = pre.flow_fwd.numpy(), pre.valid_fwd.numpy(), pre.masks.numpy()
     rows = []
     for t in range(len(fwd)):
         m = masks[t] > 0.5
         rows.append(sample_pairs(fwd[t], valid[t] & {"inside": m, "outside": ~m}.get(use_mask, True), t, 1, MAX_POINTS, rng))
-    return np.concatenate(rows)
+    return rows
 
 
 def _chain(links: dict[int, np.ndarray], num_frames: int) -> np.ndarray:
@@ -154,14 +154,13 @@ def robust_chain(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: st
     """Transforms of one layer with motion model `kind` (or a simpler one where `kind`
     degenerates); see the module docstring."""
     rng = np.random.default_rng(seed)
-    pairs = _layer_pairs(pre, use_mask, rng)
-    by_pair = groups(pairs)
+    per_pair = _layer_pairs(pre, use_mask, rng)
     models = MODELS[MODELS.index(kind):]
     broke: tuple[int, str] | None = None
     for i, model in enumerate(models):
         links = {}
-        for (t, _), rows in sorted(by_pair.items()):
-            m = link_motion(pairs[rows, 1:3], pairs[rows, 4:6], geom, models[i:], rng)
+        for t, pairs in enumerate(per_pair):
+            m = link_motion(pairs[:, 1:3], pairs[:, 4:6], geom, models[i:], rng)
             if m is not None:
                 links[t] = m
         transforms = _chain(links, geom.num_frames)

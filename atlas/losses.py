@@ -1,4 +1,4 @@
-"""Fitting losses (DESIGN.md §Fit). Each takes batched tensors and returns a scalar."""
+"""Fitting losses (their sum is atlas.step.step_loss). Each takes batched tensors and returns a scalar."""
 from __future__ import annotations
 
 import torch

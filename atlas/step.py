@@ -1,4 +1,4 @@
-"""One fitting step: the batch loss (DESIGN.md §Fit) and how a step runs, launched op by
+"""One fitting step: the batch loss (the terms of atlas.losses) and how a step runs, launched op by
 op or replayed from a CUDA graph.
 
 A step is a few hundred small kernels. Launched one by one from Python, a GPU step is

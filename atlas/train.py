@@ -1,6 +1,6 @@
 """`atlas.fit`: video -> preprocessing -> layered atlas optimisation -> AtlasBundle.
 
-Each step samples random pixels of random frames and minimises (DESIGN.md §Fit):
+Each step samples random pixels of random frames and minimises:
 reconstruction + flow consistency of uv + residual rigidity + annealed mask bootstrap +
 opacity flow consistency + foreground sparsity. Checkpoints allow `--resume`.
 """

@@ -43,7 +43,7 @@ class EditResult:
 def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None = None, keyframe_masks: dict | None = None,
          prompt: str | dict[str, str] | None = None, method: str | None = None, mode: str = "overlay",
          frames: torch.Tensor | None = None, layer: str | None = None, **options) -> EditResult:
-    """Apply an atlas edit, keyframe edits, or a text prompt; see DESIGN.md §Edits.
+    """Apply an atlas edit, keyframe edits, or a text prompt (overlay or replace; see propagation.render).
 
     `frames` are the source frames to edit (default: the fitted source). A prompt is a
     string for `layer` (default: the first foreground, else the background) or a dict

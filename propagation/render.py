@@ -1,4 +1,4 @@
-"""Atlas -> frames: composite edits through each frame's mapping (DESIGN.md §Edits).
+"""Atlas -> frames: composite edits through each frame's mapping.
 
 overlay: each output frame is the source frame with the RGBA edit of each layer laid over
          it where that layer is visible: out = src + w_l * a * (e - src), background
