@@ -87,3 +87,92 @@ def _render(background: np.ndarray, sprite: np.ndarray, cam: np.ndarray, centres
         frames.append(frame * (1 - mask[..., None]) + tex * mask[..., None])
         masks.append(mask)
     return np.stack(frames), np.stack(masks)
+
+
+@dataclass
+class WarpedClip:
+    """A clip made of two given textures: a background seen through a camera path
+    (rotation, zoom, pan) and a cut-out sprite moving over it by a similarity with a mild
+    bend. `bg_maps` / `fg_maps` [T, H, W, 2] hold, for every frame pixel, the texel of
+    each texture it shows, so the truth of any edit painted on a texture is exact."""
+
+    frames: torch.Tensor  # [T, H, W, 3] float in [0, 1]
+    masks: torch.Tensor  # [T, H, W] sprite opacity
+    background: np.ndarray  # [Hb, Wb, 3]
+    sprite: np.ndarray  # [Hs, Ws, 3]
+    sprite_alpha: np.ndarray  # [Hs, Ws] in [0, 1]
+    bg_maps: np.ndarray
+    fg_maps: np.ndarray
+    fps: float = 12.0
+
+    def render(self, background: np.ndarray | None = None, sprite: np.ndarray | None = None) -> torch.Tensor:
+        """The frames with other textures (of the same sizes): the truth of an edit."""
+        frames, _ = _render_maps(self.background if background is None else background, self.sprite if sprite is None else sprite,
+                                 self.sprite_alpha, self.bg_maps, self.fg_maps)
+        return torch.from_numpy(frames)
+
+
+def _rotation(angle: np.ndarray) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+
+
+def make_warped_clip(background: np.ndarray, sprite: np.ndarray, sprite_alpha: np.ndarray, num_frames: int = 30,
+                     width: int = 427, height: int = 240, seed: int = 0, rotation_deg: float = 8.0, zoom: float = 1.25,
+                     bend: float = 0.04) -> WarpedClip:
+    """Build a clip from a background texture [Hb, Wb, 3] and a sprite [Hs, Ws, 3] with
+    its opacity [Hs, Ws] (float in [0, 1]).
+
+    The camera turns by up to `rotation_deg`, zooms in by `zoom` and pans, staying inside
+    the background; the sprite crosses the frame, turning and scaling a little, and bends
+    sideways by up to `bend` of its size. `seed` varies the directions of both paths.
+    """
+    rng = np.random.default_rng(seed)
+    T = num_frames
+    s = np.linspace(0.0, 1.0, T)
+    hb, wb = background.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
+    p = np.stack([xs - width / 2, ys - height / 2], -1)  # frame pixels about the centre
+    # camera: texture point = centre_t + k_t R(theta_t) p; k shrinks as the camera zooms in
+    sign = rng.choice([-1.0, 1.0], 3)
+    theta = np.radians(rotation_deg) * sign[0] * np.sin(np.pi * s)
+    k0 = 0.7 * min(wb / width, hb / height)
+    k = k0 / (1.0 + (zoom - 1.0) * s)
+    reach = np.abs(_rotation(theta) @ np.array([[width / 2, height / 2], [width / 2, -height / 2]]).T).max(-1) * k[:, None]
+    room = np.array([wb / 2, hb / 2]) - reach.max(0) - 2.0
+    centre = np.array([wb / 2, hb / 2]) + np.stack([sign[1] * room[0] * (2 * s - 1), sign[2] * room[1] * np.sin(np.pi * s)], -1) * 0.9
+    rot = _rotation(theta) * k[:, None, None]
+    bg_maps = centre[:, None, None] + np.einsum("tij,hwj->thwi", rot, p)
+    # sprite: frame point = c_t + sigma_t R(phi_t) (q - q_c), with q bent sideways
+    hs, ws = sprite.shape[:2]
+    size = 0.6 * height / max(hs, ws)
+    dirn = rng.choice([-1.0, 1.0])
+    c = np.stack([width / 2 + dirn * 0.3 * width * (1 - 2 * s), height / 2 + 0.1 * height * np.sin(2 * np.pi * s)], -1)
+    phi = np.radians(15.0) * np.sin(np.pi * s) * -dirn
+    sigma = size * (1.0 + 0.1 * np.sin(np.pi * s))
+    inv = _rotation(-phi) / sigma[:, None, None]
+    q = np.array([ws / 2, hs / 2]) + np.einsum("tij,thwj->thwi", inv, p[None] + np.array([width / 2, height / 2]) - c[:, None, None])
+    sway = bend * ws * np.sin(np.pi * s)[:, None, None] * np.sin(np.pi * q[..., 1] / hs)
+    fg_maps = q - np.stack([sway, np.zeros_like(sway)], -1)
+    frames, masks = _render_maps(background, sprite, sprite_alpha, bg_maps.astype(np.float32), fg_maps.astype(np.float32))
+    return WarpedClip(torch.from_numpy(frames), torch.from_numpy(masks), background, sprite, sprite_alpha,
+                      bg_maps.astype(np.float32), fg_maps.astype(np.float32))
+
+
+def _sample(image: np.ndarray, maps: np.ndarray, border: int) -> np.ndarray:
+    """Bilinear samples of `image` at texel coordinates maps [H, W, 2] (pixel centres at +0.5)."""
+    m = maps - 0.5
+    return cv2.remap(image, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=border, borderValue=0)
+
+
+def _render_maps(background: np.ndarray, sprite: np.ndarray, alpha: np.ndarray, bg_maps: np.ndarray,
+                 fg_maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    frames, masks = [], []
+    bg_tex, fg_tex, a_tex = (np.ascontiguousarray(x, dtype=np.float32) for x in (background, sprite, alpha))
+    for t in range(len(bg_maps)):
+        bg = _sample(bg_tex, bg_maps[t], cv2.BORDER_REFLECT)
+        fg = _sample(fg_tex, fg_maps[t], cv2.BORDER_REFLECT)
+        a = _sample(a_tex, fg_maps[t], cv2.BORDER_CONSTANT)[..., None]
+        frames.append(np.clip(bg * (1 - a) + fg * a, 0.0, 1.0))
+        masks.append(a[..., 0])
+    return np.stack(frames).astype(np.float32), np.stack(masks).astype(np.float32)

@@ -7,9 +7,13 @@ For every clip (the shared DAVIS clips with their human-annotated TAP-Vid tracks
 32 frames, and a synthetic clip with exact ground truth), fits a bundle for `--budget`
 seconds, queries each ground-truth track at its first visible frame, and scores the atlas's
 tracks (atlas.track_metrics: delta_avg, average Jaccard, occlusion accuracy, in 256x256
-coordinates) beside two baselines on the same frames: chained OpenCV DIS flow (never
-occluded) and zero motion. Each fit runs in a fresh subprocess. Prints one table per
-preset with the means, and the time to track 1,000 points through the frames.
+coordinates; also delta_avg split by whether the query lies on the ground-truth
+foreground, the share of tracks that followed the right layer, and the foreground IoU
+of the motion-bootstrap masks and of the fitted opacity against the ground-truth masks)
+beside two baselines
+on the same frames: chained OpenCV DIS flow (never occluded) and zero motion. Each fit
+runs in a fresh subprocess. Prints one table per preset with the means, and the time to
+track 1,000 points through the frames.
 """
 from __future__ import annotations
 
@@ -52,22 +56,27 @@ def synthetic_truth(width: int, height: int, n: int = 256, seed: int = 0):
 def worker(clip: str, preset: str, budget: float, size: str, device: str, overrides: list[str]) -> dict:
     import atlas
     from atlas.io import Video, parse_size, read_video
-    from atlas.preprocess import dis_flow
+    from atlas.preprocess import dis_flow, read_masks
     from atlas.track_metrics import chained_flow_tracks, query_first, tapvid_metrics
 
     w, h = parse_size(size)
     if clip == SYNTHETIC:
         synth, points, occluded = synthetic_truth(w, h)
         video = Video(synth.frames, synth.fps, SYNTHETIC, (0, FRAMES))
+        masks = synth.masks.numpy()
     else:
         video = read_video(DATA / "davis" / clip / "frames", frames=(0, FRAMES), size=(w, h))
         gt = np.load(DATA / "tapvid" / f"{clip}.npz")
         points = gt["points"] * np.array([w / float(gt["width"]), h / float(gt["height"])], np.float32)
         occluded = gt["occluded"]
+        masks = read_masks(DATA / "davis" / clip / "masks", FRAMES, (0, FRAMES), (w, h))
     seen = ~occluded.all(axis=1)
     points, occluded = points[seen], occluded[seen]
     q = query_first(occluded)
     queries = np.concatenate([points[np.arange(len(q)), q], q[:, None].astype(np.float32)], axis=1)
+    qx = np.clip(queries[:, 0].astype(int), 0, w - 1)
+    qy = np.clip(queries[:, 1].astype(int), 0, h - 1)
+    on_fg = masks[q, qy, qx] > 0.5  # the query lies on the ground-truth foreground
     with tempfile.TemporaryDirectory() as tmp:
         bundle = atlas.fit(video, Path(tmp) / "b", preset, overrides, time_budget=budget, iters=1_000_000 if budget else None,
                            device=device, quiet=True)
@@ -81,14 +90,36 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     frames = video.frames.numpy()
     fwd, _ = dis_flow(frames)
     never = np.zeros_like(occluded)
+    dis = chained_flow_tracks(fwd, queries)
     scores = {
         "atlas": tapvid_metrics(points, occluded, tracks.positions, ~tracks.visible, (w, h)),
-        "dis": tapvid_metrics(points, occluded, chained_flow_tracks(fwd, queries), never, (w, h)),
+        "dis": tapvid_metrics(points, occluded, dis, never, (w, h)),
         "zero": tapvid_metrics(points, occluded, np.repeat(queries[:, None, :2], FRAMES, 1), never, (w, h)),
     }
+    # the same split by where the query lies (ground-truth mask), and whether the track
+    # followed the right layer (a foreground query should follow a foreground layer)
+    for part, sel in (("fg", on_fg), ("bg", ~on_fg)):
+        scores[part] = {
+            "tracks": int(sel.sum()),
+            "atlas": tapvid_metrics(points[sel], occluded[sel], tracks.positions[sel], ~tracks.visible[sel], (w, h))["delta_avg"] if sel.any() else float("nan"),
+            "dis": tapvid_metrics(points[sel], occluded[sel], dis[sel], never[sel], (w, h))["delta_avg"] if sel.any() else float("nan"),
+        }
+    followed_fg = np.array([name != "background" for name in tracks.layers])
+    scores["layer_acc"] = 100.0 * float((followed_fg == on_fg).mean())
+    # foreground IoU over the clip (fitted without masks): of the motion bootstrap, and of the fitted opacity
+    gt_fg = masks > 0.5
+    iou = lambda pred: float((pred & gt_fg).sum() / max((pred | gt_fg).sum(), 1))
+    fitted = np.stack([1.0 - bundle.frame_maps(t).weights[..., 0].numpy() for t in range(FRAMES)]) > 0.5
+    scores["iou"] = {"bootstrap": iou(bundle.cache.masks.numpy() > 0.5) if bundle.cache is not None else float("nan"), "fitted": iou(fitted)}
     m = bundle.meta
     return {"clip": clip, "psnr": m.metrics["psnr_mean"], "fit_s": m.timings["fit_s"], "tracks": len(queries), "track_s": track_s,
             "thousand_s": thousand_s, "atlas_size": [layer.atlas_size for layer in m.layers], **scores}
+
+
+def nanmean(rows: list[dict], part: str, method: str) -> float:
+    """Mean over the clips that have tracks on that part (blackswan's are all on the swan)."""
+    vals = [r[part][method] for r in rows if r[part]["tracks"]]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 def main() -> int:
@@ -111,7 +142,8 @@ def main() -> int:
     rows = []
     for preset in a.presets:
         print(f"\npreset {preset}, {a.size}, first {FRAMES} frames, fit budget {a.budget:g} s, device {a.device}")
-        head = f"{'clip':<20}{'PSNR':>7}{'fit s':>7}{'d_avg':>7}{'AJ':>7}{'OA':>7}{'DIS d':>7}{'DIS AJ':>7}{'zero d':>7}  bg atlas"
+        head = (f"{'clip':<20}{'PSNR':>7}{'fit s':>7}{'d_avg':>7}{'AJ':>7}{'OA':>7}{'DIS d':>7}{'DIS AJ':>7}{'zero d':>7}"
+                f"{'fg d':>7}{'DIS':>6}{'bg d':>7}{'DIS':>6}{'layer%':>7}{'IoU0':>6}{'IoU':>6}  bg atlas")
         print(head)
         print("-" * len(head))
         done = []
@@ -128,7 +160,9 @@ def main() -> int:
             done.append(r)
             bg = r["atlas_size"][0]
             print(f"{clip:<20}{r['psnr']:>7.2f}{r['fit_s']:>7.0f}{r['atlas']['delta_avg']:>7.1f}{r['atlas']['aj']:>7.1f}"
-                  f"{r['atlas']['oa']:>7.1f}{r['dis']['delta_avg']:>7.1f}{r['dis']['aj']:>7.1f}{r['zero']['delta_avg']:>7.1f}  {bg[0]}x{bg[1]}",
+                  f"{r['atlas']['oa']:>7.1f}{r['dis']['delta_avg']:>7.1f}{r['dis']['aj']:>7.1f}{r['zero']['delta_avg']:>7.1f}"
+                  f"{r['fg']['atlas']:>7.1f}{r['fg']['dis']:>6.1f}{r['bg']['atlas']:>7.1f}{r['bg']['dis']:>6.1f}{r['layer_acc']:>7.1f}"
+                  f"{r['iou']['bootstrap']:>6.2f}{r['iou']['fitted']:>6.2f}  {bg[0]}x{bg[1]}",
                   flush=True)
         for label, sel in (("mean (real clips)", [r for r in done if r["clip"] != SYNTHETIC]), ("mean (all)", done)):
             if sel:
@@ -136,7 +170,10 @@ def main() -> int:
                 print(f"{label:<20}{mean(lambda r: r['psnr']):>7.2f}{mean(lambda r: r['fit_s']):>7.0f}"
                       f"{mean(lambda r: r['atlas']['delta_avg']):>7.1f}{mean(lambda r: r['atlas']['aj']):>7.1f}"
                       f"{mean(lambda r: r['atlas']['oa']):>7.1f}{mean(lambda r: r['dis']['delta_avg']):>7.1f}"
-                      f"{mean(lambda r: r['dis']['aj']):>7.1f}{mean(lambda r: r['zero']['delta_avg']):>7.1f}")
+                      f"{mean(lambda r: r['dis']['aj']):>7.1f}{mean(lambda r: r['zero']['delta_avg']):>7.1f}"
+                      f"{nanmean(sel, 'fg', 'atlas'):>7.1f}{nanmean(sel, 'fg', 'dis'):>6.1f}{nanmean(sel, 'bg', 'atlas'):>7.1f}"
+                      f"{nanmean(sel, 'bg', 'dis'):>6.1f}{mean(lambda r: r['layer_acc']):>7.1f}"
+                      f"{mean(lambda r: r['iou']['bootstrap']):>6.2f}{mean(lambda r: r['iou']['fitted']):>6.2f}")
         if done:
             below = [r["clip"] for r in done if r["atlas"]["delta_avg"] < r["dis"]["delta_avg"]]
             print(f"atlas below chained DIS on: {', '.join(below) or 'none'}")
