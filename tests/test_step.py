@@ -137,7 +137,6 @@ def test_stepper_schedule_and_a_step_lowers_the_loss():
     cfg.loss.flow_final = 0.01
     stepper.schedule(0.5)
     assert float(stepper.flow_w) == pytest.approx(cfg.loss.flow * 0.1)
-    stepper.schedule(0.25)
     idx = torch.randint(0, GEOM.num_frames * GEOM.height * GEOM.width, (1024,), generator=torch.Generator().manual_seed(2))
     first = stepper(idx).item()
     for _ in range(20):
