@@ -81,10 +81,6 @@ class LossConfig:
     """Weight of uv flow consistency (atlas pixels, Charbonnier), weighted by layer opacity.
     Measured on blackswan (90 s fits): 0.02/0.05 (flow/rigidity) gave 27.2 dB, 0.005/0.01
     27.7 dB, 0/0 28.4 dB but 1.0 px mean flow drift instead of 0.14 px: edits would swim."""
-    flow_final: float = field(default=1.0, metadata=limits(0.0, 1.0))
-    """The flow weight falls geometrically over the fit to this fraction of itself (1:
-    constant): the flow guides the mapping while the atlas is still blurry, the
-    reconstruction refines it once the atlas is sharp."""
     rigidity: float = field(default=0.01, metadata=limits(0.0))
     """Weight of the residual's finite-difference Jacobian (keeps the mapping close to its global transform)."""
     mask: float = field(default=0.5, metadata=limits(0.0))

@@ -36,14 +36,13 @@ def step_data(frames: torch.Tensor, pre: Preprocessed, device: torch.device) -> 
 
 
 def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Tensor, mask_w: torch.Tensor, lw: LossConfig,
-              px_per_uv: torch.Tensor, flow_w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              px_per_uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, reconstruction MSE) for a batch of pixel indices `idx` into the video.
 
     data: "rgb" [T*H*W, 3], "flow" [(T-1)*H*W, 2], "valid" [(T-1)*H*W] bool, "masks"
     [T*H*W], "pairs" [M, 6] long-range correspondences (t, x, y, t2, x2, y2); `mask_w` is
-    the annealed mask-bootstrap weight and `flow_w` the scheduled flow weight (0-dim
-    tensors; `flow_w` defaults to `lw.flow`). A quarter of the batch's indices, taken
-    modulo M, pick the correspondences of the step (uniform, like the pixels).
+    the annealed mask-bootstrap weight (a 0-dim tensor). A quarter of the batch's indices,
+    taken modulo M, pick the correspondences of the step (uniform, like the pixels).
     Shapes never depend on the data (no boolean indexing, no `.any()`). Each grid is
     evaluated once per step where possible: the batch and its flow targets go through
     the model together, the rigidity stencil through each residual grid together.
@@ -71,8 +70,8 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
     mse = losses.reconstruction(out["rgb"], data["rgb"][idx])
     loss = lw.recon * mse
     uv, alpha, weights = out["uv"], out["alpha"], out["weights"]
-    pair_w = weights[:half].detach() * has_flow[:, None]
-    loss = loss + (lw.flow if flow_w is None else flow_w) * losses.flow_consistency(uv[:half], uv[B : B + half], pair_w, px_per_uv)
+    flow_w = weights[:half].detach() * has_flow[:, None]
+    loss = loss + lw.flow * losses.flow_consistency(uv[:half], uv[B : B + half], flow_w, px_per_uv)
     if n_long:
         a0, a1 = B + half, B + half + n_long
         loss = loss + lw.long_range * losses.flow_consistency(uv[a0:a1], uv[a1:], weights[a0:a1].detach(), px_per_uv)
@@ -113,7 +112,6 @@ class Stepper:
             betas=(0.9, 0.99), eps=1e-15, fused=True, capturable=device.type == "cuda",
         )
         self.mask_w = torch.zeros((), device=device)
-        self.flow_w = torch.full((), cfg.loss.flow, device=device)
         self.px_per_uv = torch.stack([m.pixels_per_uv for m in model.mappings])  # [layers, 2]
         self.use_graph = cuda_graph and device.type == "cuda"
         self.warmup = warmup
@@ -133,13 +131,11 @@ class Stepper:
 
     def schedule(self, progress: float) -> None:
         """Set the schedules for `progress` in [0, 1]: learning rates decay 10x; the mask
-        bootstrap's weight falls linearly to 0 over the first `mask_anneal` of the fit; the
-        flow weight falls geometrically to `flow_final` of itself."""
+        bootstrap's weight falls linearly to 0 over the first `mask_anneal` of the fit."""
         for grp, lr in zip(self.opt.param_groups, self.base_lrs):
             grp["lr"].fill_(lr * 0.1**progress)
         lw = self.loss_cfg
         self.mask_w.fill_(lw.mask * max(0.0, 1.0 - progress / max(lw.mask_anneal, 1e-6)))
-        self.flow_w.fill_(lw.flow * lw.flow_final**progress)
 
     def _run(self, idx: torch.Tensor) -> torch.Tensor:
         if self.compile_pending:
@@ -154,7 +150,7 @@ class Stepper:
 
     def _step(self, idx: torch.Tensor) -> torch.Tensor:
         with self._deterministic():
-            loss, mse = self.loss_fn(self.model, self.data, idx, self.mask_w, self.loss_cfg, self.px_per_uv, self.flow_w)
+            loss, mse = self.loss_fn(self.model, self.data, idx, self.mask_w, self.loss_cfg, self.px_per_uv)
             loss.backward()
             self.opt.step()
         return mse.detach()
