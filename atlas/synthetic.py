@@ -90,11 +90,46 @@ def _render(background: np.ndarray, sprite: np.ndarray, cam: np.ndarray, centres
 
 
 @dataclass
+class WarpedMotion:
+    """Per-frame motions of a :class:`WarpedClip`, in frame pixels (x right, y down,
+    pixel centres at +0.5) and texels.
+
+    Background: texel = centre_t + cam_t (p - frame centre), cam_t = zoom x rotation.
+    Sprite: q = sprite centre + obj_t^-1 (p - pos_t) (a similarity), then the texel is q
+    bent sideways: (q_x - sway_t sin(pi q_y / sprite height), q_y), which inverts in
+    closed form because the bend leaves q_y alone.
+    """
+
+    size: tuple[int, int]  # frame (width, height)
+    sprite_size: tuple[int, int]  # (width, height)
+    centre: np.ndarray  # [T, 2]
+    cam: np.ndarray  # [T, 2, 2]
+    pos: np.ndarray  # [T, 2]
+    obj: np.ndarray  # [T, 2, 2]
+    sway: np.ndarray  # [T] texels
+
+    def bg_texel(self, t: int, p: np.ndarray) -> np.ndarray:
+        return self.centre[t] + (p - np.array(self.size) / 2) @ self.cam[t].T
+
+    def bg_pixel(self, t: int, texel: np.ndarray) -> np.ndarray:
+        return np.array(self.size) / 2 + (texel - self.centre[t]) @ np.linalg.inv(self.cam[t]).T
+
+    def fg_texel(self, t: int, p: np.ndarray) -> np.ndarray:
+        q = np.array(self.sprite_size) / 2 + (p - self.pos[t]) @ np.linalg.inv(self.obj[t]).T
+        return q - np.stack([self.sway[t] * np.sin(np.pi * q[..., 1] / self.sprite_size[1]), np.zeros_like(q[..., 1])], -1)
+
+    def fg_pixel(self, t: int, texel: np.ndarray) -> np.ndarray:
+        q = texel + np.stack([self.sway[t] * np.sin(np.pi * texel[..., 1] / self.sprite_size[1]), np.zeros_like(texel[..., 1])], -1)
+        return self.pos[t] + (q - np.array(self.sprite_size) / 2) @ self.obj[t].T
+
+
+@dataclass
 class WarpedClip:
     """A clip made of two given textures: a background seen through a camera path
     (rotation, zoom, pan) and a cut-out sprite moving over it by a similarity with a mild
     bend. `bg_maps` / `fg_maps` [T, H, W, 2] hold, for every frame pixel, the texel of
-    each texture it shows, so the truth of any edit painted on a texture is exact."""
+    each texture it shows, so the truth of any edit painted on a texture, and of any
+    point track (:meth:`true_tracks`), is exact."""
 
     frames: torch.Tensor  # [T, H, W, 3] float in [0, 1]
     masks: torch.Tensor  # [T, H, W] sprite opacity
@@ -103,6 +138,7 @@ class WarpedClip:
     sprite_alpha: np.ndarray  # [Hs, Ws] in [0, 1]
     bg_maps: np.ndarray
     fg_maps: np.ndarray
+    motion: WarpedMotion
     fps: float = 12.0
 
     def render(self, background: np.ndarray | None = None, sprite: np.ndarray | None = None) -> torch.Tensor:
@@ -110,6 +146,23 @@ class WarpedClip:
         frames, _ = _render_maps(self.background if background is None else background, self.sprite if sprite is None else sprite,
                                  self.sprite_alpha, self.bg_maps, self.fg_maps)
         return torch.from_numpy(frames)
+
+    def true_tracks(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact tracks of queries (x, y, t) [N, 3]: positions [N, T, 2], occluded [N, T]
+        (outside the frame, or a background point under the sprite) and whether each
+        query lies on the sprite [N]."""
+        m, masks = self.motion, self.masks.numpy()
+        T, H, W = masks.shape
+        t0 = queries[:, 2].astype(int)
+        xy = queries[:, :2].astype(np.float64)
+        on_fg = masks[t0, np.clip(xy[:, 1].astype(int), 0, H - 1), np.clip(xy[:, 0].astype(int), 0, W - 1)] >= 0.5
+        texel = np.where(on_fg[:, None], np.stack([m.fg_texel(t, p) for t, p in zip(t0, xy)]),
+                         np.stack([m.bg_texel(t, p) for t, p in zip(t0, xy)]))
+        pos = np.stack([np.where(on_fg[:, None], m.fg_pixel(t, texel), m.bg_pixel(t, texel)) for t in range(T)], 1)
+        inside = (pos[..., 0] >= 0) & (pos[..., 0] < W) & (pos[..., 1] >= 0) & (pos[..., 1] < H)
+        px = np.clip(pos[..., 0].astype(int), 0, W - 1), np.clip(pos[..., 1].astype(int), 0, H - 1)
+        covered = masks[np.arange(T)[None, :], px[1], px[0]] >= 0.5
+        return pos.astype(np.float32), ~inside | (covered & ~on_fg[:, None]), on_fg
 
 
 def _rotation(angle: np.ndarray) -> np.ndarray:
@@ -128,35 +181,28 @@ def make_warped_clip(background: np.ndarray, sprite: np.ndarray, sprite_alpha: n
     sideways by up to `bend` of its size. `seed` varies the directions of both paths.
     """
     rng = np.random.default_rng(seed)
-    T = num_frames
-    s = np.linspace(0.0, 1.0, T)
+    s = np.linspace(0.0, 1.0, num_frames)
     hb, wb = background.shape[:2]
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
-    p = np.stack([xs - width / 2, ys - height / 2], -1)  # frame pixels about the centre
-    # camera: texture point = centre_t + k_t R(theta_t) p; k shrinks as the camera zooms in
-    sign = rng.choice([-1.0, 1.0], 3)
+    hs, ws = sprite.shape[:2]
+    sign = rng.choice([-1.0, 1.0], 4)
+    # camera: k shrinks as the camera zooms in; the centre pans within the room left
     theta = np.radians(rotation_deg) * sign[0] * np.sin(np.pi * s)
-    k0 = 0.7 * min(wb / width, hb / height)
-    k = k0 / (1.0 + (zoom - 1.0) * s)
+    k = 0.7 * min(wb / width, hb / height) / (1.0 + (zoom - 1.0) * s)
     reach = np.abs(_rotation(theta) @ np.array([[width / 2, height / 2], [width / 2, -height / 2]]).T).max(-1) * k[:, None]
     room = np.array([wb / 2, hb / 2]) - reach.max(0) - 2.0
-    centre = np.array([wb / 2, hb / 2]) + np.stack([sign[1] * room[0] * (2 * s - 1), sign[2] * room[1] * np.sin(np.pi * s)], -1) * 0.9
-    rot = _rotation(theta) * k[:, None, None]
-    bg_maps = centre[:, None, None] + np.einsum("tij,hwj->thwi", rot, p)
-    # sprite: frame point = c_t + sigma_t R(phi_t) (q - q_c), with q bent sideways
-    hs, ws = sprite.shape[:2]
-    size = 0.6 * height / max(hs, ws)
-    dirn = rng.choice([-1.0, 1.0])
-    c = np.stack([width / 2 + dirn * 0.3 * width * (1 - 2 * s), height / 2 + 0.1 * height * np.sin(2 * np.pi * s)], -1)
-    phi = np.radians(15.0) * np.sin(np.pi * s) * -dirn
-    sigma = size * (1.0 + 0.1 * np.sin(np.pi * s))
-    inv = _rotation(-phi) / sigma[:, None, None]
-    q = np.array([ws / 2, hs / 2]) + np.einsum("tij,thwj->thwi", inv, p[None] + np.array([width / 2, height / 2]) - c[:, None, None])
-    sway = bend * ws * np.sin(np.pi * s)[:, None, None] * np.sin(np.pi * q[..., 1] / hs)
-    fg_maps = q - np.stack([sway, np.zeros_like(sway)], -1)
-    frames, masks = _render_maps(background, sprite, sprite_alpha, bg_maps.astype(np.float32), fg_maps.astype(np.float32))
-    return WarpedClip(torch.from_numpy(frames), torch.from_numpy(masks), background, sprite, sprite_alpha,
-                      bg_maps.astype(np.float32), fg_maps.astype(np.float32))
+    centre = np.array([wb / 2, hb / 2]) + 0.9 * np.stack([sign[1] * room[0] * (2 * s - 1), sign[2] * room[1] * np.sin(np.pi * s)], -1)
+    # sprite: crosses the frame, turning by up to 15 degrees and scaling by up to 10%
+    pos = np.stack([width / 2 + sign[3] * 0.3 * width * (1 - 2 * s), height / 2 + 0.1 * height * np.sin(2 * np.pi * s)], -1)
+    sigma = 0.6 * height / max(hs, ws) * (1.0 + 0.1 * np.sin(np.pi * s))
+    obj = _rotation(-sign[3] * np.radians(15.0) * np.sin(np.pi * s)) * sigma[:, None, None]
+    motion = WarpedMotion((width, height), (ws, hs), centre, _rotation(theta) * k[:, None, None], pos, obj,
+                          bend * ws * np.sin(np.pi * s))
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
+    p = np.stack([xs, ys], -1)
+    bg_maps = np.stack([motion.bg_texel(t, p) for t in range(num_frames)]).astype(np.float32)
+    fg_maps = np.stack([motion.fg_texel(t, p) for t in range(num_frames)]).astype(np.float32)
+    frames, masks = _render_maps(background, sprite, sprite_alpha, bg_maps, fg_maps)
+    return WarpedClip(torch.from_numpy(frames), torch.from_numpy(masks), background, sprite, sprite_alpha, bg_maps, fg_maps, motion)
 
 
 def _sample(image: np.ndarray, maps: np.ndarray, border: int) -> np.ndarray:

@@ -38,9 +38,10 @@ import atlas  # noqa: E402
 from atlas.evaluate import psnr  # noqa: E402
 from atlas.io import Video  # noqa: E402
 from atlas.preprocess import dis_flow, warp_sample  # noqa: E402
-from atlas.synthetic import make_clip, make_warped_clip  # noqa: E402
+from atlas.synthetic import make_clip  # noqa: E402
 from editing import edit  # noqa: E402
 from propagation.render import iter_overlay, iter_replace  # noqa: E402
+from scenes import DAVIS, SCENES, scene_clip  # noqa: E402
 
 
 def _fit(clip, iters: int, tmp: str, name: str, preset: str = "fast"):
@@ -104,24 +105,6 @@ def keyframe_accuracy(tmp: str, iters: int, preset: str) -> None:
     print(f"{'chained DIS flow':<22} {np.mean(b):>10.2f} {min(b):>6.2f} {b[-1]:>11.2f}")
 
 
-DAVIS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "davis"
-# (background clip, sprite clip): a textured scene behind an animal, a plain one behind a car
-REAL_SCENES = [("bmx-trees", "blackswan"), ("paragliding-launch", "car-shadow")]
-
-
-def _image(path: Path) -> np.ndarray:
-    return cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
-
-
-def cut_out(clip: str) -> tuple[np.ndarray, np.ndarray]:
-    """Frame 0's object of a DAVIS clip and its mask, cropped to the mask with a margin."""
-    image, mask = _image(DAVIS / clip / "frames" / "00000.jpg"), cv2.imread(str(DAVIS / clip / "masks" / "00000.png"), 0) > 127
-    ys, xs = np.nonzero(mask)
-    y0, y1 = max(ys.min() - 4, 0), min(ys.max() + 5, mask.shape[0])
-    x0, x1 = max(xs.min() - 4, 0), min(xs.max() + 5, mask.shape[1])
-    return image[y0:y1, x0:x1], mask[y0:y1, x0:x1].astype(np.float32)
-
-
 def paint_edits(clip) -> tuple[np.ndarray, np.ndarray]:
     """Edited textures: three discs on the background where frame 0 sees it away from the
     sprite, and horizontal stripes across the sprite."""
@@ -160,13 +143,12 @@ def real_texture_accuracy(tmp: str, budget: float, preset: str, lengths: list[in
     print(f"\nkeyframe edit on real-texture synthetic clips, 427x240 (fit: preset {preset}{sets}, {budget:g} s, no masks)")
     head = f"{'clip':<34} {'frames':>6} {'recon':>6} | {'bg mean':>7} {'bg min':>6} {'fg mean':>7} {'fg min':>6} | {'DIS bg':>6} {'min':>5} {'DIS fg':>6} {'min':>5}"
     print(head + "\n" + "-" * len(head))
-    for bg_clip, fg_clip in REAL_SCENES:
-        sprite, alpha = cut_out(fg_clip)
+    for name, (bg_clip, fg_clip) in SCENES.items():
         for n in lengths:
-            clip = make_warped_clip(_image(DAVIS / bg_clip / "frames" / "00000.jpg"), sprite, alpha, num_frames=n)
+            clip = scene_clip(name, n)
             truth = clip.render(*paint_edits(clip))
             video = Video(clip.frames, clip.fps, "warped", (0, n))
-            bundle = atlas.fit(video, Path(tmp) / f"{bg_clip}-{n}", preset, overrides, time_budget=budget, iters=1_000_000, quiet=True)
+            bundle = atlas.fit(video, Path(tmp) / f"{name}-{n}", preset, overrides, time_budget=budget, iters=1_000_000, quiet=True)
             ours = region_scores(edit(bundle, keyframes={0: truth[0]}, frames=clip.frames).frames, truth, clip.frames, clip.masks)
             changed0 = (truth[0] - clip.frames[0]).abs().amax(-1) > 1e-3
             base = region_scores(chained_flow(clip.frames, truth[0], changed0), truth, clip.frames, clip.masks)

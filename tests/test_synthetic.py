@@ -49,3 +49,32 @@ def test_an_edit_painted_on_a_texture_appears_exactly_where_the_maps_say():
     truth = clip.render(sprite=striped).numpy()
     changed = np.abs(truth - clip.frames.numpy()).max(-1) > 1e-4
     assert changed.any() and not changed[clip.masks.numpy() == 0].any()
+
+
+def test_true_tracks_follow_the_texels_they_start_on():
+    bg, sprite, alpha = textures()
+    clip = make_warped_clip(bg, sprite, alpha, num_frames=6, width=64, height=36, seed=1)
+    rng = np.random.default_rng(0)
+    queries = np.concatenate([rng.uniform([2, 2], [62, 34], (200, 2)), np.full((200, 1), 2.0)], 1)
+    pos, occluded, on_fg = clip.true_tracks(queries)
+    assert on_fg.any() and (~on_fg).any()
+    assert np.allclose(pos[:, 2], queries[:, :2], atol=1e-4)  # each track passes through its query
+    for t in range(6):
+        ix = np.clip(pos[:, t].astype(int), 0, [63, 35])
+        seen = ~occluded[:, t] & (pos[:, t] > 1).all(1) & (pos[:, t] < [63, 35]).all(1)
+        # the texel under the tracked point stays the texel it started on (maps are per pixel: 1 texel of slack)
+        for maps, sel in ((clip.fg_maps, on_fg), (clip.bg_maps, ~on_fg)):
+            start = maps[2][queries[:, 1].astype(int), queries[:, 0].astype(int)]
+            now = maps[t][ix[:, 1], ix[:, 0]]
+            assert np.abs(now - start)[sel & seen].max() < 3.0
+    assert not occluded[on_fg][:, 2].any() and occluded[~on_fg].any()  # background points go under the sprite
+
+
+def test_the_motions_invert_exactly():
+    bg, sprite, alpha = textures()
+    m = make_warped_clip(bg, sprite, alpha, num_frames=5, width=64, height=36, bend=0.2).motion
+    texels = np.random.default_rng(1).uniform([0, 0], [40, 30], (50, 2))
+    for t in range(5):
+        assert np.allclose(m.fg_texel(t, m.fg_pixel(t, texels)), texels, atol=1e-9)
+        assert np.allclose(m.bg_texel(t, m.bg_pixel(t, texels)), texels, atol=1e-9)
+    assert not np.allclose(m.fg_pixel(2, texels), m.fg_pixel(0, texels))

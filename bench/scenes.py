@@ -1,0 +1,38 @@
+"""Real-texture synthetic clips for the benchmarks, built from the shared DAVIS clips.
+
+A DAVIS frame is the background seen through a turning, zooming camera; a DAVIS object
+cut out with its ground-truth mask is the sprite (atlas.synthetic.make_warped_clip), so
+edits and point tracks have exact ground truth on real textures.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from atlas.synthetic import WarpedClip, make_warped_clip
+
+DAVIS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "davis"
+# name: (background clip, sprite clip): a textured scene behind an animal, a plain one behind a car
+SCENES = {"warped-swan": ("bmx-trees", "blackswan"), "warped-car": ("paragliding-launch", "car-shadow")}
+
+
+def _image(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+
+
+def cut_out(clip: str) -> tuple[np.ndarray, np.ndarray]:
+    """Frame 0's object of a DAVIS clip and its mask, cropped to the mask with a margin."""
+    image, mask = _image(DAVIS / clip / "frames" / "00000.jpg"), cv2.imread(str(DAVIS / clip / "masks" / "00000.png"), 0) > 127
+    ys, xs = np.nonzero(mask)
+    y0, y1 = max(ys.min() - 4, 0), min(ys.max() + 5, mask.shape[0])
+    x0, x1 = max(xs.min() - 4, 0), min(xs.max() + 5, mask.shape[1])
+    return image[y0:y1, x0:x1], mask[y0:y1, x0:x1].astype(np.float32)
+
+
+def scene_clip(name: str, num_frames: int, width: int = 427, height: int = 240) -> WarpedClip:
+    """The clip of scene `name` (a key of SCENES)."""
+    bg_clip, fg_clip = SCENES[name]
+    sprite, alpha = cut_out(fg_clip)
+    return make_warped_clip(_image(DAVIS / bg_clip / "frames" / "00000.jpg"), sprite, alpha, num_frames=num_frames, width=width, height=height)
