@@ -77,10 +77,11 @@ class ModelConfig:
 class LossConfig:
     recon: float = field(default=1.0, metadata=limits(0.0))
     """Weight of the squared RGB reconstruction error."""
-    flow: float = field(default=0.005, metadata=limits(0.0))
+    flow: float = field(default=0.0015, metadata=limits(0.0))
     """Weight of uv flow consistency (atlas pixels, Charbonnier), weighted by layer opacity.
-    Measured on blackswan (90 s fits): 0.02/0.05 (flow/rigidity) gave 27.2 dB, 0.005/0.01
-    27.7 dB, 0/0 28.4 dB but 1.0 px mean flow drift instead of 0.14 px: edits would swim."""
+    The flow holds the mapping where the texture cannot (flat or repeating regions); the
+    reconstruction locks it onto the texture without the flow's errors, so a light flow
+    weight tracks better than a heavy one (bench/track_bench.py) and 0 lets edits swim."""
     rigidity: float = field(default=0.01, metadata=limits(0.0))
     """Weight of the residual's finite-difference Jacobian (keeps the mapping close to its global transform)."""
     mask: float = field(default=0.5, metadata=limits(0.0))
