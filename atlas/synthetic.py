@@ -156,8 +156,10 @@ class WarpedClip:
         t0 = queries[:, 2].astype(int)
         xy = queries[:, :2].astype(np.float64)
         on_fg = masks[t0, np.clip(xy[:, 1].astype(int), 0, H - 1), np.clip(xy[:, 0].astype(int), 0, W - 1)] >= 0.5
-        texel = np.where(on_fg[:, None], np.stack([m.fg_texel(t, p) for t, p in zip(t0, xy)]),
-                         np.stack([m.bg_texel(t, p) for t, p in zip(t0, xy)]))
+        texel = np.zeros_like(xy)
+        for t in np.unique(t0):
+            at = t0 == t
+            texel[at] = np.where(on_fg[at, None], m.fg_texel(t, xy[at]), m.bg_texel(t, xy[at]))
         pos = np.stack([np.where(on_fg[:, None], m.fg_pixel(t, texel), m.bg_pixel(t, texel)) for t in range(T)], 1)
         inside = (pos[..., 0] >= 0) & (pos[..., 0] < W) & (pos[..., 1] >= 0) & (pos[..., 1] < H)
         px = np.clip(pos[..., 0].astype(int), 0, W - 1), np.clip(pos[..., 1].astype(int), 0, H - 1)

@@ -78,3 +78,13 @@ def test_the_motions_invert_exactly():
         assert np.allclose(m.fg_texel(t, m.fg_pixel(t, texels)), texels, atol=1e-9)
         assert np.allclose(m.bg_texel(t, m.bg_pixel(t, texels)), texels, atol=1e-9)
     assert not np.allclose(m.fg_pixel(2, texels), m.fg_pixel(0, texels))
+
+
+def test_true_tracks_of_queries_on_several_frames_and_of_none():
+    bg, sprite, alpha = textures()
+    clip = make_warped_clip(bg, sprite, alpha, num_frames=5, width=64, height=36)
+    queries = np.array([[10.5, 8.5, 0.0], [10.5, 8.5, 3.0], [40.5, 20.5, 4.0]])
+    pos, occluded, _ = clip.true_tracks(queries)
+    assert np.allclose(pos[np.arange(3), queries[:, 2].astype(int)], queries[:, :2], atol=1e-4)
+    pos, occluded, on_fg = clip.true_tracks(np.zeros((0, 3)))
+    assert pos.shape == (0, 5, 2) and occluded.shape == (0, 5) and on_fg.shape == (0,)
