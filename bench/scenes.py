@@ -13,7 +13,8 @@ import numpy as np
 
 from atlas.synthetic import WarpedClip, make_warped_clip
 
-DAVIS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "davis"
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DAVIS = DATA / "davis"
 # name: (background clip, sprite clip): a textured scene behind an animal, a plain one behind a car
 SCENES = {"warped-swan": ("bmx-trees", "blackswan"), "warped-car": ("paragliding-launch", "car-shadow")}
 

@@ -11,10 +11,9 @@ tracks (atlas.track_metrics: delta_avg, average Jaccard, occlusion accuracy, in 
 coordinates; also delta_avg split by whether the query lies on the ground-truth
 foreground, the share of tracks that followed the right layer, and the foreground IoU
 of the motion-bootstrap masks and of the fitted opacity against the ground-truth masks)
-beside two baselines
-on the same frames: chained OpenCV DIS flow (never occluded) and zero motion. Each fit
-runs in a fresh subprocess. Prints one table per preset with the means, and the time to
-track 1,000 points through the frames.
+beside two baselines on the same frames: chained OpenCV DIS flow (never occluded) and
+zero motion. Each fit runs in a fresh subprocess. Prints one table per preset with the
+means, and the time to track 1,000 points through the frames.
 """
 from __future__ import annotations
 
@@ -28,10 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scenes import SCENES, scene_clip
+from scenes import DATA, SCENES, scene_clip
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
 CLIPS = ["blackswan", "bmx-trees", "car-shadow", "dance-twirl", "drift-chicane", "motocross-jump", "paragliding-launch"]
 SYNTHETIC = "synthetic"
 FRAMES = 32
@@ -121,11 +118,8 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     # the same split by where the query lies (ground-truth mask), and whether the track
     # followed the right layer (a foreground query should follow a foreground layer)
     for part, sel in (("fg", on_fg), ("bg", ~on_fg)):
-        scores[part] = {
-            "tracks": int(sel.sum()),
-            "atlas": tapvid_metrics(points[sel], occluded[sel], tracks.positions[sel], ~tracks.visible[sel], (w, h))["delta_avg"] if sel.any() else float("nan"),
-            "dis": tapvid_metrics(points[sel], occluded[sel], dis[sel], never[sel], (w, h))["delta_avg"] if sel.any() else float("nan"),
-        }
+        d_avg = lambda pred, hidden: tapvid_metrics(points[sel], occluded[sel], pred[sel], hidden[sel], (w, h))["delta_avg"] if sel.any() else float("nan")
+        scores[part] = {"tracks": int(sel.sum()), "atlas": d_avg(tracks.positions, ~tracks.visible), "dis": d_avg(dis, never)}
     followed_fg = np.array([name != "background" for name in tracks.layers])
     scores["layer_acc"] = 100.0 * float((followed_fg == on_fg).mean())
     # foreground IoU over the clip (fitted without masks): of the motion bootstrap, and of the fitted opacity
