@@ -30,7 +30,7 @@ DEFAULT_FPS = 24.0
 class Video:
     """Decoded frames plus where they came from."""
 
-    frames: torch.Tensor  # [T, H, W, 3] float32 in [0, 1]
+    frames: torch.Tensor  # [T, H, W, 3] uint8, or float32 in [0, 1] (io.unit_float converts either)
     fps: float
     source: str
     frame_range: tuple[int, int]  # [start, stop) indices into the source
@@ -68,6 +68,15 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 def read_image(path: str | Path) -> np.ndarray:
     """One image as float32 (H, W, C) in [0, 1], C in {1, 3, 4}; EXR via OpenEXR."""
+    arr = decode_image(path)
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+    return arr
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """One image (H, W, C), C in {1, 3, 4}, in its own integer depth (uint8, uint16), or as
+    float32 in [0, 1] (EXR, float TIFF)."""
     path = Path(path)
     if not path.is_file():
         raise AtlasInputError(f"image not found: {path}")
@@ -79,20 +88,22 @@ def read_image(path: str | Path) -> np.ndarray:
 
             with warnings.catch_warnings():  # imageio probes its legacy plugins on files it cannot read, with warnings
                 warnings.simplefilter("ignore")
-                raw = iio.imread(path)
-            scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
-            arr = raw.astype(np.float32) / scale
+                arr = iio.imread(path)
     except AtlasInputError:
         raise
     except Exception as exc:  # decoder errors come in many types; all mean "unreadable"
         raise AtlasInputError(f"cannot read image {path}: {exc.__class__.__name__}: {exc}") from None
+    if not np.issubdtype(arr.dtype, np.integer):
+        arr = np.clip(arr, 0.0, 1.0).astype(np.float32)
+    elif arr.dtype not in (np.uint8, np.uint16):
+        arr = np.clip(arr, 0, None).astype(np.float32) / float(np.iinfo(arr.dtype).max)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
         raise AtlasInputError(f"unsupported image layout {arr.shape} in {path}")
     if arr.shape[2] == 2:  # grey + alpha
         arr = np.concatenate([arr[:, :, :1]] * 3 + [arr[:, :, 1:]], axis=2)
-    return np.clip(arr, 0.0, 1.0).astype(np.float32)
+    return arr
 
 
 def _read_exr(path: Path) -> np.ndarray:
@@ -209,34 +220,46 @@ def _read_movie(path: Path, start: int, stop: int | None) -> tuple[list[np.ndarr
     return kept, fps or DEFAULT_FPS
 
 
-def _as_float_rgb(image: np.ndarray) -> np.ndarray:
-    """A decoded frame (integer or float; grey, RGB or RGBA) as float32 (H, W, 3)."""
-    if np.issubdtype(image.dtype, np.integer):
-        image = image.astype(np.float32) / float(np.iinfo(image.dtype).max)
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """A decoded frame (grey, RGB or RGBA) as (H, W, 3): uint8 as it is, any other depth as
+    float32 in [0, 1]."""
+    if image.dtype != np.uint8:
+        image = image.astype(np.float32) / float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else image.astype(np.float32)
     if image.ndim == 2:
         image = image[:, :, None]
     return _rgb(image)
 
 
+def unit_float(frames: torch.Tensor) -> torch.Tensor:
+    """Frames (or pixels) as stored in a :class:`Video` -> float32 in [0, 1]."""
+    return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+
+
 def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Stack `count` frames into one float32 [T, H, W, 3] array in [0, 1], allocated once and
-    filled frame by frame (no list of float frames, no stacked copy); and the frames'
-    (width, height) before resizing."""
+    """Stack `count` frames into one [T, H, W, 3] array, allocated once and filled frame by
+    frame (no list of frames, no stacked copy); and the frames' (width, height) before
+    resizing. 8-bit footage stays uint8 (3 bytes a pixel, the fit's largest array); any
+    other depth (16-bit, EXR, float arrays) becomes float32 in [0, 1]."""
     import cv2
 
     arr: np.ndarray | None = None
     for i, im in enumerate(frames):
-        im = _as_float_rgb(im)
+        im = _as_rgb(im)
         if arr is None:
             first = im.shape[:2]
             out_hw = (size[1], size[0]) if size is not None else first
-            arr = np.empty((count, *out_hw, 3), np.float32)
+            arr = np.empty((count, *out_hw, 3), im.dtype)
         elif im.shape[:2] != first:
             raise AtlasInputError(f"{spath}: frames have different sizes: frame {i} is {im.shape[1]}x{im.shape[0]}, the first "
                                   f"{first[1]}x{first[0]}; all frames must match")
+        if im.dtype != arr.dtype:  # a sequence mixing depths: the first frame's depth holds
+            im = (np.clip(im, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8) if arr.dtype == np.uint8 else im.astype(np.float32) / 255.0
         if size is not None:
             im = cv2.resize(im, size, interpolation=cv2.INTER_AREA)
-        np.clip(im, 0.0, 1.0, out=arr[i])
+        if arr.dtype == np.uint8:
+            arr[i] = im
+        else:
+            np.clip(im, 0.0, 1.0, out=arr[i])
     assert arr is not None
     return arr, (first[1], first[0])
 
@@ -258,7 +281,8 @@ def read_video(
     so an edit renders over the reconstruction unless given the frames again (`frames=`).
 
     Only the frames in the range are kept, and the result is filled in place, so reading
-    costs about the result's own memory (12 bytes per pixel). A range that ends past the
+    costs about the result's own memory: 3 bytes per pixel for 8-bit footage (kept as
+    uint8), 12 for any other depth (float32). A range that ends past the
     clip is cut to it, with a warning; see :func:`sequence_files` for `allow_gaps`.
 
     Example:
@@ -358,7 +382,7 @@ def _open_frames(p: Path, start: int, stop: int | None, allow_gaps: bool = False
             raise AtlasInputError(f"unsupported input type {p.suffix!r}; use a movie ({', '.join(sorted(MOVIE_EXTS))}) or an image sequence")
     elif p.exists() or "%" in p.name or "#" in p.name:
         files = sequence_files(spath, allow_gaps)[start:stop]
-        count, images = len(files), (read_image(f) for f in files)
+        count, images = len(files), (decode_image(f) for f in files)
     else:
         raise AtlasInputError(f"input not found: {spath}")
     return count, images, fps

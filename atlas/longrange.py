@@ -59,22 +59,30 @@ def long_range_pairs(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid
     rows = [consecutive_pairs(fwd, valid_fwd, per_pair, rng)]
     grey = [grey_u8(f) for f in frames]
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    prev_f, prev_b = fwd, bwd
+    # frames go from last to first; at frame t, stride k's flow (k = 2, 4, ...) is DIS
+    # started from stride k/2's flows at t and t + k/2 composed, so each stride keeps only
+    # its last k/2 + 1 frames' flows: the memory of a few frames, not of the shot
+    kept: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {k: {} for k in ks}
     todo = sum(T - k for k in ks[1:])
     bar = tqdm(total=todo, desc="flow (long range)", unit="pair", disable=not progress or not todo, leave=False, dynamic_ncols=True)
-    for k in ks[1:]:
-        h = k // 2
-        cur_f = np.empty((T - k, *fwd.shape[1:]), np.float32)
-        cur_b = np.empty_like(cur_f)
-        for t in range(T - k):
-            # frame t -> t + h -> t + k, and back: the stride-h flows composed start the direct flow
-            init_f = prev_f[t] + warp_sample(prev_f[t + h], prev_f[t])
-            init_b = prev_b[t + h] + warp_sample(prev_b[t], prev_b[t + h])
-            cur_f[t] = dis.calc(grey[t], grey[t + k], np.ascontiguousarray(init_f))
-            cur_b[t] = dis.calc(grey[t + k], grey[t], np.ascontiguousarray(init_b))
-            rows.append(sample_pairs(cur_f[t], consistency(cur_f[t], cur_b[t]), t, k, per_pair, rng))
+    for t in range(T - 2, -1, -1):
+        kept[1][t] = (fwd[t], bwd[t])
+        for k in ks[1:]:
+            h = k // 2
+            if t + k >= T:
+                break
+            (fa, ba), (fb, bb) = kept[h][t], kept[h][t + h]
+            # frame t -> t + h -> t + k, and back
+            init_f = fa + warp_sample(fb, fa)
+            init_b = bb + warp_sample(ba, bb)
+            flow_f = dis.calc(grey[t], grey[t + k], np.ascontiguousarray(init_f))
+            flow_b = dis.calc(grey[t + k], grey[t], np.ascontiguousarray(init_b))
+            if k < ks[-1]:  # the longest stride starts no other
+                kept[k][t] = (flow_f.astype(np.float16), flow_b.astype(np.float16))
+            rows.append(sample_pairs(flow_f, consistency(flow_f, flow_b), t, k, per_pair, rng))
             bar.update(1)
-        prev_f, prev_b = cur_f, cur_b
+        for k in ks:
+            kept[k].pop(t + k, None)  # stride 2k at t - 1 and before needs frames up to t - 1 + k
     bar.close()
     return np.concatenate(rows)
 

@@ -1,8 +1,9 @@
 """Will a fit fit in memory? An estimate checked before the slow work starts.
 
-A fit holds the frames, both flows and masks for the whole optimisation, then evaluates
-every frame (keeping up to 1 GB of the results for the bundle), so its peak memory grows
-with the shot's pixel count (frames x width x height). Past the machine's memory the
+A fit holds the frames, both flows and masks for the whole optimisation (about 14 bytes a
+pixel, in their compact dtypes), then evaluates every frame (keeping up to 1 GB of the
+results for the bundle), so its peak memory grows with the shot's pixel count (frames x
+width x height). Past the machine's memory the
 kernel kills the process without a message, after minutes of preprocessing; this check
 refuses up front instead, with the frame count and size that would fit.
 """
@@ -20,15 +21,15 @@ from .encoding import grid_resolutions, level_rows
 from .errors import AtlasInputError
 from .model import ALPHA_BASE, COLOUR_BASE, RESIDUAL_BASE, FrameGeometry, frame_grid_finest
 
-# Host memory of `atlas fit` per pixel of the shot, measured with bench/memory_bench.py
-# (car-shadow, 40 frames at 854x480 and 427x240, preset fast). The fit peaks either while
-# training (frames, both flows and masks, and the tables four times over: values,
-# gradients, two Adam moments) or after it, while every frame is evaluated for the PSNR,
-# the atlases and the quality statistics, which keeps up to MAP_CACHE_BYTES of frame maps
-# for the bundle. Measured after training: 68-72 bytes per pixel for 1 to 3 layers with
-# no maps kept, 88/109/123 with every frame's maps kept, and about 0.8 GB besides.
-HOST_BYTES_PER_PIXEL_TRAINING = 46.0
-HOST_BYTES_PER_PIXEL = 70.0
+# Host memory of `atlas fit` per pixel of the shot, counted from what it holds: the frames
+# (3 bytes as uint8), both flows (8, float16), their validity (2) and the masks (1). While
+# preprocessing, the camera residuals (2, float16) are held besides; training adds the
+# tables four times over (values, gradients, two Adam moments); after training, every frame
+# is evaluated for the PSNR, the atlases and the quality statistics, keeping up to
+# MAP_CACHE_BYTES of frame maps for the bundle, and saving the cache copies the validity and
+# masks (3). bench/plate_bench.py and bench/memory_bench.py measure it.
+HOST_BYTES_PER_PIXEL_TRAINING = 16.0
+HOST_BYTES_PER_PIXEL = 17.0
 HOST_BASE_BYTES = 0.8e9  # the interpreter, torch, OpenCV
 # a frame's maps: reconstruction (12 bytes per pixel), and per layer uv (8) and weight (4)
 MAP_BYTES_PER_PIXEL = 12.0
@@ -36,9 +37,10 @@ MAP_BYTES_PER_PIXEL_PER_LAYER = 12.0
 TABLE_COPIES_TRAINING = 4
 ACTIVATION_COPIES = 3  # an activation, its saved copy for backward, its gradient
 DEFAULT_BATCH = TrainConfig.batch
-# On a GPU the step reads the frames (12 bytes per pixel), forward flow (8), its validity
-# (1) and masks (4) from device memory: counted from those dtypes, not measured on a GPU.
-DEVICE_BYTES_PER_PIXEL = 25.0
+# On a GPU the step reads the frames (3 bytes per pixel as uint8), forward flow (4, float16),
+# its validity (1) and masks (1) from device memory: counted from those dtypes, not measured
+# on a GPU.
+DEVICE_BYTES_PER_PIXEL = 9.0
 DEVICE_BASE_BYTES = 1.0e9  # CUDA context, kernels, activations
 SKIP_ENV = "ATLAS_SKIP_MEMORY_CHECK"
 PROC_CGROUP = Path("/proc/self/cgroup")

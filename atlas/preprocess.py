@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from .config import FLOW_METHODS
 from .errors import AtlasInputError, first_line
-from .io import sequence_files, read_image
+from .histogram import LogHistogram
+from .io import read_image, sequence_files, unit_float
 from .meta import BundleCorrupt
 from .weights import load_weights
 
@@ -29,11 +30,11 @@ if TYPE_CHECKING:
 class Preprocessed:
     """Everything the fitter derives from the frames before optimisation."""
 
-    flow_fwd: torch.Tensor  # [T-1, H, W, 2] pixels, frame t -> t+1
-    flow_bwd: torch.Tensor  # [T-1, H, W, 2] pixels, frame t+1 -> t
+    flow_fwd: torch.Tensor  # [T-1, H, W, 2] float16 pixels, frame t -> t+1
+    flow_bwd: torch.Tensor  # [T-1, H, W, 2] float16 pixels, frame t+1 -> t
     valid_fwd: torch.Tensor  # [T-1, H, W] bool, forward-backward consistent
     valid_bwd: torch.Tensor  # [T-1, H, W] bool
-    masks: torch.Tensor  # [T, H, W] float in [0, 1], foreground = 1
+    masks: torch.Tensor  # [T, H, W] uint8, foreground = 1
     flow_method: str
     mask_source: str  # user | sam | motion
     pairs: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 6))  # [M, 6] long-range correspondences (atlas.longrange)
@@ -42,7 +43,7 @@ class Preprocessed:
         return {
             "flow_fwd": self.flow_fwd.half(), "flow_bwd": self.flow_bwd.half(),
             "valid_fwd": self.valid_fwd.to(torch.uint8), "valid_bwd": self.valid_bwd.to(torch.uint8),
-            "masks": (self.masks * 255).round().to(torch.uint8), "pairs": self.pairs.float().contiguous(),
+            "masks": self.masks.to(torch.uint8) * 255, "pairs": self.pairs.float().contiguous(),
         }
 
     @classmethod
@@ -60,14 +61,19 @@ class Preprocessed:
                 raise BundleCorrupt("the preprocessing cache's pairs are not finite [M, 6] correspondences")
         pairs = t["pairs"].float() if "pairs" in t else torch.zeros(0, 6)  # caches from before long-range pairs have none
         return cls(
-            t["flow_fwd"].float(), t["flow_bwd"].float(), t["valid_fwd"].bool(), t["valid_bwd"].bool(),
-            t["masks"].float() / 255.0, flow_method, mask_source, pairs,
+            t["flow_fwd"].half(), t["flow_bwd"].half(), t["valid_fwd"].bool(), t["valid_bwd"].bool(),
+            (t["masks"] >= 128).to(torch.uint8), flow_method, mask_source, pairs,
         )
 
 
 # ---------------------------------------------------------------- flow
+def rgb_u8(frame: np.ndarray) -> np.ndarray:
+    """A frame (uint8, or float in [0, 1]) as uint8 RGB."""
+    return frame if frame.dtype == np.uint8 else (np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def grey_u8(frame: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(rgb_u8(frame), cv2.COLOR_RGB2GRAY)
 
 
 def dis_flow(frames: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -87,11 +93,12 @@ def _pairs(num_frames: int, desc: str, progress: bool) -> Iterable[int]:
 
 
 def _flow_arrays(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Empty (fwd, bwd) [T-1, H, W, 2] float32 for frames of `shape` [T, H, W, 3], filled
+    """Empty (fwd, bwd) [T-1, H, W, 2] float16 for frames of `shape` [T, H, W, 3], filled
     pair by pair: flows are the largest preprocessing arrays, so they are never stacked from
-    a list (which holds them twice)."""
+    a list (which holds them twice), and half precision (a 1/32 px step up to 64 px of
+    motion) is finer than any flow method's error."""
     t, h, w = shape[:3]
-    return np.empty((t - 1, h, w, 2), np.float32), np.empty((t - 1, h, w, 2), np.float32)
+    return np.empty((t - 1, h, w, 2), np.float16), np.empty((t - 1, h, w, 2), np.float16)
 
 
 RAFT_MIN_SIZE = 128  # RAFT's correlation pyramid needs 1/8-resolution features of >= 16 px
@@ -134,7 +141,7 @@ def raft_flow(frames: np.ndarray, model: torch.nn.Module, device: torch.device, 
     ph, pw = (-h) % 8, (-w) % 8
 
     def net_input(i: int) -> torch.Tensor:  # one frame at a time: the whole clip is never copied
-        x = torch.from_numpy(frames[i]).permute(2, 0, 1)[None].to(device) * 2.0 - 1.0
+        x = unit_float(torch.from_numpy(frames[i])).permute(2, 0, 1)[None].to(device) * 2.0 - 1.0
         return torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
 
     fwd, bwd = _flow_arrays(frames.shape)
@@ -148,7 +155,8 @@ def raft_flow(frames: np.ndarray, model: torch.nn.Module, device: torch.device, 
 
 
 def warp_sample(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """Sample `image` at p + flow(p) (bilinear, border replicated)."""
+    """Sample `image` at p + flow(p) (bilinear, border replicated); float32 out of any float input."""
+    image, flow = image.astype(np.float32, copy=False), flow.astype(np.float32, copy=False)
     h, w = flow.shape[:2]
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     return cv2.remap(image, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -156,6 +164,7 @@ def warp_sample(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
 
 def consistency(flow_a: np.ndarray, flow_b: np.ndarray) -> np.ndarray:
     """Forward-backward check (Sundaram et al. 2010): flow_a(p) + flow_b(p + flow_a(p)) ~ 0."""
+    flow_a = flow_a.astype(np.float32, copy=False)
     h, w = flow_a.shape[:2]
     back = warp_sample(flow_b, flow_a)
     err = np.sum((flow_a + back) ** 2, axis=-1)
@@ -220,6 +229,7 @@ def _camera_residual(flow: np.ndarray, valid: np.ndarray, step: int = 4, iters: 
     zero weight after a few rounds.
     """
     h, w = flow.shape[:2]
+    flow = flow.astype(np.float32, copy=False)
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
     x, y = gx / w - 0.5, gy / h - 0.5
     basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], -1)  # [H, W, 6]
@@ -251,11 +261,12 @@ def _clean_mask(mask: np.ndarray, min_area_frac: float = 0.002) -> np.ndarray:
     contours, _ = cv2.findContours(keep, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     filled = np.zeros_like(keep)
     cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
-    return filled.astype(np.float32)
+    return filled
 
 
 def motion_masks(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray, threshold: float = 0.0) -> np.ndarray:
-    """Foreground guess per frame from flow that disagrees with the camera motion.
+    """Foreground guess per frame [T, H, W] uint8 (1: foreground) from flow that disagrees
+    with the camera motion.
 
     `threshold` is the deviation in pixels; 0 picks 0.6 x the clip's 95th-percentile
     residual (at least 0.5 px): moving objects are a minority of pixels, so the 95th
@@ -263,17 +274,21 @@ def motion_masks(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_
     clips and the synthetic clip (bench/fit_bench.py), this beat Otsu and fixed values.
     """
     t = fwd.shape[0] + 1
-    res = []
+    res = np.empty((t, *fwd.shape[1:3]), np.float16)  # pixels of deviation: half precision is plenty
+    hist = LogHistogram()  # the 95th percentile without a sorted copy of the shot's residuals
     for i in range(t):
         parts = []
         if i < t - 1:
             parts.append(_camera_residual(fwd[i], valid_fwd[i]))
         if i > 0:
             parts.append(_camera_residual(bwd[i - 1], valid_bwd[i - 1]))
-        res.append(np.mean(parts, axis=0))
-    res = np.stack(res)
-    thr = threshold if threshold > 0 else max(0.5, 0.6 * float(np.percentile(res, 95)))
-    return np.stack([_clean_mask(r > thr) for r in res])
+        res[i] = np.minimum(np.mean(parts, axis=0), 6e4)
+        hist.add(res[i])
+    thr = threshold if threshold > 0 else max(0.5, 0.6 * hist.quantile(0.95))
+    masks = np.empty(res.shape, np.uint8)
+    for i, r in enumerate(res):
+        masks[i] = _clean_mask(r > thr)
+    return masks
 
 
 SAM_WINDOW = 14  # SAM's image encoder: windowed attention blocks use 14x14 windows
@@ -334,7 +349,7 @@ def sam_masks(frames: np.ndarray, checkpoint: str, prompt: str, device: torch.de
     predictor = SamPredictor(load_sam(path).to(device).eval())
     out, box = [], None
     for i, frame in enumerate(frames):
-        predictor.set_image((np.clip(frame, 0, 1) * 255).astype(np.uint8))
+        predictor.set_image(rgb_u8(frame))
         if i == 0 and len(coords) == 2:
             masks, scores, _ = predictor.predict(point_coords=np.array([coords]), point_labels=np.array([1]), multimask_output=True)
         else:
@@ -366,7 +381,7 @@ def preprocess(
     long_range_samples: int = 2048,
     seed: int = 0,
 ) -> Preprocessed:
-    """Flow + consistency + masks for frames [T, H, W, 3], and long-range correspondences
+    """Flow + consistency + masks for frames [T, H, W, 3] (uint8 or float), and long-range correspondences
     up to `long_range_stride` frames apart (atlas.longrange; 0: none); `progress` shows
     the flows' bars."""
     from .longrange import long_range_pairs
@@ -375,8 +390,9 @@ def preprocess(
     t, h, w, _ = arr.shape
     user_masks = read_masks(masks_dir, t, frame_range or (0, t), (w, h), allow_gaps) if masks_dir is not None else None
     fwd, bwd, method = compute_flow(arr, flow, raft_weights, device, progress)
-    valid_fwd = np.stack([consistency(fwd[i], bwd[i]) for i in range(t - 1)])
-    valid_bwd = np.stack([consistency(bwd[i], fwd[i]) for i in range(t - 1)])
+    valid_fwd, valid_bwd = np.empty(fwd.shape[:3], bool), np.empty(fwd.shape[:3], bool)
+    for i in range(t - 1):
+        valid_fwd[i], valid_bwd[i] = consistency(fwd[i], bwd[i]), consistency(bwd[i], fwd[i])
     if user_masks is not None:
         masks, source = user_masks, "user"
     elif sam_checkpoint is not None:
@@ -388,5 +404,5 @@ def preprocess(
     pairs = long_range_pairs(arr, fwd, bwd, valid_fwd, long_range_stride, long_range_samples, seed, progress)
     return Preprocessed(
         torch.from_numpy(fwd), torch.from_numpy(bwd), torch.from_numpy(valid_fwd), torch.from_numpy(valid_bwd),
-        torch.from_numpy(masks.astype(np.float32)), method, source, torch.from_numpy(pairs),
+        torch.from_numpy(masks if masks.dtype == np.uint8 else (masks > 0.5).astype(np.uint8)), method, source, torch.from_numpy(pairs),
     )

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 
 from .evaluate import FrameMaps
+from .histogram import LogHistogram
 from .model import LayeredAtlas
 from .preprocess import Preprocessed
 
 FLOW_SCALE_PX = 2.0
 RECON_SCALE = 0.1
-
 
 class QualityStats:
     """Per-texel flow and reconstruction errors of each layer, accumulated one frame at a
@@ -32,7 +32,9 @@ class QualityStats:
         self.px = torch.stack([m.pixels_per_uv.cpu() for m in model.mappings])
         self.sums = [np.zeros((2, h, w)) for (w, h) in sizes]
         self.counts = [np.zeros((h, w)) for (w, h) in sizes]
-        self.flow_all: list[list[np.ndarray]] = [[] for _ in sizes]  # float32: one value per pixel of the shot
+        # per layer: the flow errors' exact sum, and their histogram (for the 95th percentile)
+        self.flow_sum = [0.0 for _ in sizes]
+        self.flow_hist = [LogHistogram() for _ in sizes]
 
     @torch.no_grad()
     def add(self, t: int, fm: FrameMaps, frame: torch.Tensor) -> None:
@@ -55,23 +57,21 @@ class QualityStats:
             np.add.at(self.sums[i][0], (ty[ok], tx[ok]), fe[ok])
             np.add.at(self.sums[i][1], (ty, tx), recon[seen].numpy())
             np.add.at(self.counts[i], (ty, tx), 1)
-            self.flow_all[i].append(fe[ok])
+            self.flow_sum[i] += float(fe[ok].sum(dtype=np.float64))
+            self.flow_hist[i].add(fe[ok])
 
     def result(self) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
-        """({layer: [h, w] unreliability in [0, 1]}, {layer: summary numbers}). Frees the
-        per-pixel errors, so call it once, after the last frame."""
+        """({layer: [h, w] unreliability in [0, 1]}, {layer: summary numbers}), after the last frame."""
         out, summary = {}, {}
         for i, name in enumerate(self.model.layer_names):
             c = np.maximum(self.counts[i], 1)
             score = np.maximum(self.sums[i][0] / c / FLOW_SCALE_PX, self.sums[i][1] / c / RECON_SCALE)
             out[name] = np.clip(score, 0.0, 1.0).astype(np.float32)
-            fe = np.concatenate(self.flow_all[i]) if self.flow_all[i] else np.zeros(0, np.float32)
-            self.flow_all[i] = []
+            n = self.flow_hist[i].total
             covered = self.counts[i] > 0
             summary[name] = {
-                # numpy's quantile partitions one copy; torch's sorts and keeps int64 indices (3x the memory)
-                "flow_consistency_px_mean": round(float(fe.mean(dtype=np.float64)), 4) if len(fe) else None,
-                "flow_consistency_px_p95": round(float(np.quantile(fe, 0.95)), 4) if len(fe) else None,
+                "flow_consistency_px_mean": round(self.flow_sum[i] / n, 4) if n else None,
+                "flow_consistency_px_p95": round(self.flow_hist[i].quantile(0.95), 4) if n else None,
                 "unreliable_fraction": round(float((out[name][covered] > 0.5).mean()), 4) if covered.any() else None,
             }
         return out, summary

@@ -19,12 +19,15 @@ import torch
 from . import losses
 from .config import FitConfig, LossConfig
 from .errors import first_line
+from .io import unit_float
 from .model import LayeredAtlas
 from .preprocess import Preprocessed
 
 
 def step_data(frames: torch.Tensor, pre: Preprocessed, device: torch.device) -> dict[str, torch.Tensor]:
-    """What :func:`step_loss` reads, flattened per pixel and moved to `device` once."""
+    """What :func:`step_loss` reads, flattened per pixel and moved to `device` once, in the
+    dtypes they are stored in (frames uint8 or float32, flow float16, masks uint8): a step
+    converts only its batch, so the shot costs its compact bytes, on a GPU too."""
     long = pre.pairs[pre.pairs[:, 3] - pre.pairs[:, 0] > 1]  # stride 1 is the flow term's
     return {
         "rgb": frames.reshape(-1, 3).to(device),
@@ -39,8 +42,8 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
               px_per_uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, reconstruction MSE) for a batch of pixel indices `idx` into the video.
 
-    data: "rgb" [T*H*W, 3], "flow" [(T-1)*H*W, 2], "valid" [(T-1)*H*W] bool, "masks"
-    [T*H*W], "pairs" [M, 6] long-range correspondences (t, x, y, t2, x2, y2); `mask_w` is
+    data: "rgb" [T*H*W, 3] (uint8, or float in [0, 1]), "flow" [(T-1)*H*W, 2] float16,
+    "valid" [(T-1)*H*W] bool, "masks" [T*H*W] uint8 in {0, 1}, "pairs" [M, 6] long-range correspondences (t, x, y, t2, x2, y2); `mask_w` is
     the annealed mask-bootstrap weight (a 0-dim tensor). A quarter of the batch's indices,
     taken modulo M, pick the correspondences of the step (uniform, like the pixels).
     Shapes never depend on the data (no boolean indexing, no `.any()`). Each grid is
@@ -57,7 +60,7 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
     # (last frame, occluded) get weight 0 instead of being dropped
     fidx = idx[:half].clamp_max(data["valid"].numel() - 1)
     has_flow = ((t[:half] < T - 1) & data["valid"][fidx]).float()
-    xy2 = xy[:half] + data["flow"][fidx]
+    xy2 = xy[:half] + data["flow"][fidx].float()
     t2 = (t[:half] + 1).clamp_max(T - 1)
     pairs = data.get("pairs")
     n_long = q if pairs is not None and pairs.shape[0] and lw.long_range > 0 else 0  # static for a fit
@@ -67,7 +70,7 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
         pts += [pr[:, 1:3], pr[:, 4:6]]
         frames += [pr[:, 0].long(), pr[:, 3].long()]
     out = model(torch.cat(pts), torch.cat(frames), colour_rows=B)
-    mse = losses.reconstruction(out["rgb"], data["rgb"][idx])
+    mse = losses.reconstruction(out["rgb"], unit_float(data["rgb"][idx]))
     loss = lw.recon * mse
     uv, alpha, weights = out["uv"], out["alpha"], out["weights"]
     flow_w = weights[:half].detach() * has_flow[:, None]
@@ -76,7 +79,7 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
         a0, a1 = B + half, B + half + n_long
         loss = loss + lw.long_range * losses.flow_consistency(uv[a0:a1], uv[a1:], weights[a0:a1].detach(), px_per_uv)
     if model.num_fg:
-        loss = loss + mask_w * losses.mask_bootstrap(1.0 - weights[:B, 0], data["masks"][idx])
+        loss = loss + mask_w * losses.mask_bootstrap(1.0 - weights[:B, 0], data["masks"][idx].float())
         loss = loss + lw.sparsity * losses.sparsity(alpha[:B])
         loss = loss + lw.alpha_flow * losses.alpha_flow(alpha[:half], alpha[B : B + half], has_flow)
     # rigidity of each residual on a quarter of the batch: the pixel and its +x, +y neighbours

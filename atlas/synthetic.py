@@ -8,6 +8,7 @@ true masks are known exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -56,6 +57,29 @@ def _shift(image: np.ndarray, dx: float, dy: float, size: tuple[int, int]) -> np
 def make_clip(num_frames: int = 10, width: int = 80, height: int = 60, seed: int = 0,
               camera_speed: tuple[float, float] = (1.5, 0.5), sprite_speed: tuple[float, float] = (-2.5, 1.0)) -> SyntheticClip:
     """Build a clip; speeds are pixels per frame (camera pans, sprite moves in frame)."""
+    background, sprite_tex, cam, centres, radius = _layout(num_frames, width, height, seed, camera_speed, sprite_speed)
+    frames, masks = _render(background, sprite_tex, cam, centres, radius, (width, height))
+    return SyntheticClip(torch.from_numpy(frames).float(), torch.from_numpy(masks), background, cam, centres, radius, sprite_tex)
+
+
+def write_plate(folder: str | Path, num_frames: int, width: int, height: int, seed: int = 0, ext: str = "jpg") -> Path:
+    """The clip of :func:`make_clip` at plate size (1080p, 4K), rendered and written one
+    frame at a time as `plate.%04d.<ext>` under `folder`, so no shot-sized array is ever in
+    memory; the camera and the sprite move the same fraction of the frame per frame at any
+    size. Returns the sequence pattern."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    speed = lambda fx, fy: (width * fx, width * fy)
+    background, sprite_tex, cam, centres, radius = _layout(num_frames, width, height, seed, speed(1 / 200, 1 / 600), speed(-1 / 120, 1 / 300))
+    for t in range(num_frames):
+        frame, _ = _render(background, sprite_tex, cam[t : t + 1], centres[t : t + 1], radius, (width, height))
+        cv2.imwrite(str(folder / f"plate.{t:04d}.{ext}"), (frame[0, ..., ::-1] * 255 + 0.5).astype(np.uint8))
+    return folder / f"plate.%04d.{ext}"
+
+
+def _layout(num_frames: int, width: int, height: int, seed: int, camera_speed: tuple[float, float],
+            sprite_speed: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """(background texture, sprite texture, camera path [T, 2], sprite centres [T, 2], sprite radius)."""
     rng = np.random.default_rng(seed)
     cam = np.array([[camera_speed[0] * t, camera_speed[1] * t] for t in range(num_frames)], np.float32)
     cam -= cam.min(0)
@@ -68,8 +92,7 @@ def make_clip(num_frames: int = 10, width: int = 80, height: int = 60, seed: int
     sprite_tex = 0.35 + 0.65 * sprite_tex[..., ::-1]  # a different palette from the background
     start = np.array([0.7 * width, 0.4 * height], np.float32)
     centres = np.array([start + np.array(sprite_speed) * t for t in range(num_frames)], np.float32)
-    frames, masks = _render(background, sprite_tex, cam, centres, radius, (width, height))
-    return SyntheticClip(torch.from_numpy(frames).float(), torch.from_numpy(masks), background, cam, centres, radius, sprite_tex)
+    return background, sprite_tex, cam, centres, radius
 
 
 def _render(background: np.ndarray, sprite: np.ndarray, cam: np.ndarray, centres: np.ndarray, radius: float,

@@ -31,7 +31,8 @@ from .diagnose import layer_health
 from .errors import AtlasInputError, first_line
 from .evaluate import evaluate_frame, psnr
 from .initialise import initial_layout
-from .io import Video, check_not_input, check_writable, output_lock, output_path, parse_frame_range, parse_size, probe_video, read_video
+from .io import (Video, check_not_input, check_writable, output_lock, output_path, parse_frame_range, parse_size, probe_video, read_video,
+                 unit_float)
 from .memory import check_fit_memory
 from .meta import BundleMeta, LayerInfo, SourceInfo
 from .model import FrameGeometry, LayeredAtlas
@@ -293,9 +294,10 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
     per_frame, maps = [], {}
     for t in tqdm(range(T), desc="evaluate", unit="frame", disable=quiet, leave=False, dynamic_ncols=True):
         fm = evaluate_frame(model, t)
-        per_frame.append(round(psnr(fm.rgb, vid.frames[t]), 3))
+        frame = unit_float(vid.frames[t])
+        per_frame.append(round(psnr(fm.rgb, frame), 3))
         cov.add(fm)
-        qstats.add(t, fm, vid.frames[t])
+        qstats.add(t, fm, frame)
         if cache_has_room(len(maps), fm):
             maps[t] = fm
     timings["evaluate_s"] = round(time.perf_counter() - t0, 2)

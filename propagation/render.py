@@ -19,7 +19,7 @@ import torch
 from atlas.bundle import AtlasBundle
 from atlas.errors import AtlasInputError
 from atlas.evaluate import FrameMaps
-from atlas.io import ARRAY_SOURCE, read_video
+from atlas.io import ARRAY_SOURCE, read_video, unit_float
 
 from .sample import sample
 
@@ -68,7 +68,7 @@ def source_frames(bundle: AtlasBundle, frames: torch.Tensor | None = None) -> to
             return bundle.render()
     if tuple(frames.shape) != (bundle.num_frames, h, w, 3):
         raise AtlasInputError(f"source frames are {tuple(frames.shape)}, the bundle expects ({bundle.num_frames}, {h}, {w}, 3)")
-    return frames
+    return unit_float(frames)
 
 
 def iter_overlay(bundle: AtlasBundle, edits: dict[str, np.ndarray], frames: torch.Tensor) -> Iterator[torch.Tensor]:

@@ -115,6 +115,18 @@ def test_deterministic_for_a_seed(tiny_video, tmp_path):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_8_bit_frames_fit_as_their_float_values(tiny_video, tmp_path):
+    """Frames kept in 8 bits (3 bytes a pixel, not 12) fit exactly as the same values in
+    float; the preprocessing arrays are kept compact (float16 flows, uint8 masks)."""
+    u8 = (tiny_video.frames * 255 + 0.5).to(torch.uint8)
+    a = atlas.fit(Video(u8, tiny_video.fps, "a", (0, 4)), tmp_path / "a", "fast", iters=6, quiet=True, seed=3)
+    b = atlas.fit(Video(u8.float() / 255, tiny_video.fps, "b", (0, 4)), tmp_path / "b", "fast", iters=6, quiet=True, seed=3)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.meta.metrics["psnr_per_frame"] == b.meta.metrics["psnr_per_frame"]
+    assert a.cache.flow_fwd.dtype == torch.float16 and a.cache.masks.dtype == torch.uint8 and a.cache.valid_fwd.dtype == torch.bool
+
+
 def test_fit_frames_in_memory(tiny_video, tmp_path):
     from propagation.render import source_frames
 
@@ -181,4 +193,4 @@ def test_user_masks_are_used(clip, tmp_path):
     video = Video(clip.frames, clip.fps, "synthetic", (0, clip.frames.shape[0]))
     b = atlas.fit(video, tmp_path / "m", "fast", masks=str(masks), iters=3, quiet=True)
     assert b.meta.preprocess["masks"] == "user"
-    assert torch.equal(b.cache.masks, clip.masks)
+    assert torch.equal(b.cache.masks.float(), clip.masks)

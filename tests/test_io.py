@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from atlas.errors import AtlasInputError
-from atlas.io import read_image, read_video, write_exr, write_png, write_video
+from atlas.io import read_image, read_video, unit_float, write_exr, write_png, write_video
 
 
 def _frames(t=5, h=24, w=32, seed=0) -> torch.Tensor:
@@ -18,8 +18,8 @@ def test_png_folder_roundtrip_is_exact_to_8_bits(tmp_path):
     frames = _frames()
     write_video(frames, tmp_path / "seq")
     v = read_video(tmp_path / "seq")
-    assert v.frames.shape == frames.shape
-    assert torch.allclose(v.frames, (frames * 255).round() / 255, atol=1e-6)
+    assert v.frames.shape == frames.shape and v.frames.dtype == torch.uint8  # 8-bit footage is kept in 8 bits
+    assert torch.equal(v.frames, (frames * 255).round().to(torch.uint8))
     assert v.frame_range == (0, 5)
 
 
@@ -156,10 +156,13 @@ def test_frames_in_memory():
     rng = np.random.default_rng()
     u8 = rng.integers(0, 256, (5, 12, 16, 3), dtype=np.uint8)
     v = read_video(u8, frames="1:4")
-    assert v.source == "<array>" and v.frame_range == (1, 4) and v.frames.dtype == torch.float32
-    assert torch.equal(v.frames, torch.from_numpy(u8[1:4].astype(np.float32) / 255.0))
+    assert v.source == "<array>" and v.frame_range == (1, 4) and v.frames.dtype == torch.uint8
+    assert torch.equal(v.frames, torch.from_numpy(u8[1:4]))
     as_float = torch.from_numpy(u8.astype(np.float32) / 255.0)
     assert torch.equal(read_video(as_float).frames, as_float)  # a float tensor in [0, 1] is kept as is
+    assert torch.equal(unit_float(v.frames), as_float[1:4])
+    u16 = read_video(u8.astype(np.uint16) * 257).frames  # other depths: float32 in [0, 1]
+    assert u16.dtype == torch.float32 and torch.allclose(u16, as_float)
     grey = read_video(u8[..., :1]).frames
     assert grey.shape == (5, 12, 16, 3) and torch.equal(grey[..., 0], grey[..., 2])
     assert read_video(np.concatenate([u8, u8[..., :1]], -1), size="10x8").frames.shape == (5, 8, 10, 3)  # RGBA, resized

@@ -1,6 +1,7 @@
 """The real-texture synthetic clips (atlas.synthetic.make_warped_clip) and their ground truth."""
 import numpy as np
 import pytest
+import torch
 
 from atlas.synthetic import make_warped_clip
 
@@ -88,3 +89,17 @@ def test_true_tracks_of_queries_on_several_frames_and_of_none():
     assert np.allclose(pos[np.arange(3), queries[:, 2].astype(int)], queries[:, :2], atol=1e-4)
     pos, occluded, on_fg = clip.true_tracks(np.zeros((0, 3)))
     assert pos.shape == (0, 5, 2) and occluded.shape == (0, 5) and on_fg.shape == (0,)
+
+
+def test_written_plate_is_the_clip_at_plate_size(tmp_path):
+    """write_plate renders make_clip's scene frame by frame to disk, moving the same
+    fraction of the frame per frame at any size."""
+    from atlas.io import read_video
+    from atlas.synthetic import make_clip, write_plate
+
+    pattern = write_plate(tmp_path / "p", num_frames=3, width=120, height=64, ext="png")
+    video = read_video(pattern)
+    assert video.frames.shape == (3, 64, 120, 3) and video.frames.dtype == torch.uint8
+    same = make_clip(num_frames=3, width=120, height=64, camera_speed=(120 / 200, 120 / 600), sprite_speed=(-1.0, 120 / 300))
+    assert (video.frames.float() / 255 - same.frames).abs().max() <= 0.5 / 255 + 1e-6
+    assert not torch.equal(video.frames[0], video.frames[-1])
