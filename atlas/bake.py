@@ -15,13 +15,25 @@ import torch
 from .evaluate import FrameMaps, pixel_grid
 from .model import LayeredAtlas
 
-MAX_TEXTURE = 4096
+# the texture cap: a panning 4K plate's atlas is many thousand texels wide; past these a
+# mapping has blown up (atlas.diagnose), and its texture (16 bytes a texel as float RGBA)
+# would not fit in memory
+MAX_TEXTURE_SIDE = 16384
+MAX_TEXELS = 1 << 26
+
+
+def full_texture_size(model: LayeredAtlas, layer: int, density: float = 1.0) -> tuple[int, int]:
+    """(width, height) covering a layer's extent at `density` texels per source pixel."""
+    w, h = (max(16, math.ceil(v)) for v in (model.mappings[layer].pixels_per_uv * density).tolist())
+    return w, h
 
 
 def texture_size(model: LayeredAtlas, layer: int, density: float = 1.0) -> tuple[int, int]:
-    """(width, height) of a layer's baked texture."""
-    px = (model.mappings[layer].pixels_per_uv * density).tolist()
-    return tuple(int(min(MAX_TEXTURE, max(16, math.ceil(v)))) for v in px)  # type: ignore[return-value]
+    """(width, height) of a layer's baked texture: :func:`full_texture_size`, shrunk (at
+    the same aspect) to at most MAX_TEXTURE_SIDE on a side and MAX_TEXELS in all."""
+    w, h = full_texture_size(model, layer, density)
+    scale = min(1.0, MAX_TEXTURE_SIDE / max(w, h), math.sqrt(MAX_TEXELS / (w * h)))
+    return max(16, int(w * scale)), max(16, int(h * scale))
 
 
 class Coverage:
@@ -30,7 +42,7 @@ class Coverage:
 
     def __init__(self, sizes: list[tuple[int, int]]) -> None:
         self.sizes = sizes
-        self.counts = [np.zeros((h, w), np.int64) for (w, h) in sizes]
+        self.seen = [np.zeros((h, w), bool) for (w, h) in sizes]
 
     def add(self, fm: FrameMaps) -> None:
         for i, (w, h) in enumerate(self.sizes):
@@ -39,12 +51,12 @@ class Coverage:
             tx = (uv[:, 0] * w).floor().long()
             ty = (uv[:, 1] * h).floor().long()
             ok = (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
-            np.add.at(self.counts[i], (ty[ok].numpy(), tx[ok].numpy()), 1)
+            self.seen[i][ty[ok].numpy(), tx[ok].numpy()] = True
 
     def masks(self) -> list[np.ndarray]:
         """Boolean [h, w] per layer, dilated by one texel."""
         kernel = np.ones((3, 3), np.uint8)
-        return [cv2.dilate((c > 0).astype(np.uint8), kernel) > 0 for c in self.counts]
+        return [cv2.dilate(s.astype(np.uint8), kernel) > 0 for s in self.seen]
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 warning line each) and `atlas info`.
 
 A layer is **degenerate** when its atlas blows up (an extent of more than MAX_EXTENT_FRAMES
-frame areas, or a texture at the size cap) or a learned global transform no longer maps
+frame areas) or a learned global transform no longer maps
 the frame to a sane quadrilateral (atlas.initialise.well_conditioned). It **drifts** when
 its long-range correspondences (atlas.longrange: pixels matched 2 to 16 frames apart) land
 more than DRIFT_PX atlas pixels apart on average where the layer shows at both ends:
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .bake import MAX_TEXTURE
+from .bake import full_texture_size, texture_size
 from .initialise import Chain, first_degenerate
 from .model import LayeredAtlas
 from .preprocess import Preprocessed
@@ -63,7 +63,8 @@ def layer_health(model: LayeredAtlas, pre: Preprocessed, chains: list[Chain], te
         extent = (m.pixels_per_uv / torch.tensor([g.width, g.height])).tolist()
         tex = textures[name].shape[:2]
         bad_frame = first_degenerate(m.transforms.detach().double().cpu().numpy(), g)
-        degenerate = extent[0] * extent[1] > MAX_EXTENT_FRAMES or max(tex) >= MAX_TEXTURE or bad_frame is not None
+        degenerate = extent[0] * extent[1] > MAX_EXTENT_FRAMES or bad_frame is not None
+        full = full_texture_size(model, i)
         err = errors[i]
         drift = float(err.mean()) if len(err) else None
         health[name] = {"extent_frames": [round(e, 2) for e in extent], "motion_model": chain.model, "break_frame": chain.break_frame,
@@ -77,7 +78,10 @@ def layer_health(model: LayeredAtlas, pre: Preprocessed, chains: list[Chain], te
             where = f" from frame {bad_frame}" if bad_frame is not None else ""
             warns.append(f"layer {name}: the mapping is degenerate{where} (atlas {extent[0]:.1f} x {extent[1]:.1f} frames, texture "
                          f"{tex[1]}x{tex[0]}); edits will not hold: {ADVICE}")
-        elif drift is not None and drift > DRIFT_PX:
+        elif full != texture_size(model, i):
+            warns.append(f"layer {name}: its atlas needs {full[0]}x{full[1]} texels at the source's density, more than the "
+                         f"texture cap; baked at {tex[1]}x{tex[0]}, so it is softer than the source")
+        if not degenerate and drift is not None and drift > DRIFT_PX:
             warns.append(f"layer {name}: the mapping drifts (long-range correspondences land {drift:.1f} atlas px apart on "
                          f"average, more than {DRIFT_PX:g}); edits will slide: {ADVICE}")
     if psnr_mean < LOW_PSNR:

@@ -18,7 +18,8 @@ class LogHistogram:
         self.counts = np.zeros(BINS, np.int64)
 
     def add(self, values: np.ndarray) -> None:
-        b = np.floor(np.log10(np.maximum(values, LOW) / LOW) * PER_DECADE).astype(np.int64)
+        v = np.maximum(values.astype(np.float32, copy=False), LOW)  # float32: half precision would overflow below
+        b = np.floor(np.log10(v / LOW) * PER_DECADE).astype(np.int64)
         self.counts += np.bincount(np.clip(b, 0, BINS - 1).ravel(), minlength=BINS)
 
     @property

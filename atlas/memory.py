@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from .bake import MAX_TEXELS
 from .bundle import MAP_CACHE_BYTES
 from .config import ModelConfig, TrainConfig
 from .encoding import grid_resolutions, level_rows
@@ -31,6 +32,11 @@ from .model import ALPHA_BASE, COLOUR_BASE, RESIDUAL_BASE, FrameGeometry, frame_
 HOST_BYTES_PER_PIXEL_TRAINING = 16.0
 HOST_BYTES_PER_PIXEL = 17.0
 HOST_BASE_BYTES = 0.8e9  # the interpreter, torch, OpenCV
+# per texel of each layer's atlas after training: the baked RGBA texture (16 bytes, float32),
+# the quality statistics' sums and counts (12) and the coverage (1); an atlas is taken as
+# ATLAS_FRAMES frames' area (up to the texture cap), as for the colour tables
+ATLAS_BYTES_PER_TEXEL = 29.0
+ATLAS_FRAMES = 4
 # a frame's maps: reconstruction (12 bytes per pixel), and per layer uv (8) and weight (4)
 MAP_BYTES_PER_PIXEL = 12.0
 MAP_BYTES_PER_PIXEL_PER_LAYER = 12.0
@@ -155,7 +161,8 @@ def estimate(num_frames: int, height: int, width: int, model: ModelConfig, map_c
     tables = table_bytes(num_frames, height, width, model)
     training = TABLE_COPIES_TRAINING * tables + px * HOST_BYTES_PER_PIXEL_TRAINING + network_bytes(model, batch)
     maps = min(map_cache, px * (MAP_BYTES_PER_PIXEL + MAP_BYTES_PER_PIXEL_PER_LAYER * layers))
-    after = tables + px * HOST_BYTES_PER_PIXEL + maps
+    atlases = layers * min(ATLAS_FRAMES * height * width, MAX_TEXELS) * ATLAS_BYTES_PER_TEXEL
+    after = tables + px * HOST_BYTES_PER_PIXEL + maps + atlases
     host = HOST_BASE_BYTES + max(training, after)
     gpu = DEVICE_BASE_BYTES + TABLE_COPIES_TRAINING * tables + px * DEVICE_BYTES_PER_PIXEL + network_bytes(model, batch)
     return host, gpu

@@ -30,8 +30,8 @@ class QualityStats:
         ys, xs = torch.meshgrid(torch.arange(g.height), torch.arange(g.width), indexing="ij")
         self.xy = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).float()
         self.px = torch.stack([m.pixels_per_uv.cpu() for m in model.mappings])
-        self.sums = [np.zeros((2, h, w)) for (w, h) in sizes]
-        self.counts = [np.zeros((h, w)) for (w, h) in sizes]
+        self.sums = [np.zeros((2, h, w), np.float32) for (w, h) in sizes]  # float32: 12 bytes a texel with the counts
+        self.counts = [np.zeros((h, w), np.float32) for (w, h) in sizes]
         # per layer: the flow errors' exact sum, and their histogram (for the 95th percentile)
         self.flow_sum = [0.0 for _ in sizes]
         self.flow_hist = [LogHistogram() for _ in sizes]

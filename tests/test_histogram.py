@@ -19,3 +19,11 @@ def test_histogram_percentile_matches_the_exact_one(kind):
     zeros = LogHistogram()
     zeros.add(np.zeros(10))
     assert zeros.quantile(0.95) == 0.0
+
+
+def test_half_precision_values_are_counted_where_they_belong():
+    """The motion bootstrap's residuals are float16, whose range ends at 65504."""
+    values = np.random.default_rng(1).random(100_000) * 100
+    hist = LogHistogram()
+    hist.add(values.astype(np.float16))
+    assert hist.quantile(0.95) == pytest.approx(95.0, rel=1e-2)

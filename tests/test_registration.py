@@ -107,3 +107,42 @@ def test_health_flags_a_degenerate_and_a_drifting_layer(fitted):
     health, warns = layer_health(model, drifting, chains, fitted.textures, 30.0)
     assert health["background"]["long_range_px_mean"] > DRIFT_PX
     assert any("background: the mapping drifts" in w for w in warns), warns
+
+
+def test_atlas_past_4096_bakes_at_source_density_and_past_the_cap_is_baked_smaller(fitted, tmp_path):
+    """A panning plate's atlas may be many thousand texels wide: it bakes and exports at the
+    source's density up to the texture cap; past it, it is baked smaller, with a warning."""
+    from PIL import Image
+
+    from atlas.bake import MAX_TEXELS, MAX_TEXTURE_SIDE, bake, full_texture_size, texture_size
+    from propagation.export import export
+
+    model = copy.deepcopy(fitted.model)
+    bg = model.mappings[0]
+    with torch.no_grad():
+        bg.uv_hi[0] = bg.uv_lo[0] + 6000 / model.geom.scale  # 6,000 source pixels wide
+    w, h = texture_size(model, 0)
+    assert 6000 <= w <= 6001 and (w, h) == full_texture_size(model, 0)  # float32 uv range: a texel of rounding
+    seen = [np.ones((h, w), bool)] + [fitted.textures[n][..., 3] > 0 for n in fitted.layer_names[1:]]
+    textures = bake(model, seen)
+    assert textures["background"].shape == (h, w, 4)
+    wide = copy.copy(fitted)
+    wide.textures = textures
+    out = export(wide, tmp_path / "exp")
+    with Image.open(out / "atlas" / "background.png") as im:
+        assert im.size == (w, h)
+    # a 4K plate panning over ten frame widths: no blow-up, but past the texture cap
+    from atlas.config import load_config
+    from atlas.model import LayeredAtlas
+
+    geom = FrameGeometry(2, 2160, 3840)
+    lo = torch.tensor([[-0.6, -0.4]])
+    plate = LayeredAtlas(geom, load_config("fast").model, ["background"], torch.eye(3).repeat(1, 2, 1, 1), lo,
+                         lo + torch.tensor([[40000.0, 3000.0]]) / geom.scale)
+    cw, ch = texture_size(plate, 0)
+    assert cw <= MAX_TEXTURE_SIDE and cw * ch <= MAX_TEXELS and abs(cw / ch - 40000 / 3000) < 0.05
+    empty = Preprocessed(*[torch.zeros(0)] * 5, "dis", "motion")
+    texture = {"background": np.broadcast_to(np.zeros(4, np.float32), (ch, cw, 4))}  # only its shape is read
+    health, warns = layer_health(plate, empty, [Chain(np.eye(3)[None].repeat(2, 0), "homography")], texture, 30.0)
+    assert not health["background"]["degenerate"]
+    assert any("background: its atlas needs 400" in w and f"baked at {cw}x{ch}" in w for w in warns), warns
