@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .bake import full_texture_size, texture_size
+from .bake import full_texture_size
 from .initialise import Chain, first_degenerate
 from .model import LayeredAtlas
 from .preprocess import Preprocessed
@@ -78,7 +78,7 @@ def layer_health(model: LayeredAtlas, pre: Preprocessed, chains: list[Chain], te
             where = f" from frame {bad_frame}" if bad_frame is not None else ""
             warns.append(f"layer {name}: the mapping is degenerate{where} (atlas {extent[0]:.1f} x {extent[1]:.1f} frames, texture "
                          f"{tex[1]}x{tex[0]}); edits will not hold: {ADVICE}")
-        elif full != texture_size(model, i):
+        elif full != (tex[1], tex[0]):  # baked smaller than the extent needs: past the texture cap
             warns.append(f"layer {name}: its atlas needs {full[0]}x{full[1]} texels at the source's density, more than the "
                          f"texture cap; baked at {tex[1]}x{tex[0]}, so it is softer than the source")
         if not degenerate and drift is not None and drift > DRIFT_PX:

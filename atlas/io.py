@@ -66,12 +66,16 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
+def _unit(arr: np.ndarray) -> np.ndarray:
+    """An image of any depth as float32 in [0, 1]: integers over their full range."""
+    if np.issubdtype(arr.dtype, np.integer):
+        return np.clip(arr, 0, None).astype(np.float32) / float(np.iinfo(arr.dtype).max)
+    return arr.astype(np.float32, copy=False)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """One image as float32 (H, W, C) in [0, 1], C in {1, 3, 4}; EXR via OpenEXR."""
-    arr = decode_image(path)
-    if arr.dtype != np.float32:
-        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
-    return arr
+    return _unit(decode_image(path))
 
 
 def decode_image(path: str | Path) -> np.ndarray:
@@ -96,7 +100,7 @@ def decode_image(path: str | Path) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.integer):
         arr = np.clip(arr, 0.0, 1.0).astype(np.float32)
     elif arr.dtype not in (np.uint8, np.uint16):
-        arr = np.clip(arr, 0, None).astype(np.float32) / float(np.iinfo(arr.dtype).max)
+        arr = _unit(arr)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
@@ -224,7 +228,7 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     """A decoded frame (grey, RGB or RGBA) as (H, W, 3): uint8 as it is, any other depth as
     float32 in [0, 1]."""
     if image.dtype != np.uint8:
-        image = image.astype(np.float32) / float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else image.astype(np.float32)
+        image = _unit(image)
     if image.ndim == 2:
         image = image[:, :, None]
     return _rgb(image)
@@ -253,7 +257,7 @@ def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int,
             raise AtlasInputError(f"{spath}: frames have different sizes: frame {i} is {im.shape[1]}x{im.shape[0]}, the first "
                                   f"{first[1]}x{first[0]}; all frames must match")
         if im.dtype != arr.dtype:  # a sequence mixing depths: the first frame's depth holds
-            im = (np.clip(im, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8) if arr.dtype == np.uint8 else im.astype(np.float32) / 255.0
+            im = to_uint8(im) if arr.dtype == np.uint8 else _unit(im)
         if size is not None:
             im = cv2.resize(im, size, interpolation=cv2.INTER_AREA)
         if arr.dtype == np.uint8:
@@ -388,7 +392,8 @@ def _open_frames(p: Path, start: int, stop: int | None, allow_gaps: bool = False
     return count, images, fps
 
 
-def _to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Frames or an image (uint8, or float in [0, 1]) as uint8, rounded."""
     arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if arr.dtype == np.uint8:
         return arr
@@ -539,7 +544,7 @@ def write_png(path: str | Path, image: np.ndarray | torch.Tensor) -> None:
     """Write an (H, W[, C]) float image in [0, 1] as 8-bit PNG."""
     import imageio.v3 as iio
 
-    iio.imwrite(path, _to_uint8(image))
+    iio.imwrite(path, to_uint8(image))
 
 
 def _frames_u8(frames: torch.Tensor | np.ndarray | Iterable[torch.Tensor | np.ndarray]) -> Iterator[np.ndarray]:
@@ -548,7 +553,7 @@ def _frames_u8(frames: torch.Tensor | np.ndarray | Iterable[torch.Tensor | np.nd
         raise AtlasInputError(f"write_video expects (T, H, W, 3) frames, got {tuple(frames.shape)}")
     first = None
     for i, frame in enumerate(frames):
-        f = _to_uint8(frame)
+        f = to_uint8(frame)
         if f.ndim != 3 or f.shape[-1] != 3 or (first is not None and f.shape != first):
             raise AtlasInputError(f"write_video: frame {i} is {tuple(f.shape)}; every frame must be (H, W, 3) of one size")
         first = f.shape

@@ -3,9 +3,9 @@
 A fit holds the frames, both flows and masks for the whole optimisation (about 14 bytes a
 pixel, in their compact dtypes), then evaluates every frame (keeping up to 1 GB of the
 results for the bundle), so its peak memory grows with the shot's pixel count (frames x
-width x height). Past the machine's memory the
-kernel kills the process without a message, after minutes of preprocessing; this check
-refuses up front instead, with the frame count and size that would fit.
+width x height). Past the machine's memory the kernel kills the process without a
+message, after minutes of preprocessing; this check refuses up front instead, with the
+frame count and size that would fit.
 """
 from __future__ import annotations
 

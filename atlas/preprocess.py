@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .config import FLOW_METHODS
 from .errors import AtlasInputError, first_line
 from .histogram import LogHistogram
-from .io import read_image, sequence_files, unit_float
+from .io import read_image, sequence_files, to_uint8, unit_float
 from .meta import BundleCorrupt
 from .weights import load_weights
 
@@ -67,13 +67,8 @@ class Preprocessed:
 
 
 # ---------------------------------------------------------------- flow
-def rgb_u8(frame: np.ndarray) -> np.ndarray:
-    """A frame (uint8, or float in [0, 1]) as uint8 RGB."""
-    return frame if frame.dtype == np.uint8 else (np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
 def grey_u8(frame: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(rgb_u8(frame), cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(to_uint8(frame), cv2.COLOR_RGB2GRAY)
 
 
 def dis_flow(frames: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -349,7 +344,7 @@ def sam_masks(frames: np.ndarray, checkpoint: str, prompt: str, device: torch.de
     predictor = SamPredictor(load_sam(path).to(device).eval())
     out, box = [], None
     for i, frame in enumerate(frames):
-        predictor.set_image(rgb_u8(frame))
+        predictor.set_image(to_uint8(frame))
         if i == 0 and len(coords) == 2:
             masks, scores, _ = predictor.predict(point_coords=np.array([coords]), point_labels=np.array([1]), multimask_output=True)
         else:

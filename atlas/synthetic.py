@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import torch
 
+from .io import to_uint8
+
 
 @dataclass
 class SyntheticClip:
@@ -73,7 +75,7 @@ def write_plate(folder: str | Path, num_frames: int, width: int, height: int, se
     background, sprite_tex, cam, centres, radius = _layout(num_frames, width, height, seed, speed(1 / 200, 1 / 600), speed(-1 / 120, 1 / 300))
     for t in range(num_frames):
         frame, _ = _render(background, sprite_tex, cam[t : t + 1], centres[t : t + 1], radius, (width, height))
-        cv2.imwrite(str(folder / f"plate.{t:04d}.{ext}"), (frame[0, ..., ::-1] * 255 + 0.5).astype(np.uint8))
+        cv2.imwrite(str(folder / f"plate.{t:04d}.{ext}"), to_uint8(frame[0, ..., ::-1]))
     return folder / f"plate.%04d.{ext}"
 
 

@@ -16,14 +16,11 @@ import time
 import cv2
 import numpy as np
 
-from scenes import DAVIS, SCENES, scene_clip
-
-CLIPS = ["blackswan", "bmx-trees", "car-shadow", "dance-twirl", "drift-chicane", "motocross-jump", "paragliding-launch"]
-SYNTHETIC = "synthetic"
+from scenes import CLIPS, DAVIS, SCENES, SYNTHETIC, available, scene_clip
 
 
 def clip_frames(clip: str, frames: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """(frames [T, H, W, 3] float32, ground-truth masks [T, H, W] bool)."""
+    """(frames [T, H, W, 3] uint8 or float32, ground-truth masks [T, H, W] bool)."""
     from atlas.io import read_video
     from atlas.preprocess import read_masks
     from atlas.synthetic import make_clip
@@ -60,9 +57,7 @@ def main() -> int:
     from atlas.preprocess import consistency, dis_flow, motion_masks
 
     w, h = parse_size(a.size)
-    clips = [c for c in a.clips if c == SYNTHETIC or (c in SCENES and all((DAVIS / s).is_dir() for s in SCENES[c])) or (DAVIS / c).is_dir()]
-    if len(clips) < len(a.clips):
-        print(f"skipping clips not found under {DAVIS}: {sorted(set(a.clips) - set(clips))}")
+    clips = available(a.clips)
     print(f"motion bootstrap, {a.size}, first {a.frames} frames")
     head = f"{'clip':<20}{'precision':>10}{'recall':>8}{'IoU':>7}{'thin recall':>12}{'s':>6}"
     print(head + "\n" + "-" * len(head))

@@ -17,6 +17,18 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 DAVIS = DATA / "davis"
 # name: (background clip, sprite clip): a textured scene behind an animal, a plain one behind a car
 SCENES = {"warped-swan": ("bmx-trees", "blackswan"), "warped-car": ("paragliding-launch", "car-shadow")}
+# the shared DAVIS clips the benches score, and the procedural clip's name (atlas.synthetic.make_clip)
+CLIPS = ["blackswan", "bmx-trees", "car-shadow", "dance-twirl", "drift-chicane", "motocross-jump", "paragliding-launch"]
+SYNTHETIC = "synthetic"
+
+
+def available(clips: list[str]) -> list[str]:
+    """The clips (DAVIS names, SCENES names, SYNTHETIC) whose data is here, saying which are not."""
+    have = lambda c: (DAVIS / c).is_dir()
+    kept = [c for c in clips if c == SYNTHETIC or (c in SCENES and all(map(have, SCENES[c]))) or have(c)]
+    if len(kept) < len(clips):
+        print(f"skipping clips not found under {DAVIS}: {sorted(set(clips) - set(kept))}")
+    return kept
 
 
 def _image(path: Path) -> np.ndarray:

@@ -27,10 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scenes import DATA, SCENES, scene_clip
+from scenes import CLIPS, DATA, SCENES, SYNTHETIC, available, scene_clip
 
-CLIPS = ["blackswan", "bmx-trees", "car-shadow", "dance-twirl", "drift-chicane", "motocross-jump", "paragliding-launch"]
-SYNTHETIC = "synthetic"
 FRAMES = 32
 
 
@@ -152,10 +150,7 @@ def main() -> int:
     if a.worker:
         print(json.dumps(worker(a.worker[0], a.worker[1], a.budget, a.size, a.device, a.overrides)))
         return 0
-    have = lambda c: (DATA / "davis" / c).is_dir()
-    clips = [c for c in a.clips if c == SYNTHETIC or (c in SCENES and all(map(have, SCENES[c]))) or have(c)]
-    if len(clips) < len(a.clips):
-        print(f"skipping clips not found under {DATA}: {sorted(set(a.clips) - set(clips))}")
+    clips = available(a.clips)
     rows = []
     for preset in a.presets:
         print(f"\npreset {preset}, {a.size}, first {FRAMES} frames, fit budget {a.budget:g} s, device {a.device}")
