@@ -215,13 +215,17 @@ def read_masks(folder: str | Path, num_frames: int, frame_range: tuple[int, int]
     return np.stack(out)
 
 
-def _camera_residual(flow: np.ndarray, valid: np.ndarray, step: int = 4, iters: int = 6) -> np.ndarray:
-    """|flow - camera flow|, the camera flow being a quadratic field in (x, y) fitted robustly.
+def _camera_residual(flow: np.ndarray, valid: np.ndarray, prior: np.ndarray | None = None, step: int = 4,
+                     iters: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """(|flow - camera flow| [H, W], background weight [H, W] in [0, 1]), the camera flow
+    being a quadratic field in (x, y) fitted robustly.
 
     A quadratic flow covers a homography's pan/zoom/rotation and, unlike one homography,
     the parallax of a second plane (water or ground under a panning camera). The fit is
     iteratively reweighted least squares with Tukey's biweight, so moving objects get
-    zero weight after a few rounds.
+    zero weight after a few rounds. `prior` (a neighbouring frame's background weight,
+    warped onto this frame) starts the reweighting where the background was, so an object
+    that comes to fill most of the frame is not mistaken for it.
     """
     h, w = flow.shape[:2]
     flow = flow.astype(np.float32, copy=False)
@@ -231,14 +235,41 @@ def _camera_residual(flow: np.ndarray, valid: np.ndarray, step: int = 4, iters: 
     sel = valid[::step, ::step]
     a, f = basis[::step, ::step][sel], flow[::step, ::step][sel]
     if len(a) < 12:
-        return np.zeros((h, w), np.float32)
-    weights = np.ones(len(a))
+        return np.zeros((h, w), np.float32), np.ones((h, w), np.float32)
+    start = np.ones(len(a), bool) if prior is None else prior[::step, ::step][sel] > 0.5
+    if np.count_nonzero(start) < 12:
+        start[:] = True
+    coef = np.zeros((6, 2))
+    coef[0] = np.median(f[start], axis=0)  # a translation first: unlike least squares, the median ignores a coherent minority
     for _ in range(iters):
-        coef, *_ = np.linalg.lstsq(a * weights[:, None], f * weights[:, None], rcond=None)
         r = np.linalg.norm(a @ coef - f, axis=1)
-        cut = 2.5 * max(1.4826 * float(np.median(r)), 0.1)
-        weights = np.where(r < cut, (1.0 - (r / cut) ** 2) ** 2, 0.0)
-    return np.linalg.norm(basis @ coef - flow, axis=-1).astype(np.float32)
+        weights = _tukey(r, 2.5 * max(1.4826 * float(np.median(r[start])), 0.1))
+        if np.count_nonzero(weights) < 12:
+            weights = np.ones(len(a))
+        coef, *_ = np.linalg.lstsq(a * weights[:, None], f * weights[:, None], rcond=None)
+        start = weights > 0
+    r = np.linalg.norm(a @ coef - f, axis=1)
+    cut = 2.5 * max(1.4826 * float(np.median(r[start])), 0.1)
+    res = np.linalg.norm(basis @ coef - flow, axis=-1).astype(np.float32)
+    return res, _tukey(res, cut).astype(np.float32)
+
+
+def _tukey(r: np.ndarray, cut: float) -> np.ndarray:
+    return np.where(r < cut, (1.0 - (r / cut) ** 2) ** 2, 0.0)
+
+
+def texture_confidence(frame: np.ndarray) -> np.ndarray:
+    """How far flow can be trusted at each pixel [H, W] in [0, 1]: the structure tensor's
+    smaller eigenvalue (a corner-ness) over a neighbourhood, relative to the frame's median.
+
+    In flat sky, water or a blank screen the flow is guessed from the surroundings, so its
+    disagreement with the camera motion says nothing about motion.
+    """
+    h, w = frame.shape[:2]
+    lam = cv2.cornerMinEigenVal(grey_u8(frame).astype(np.float32) / 255.0, 7, 3)
+    k = max(3, int(round(min(h, w) / 16)) | 1)
+    lam = cv2.dilate(lam, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    return np.minimum(1.0, lam / (0.5 * float(np.median(lam)) + 1e-9)).astype(np.float32)
 
 
 def _clean_mask(mask: np.ndarray, min_area_frac: float = 0.002) -> np.ndarray:
@@ -259,25 +290,51 @@ def _clean_mask(mask: np.ndarray, min_area_frac: float = 0.002) -> np.ndarray:
     return filled
 
 
-def motion_masks(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray) -> np.ndarray:
+    """Each frame's deviation [T, H, W] float16 from the camera motion (the mean over its
+    forward and backward flows), the background carried through the shot.
+
+    The sweep starts at the pair whose camera fit explains the most pixels (where moving
+    objects are smallest) and goes both ways from it; every other pair's fit starts from
+    its neighbour's background weights, warped along the flow.
+    """
+    n, h, w = fwd.shape[:3]
+    share = [float(np.mean(_camera_residual(fwd[i], valid_fwd[i])[1] > 0.5)) for i in range(n)]
+    anchor = int(np.argmax(share))
+    res = np.zeros((n + 1, h, w), np.float16)  # pixels of deviation: half precision is plenty
+    part = [1.0] + [0.5] * (n - 1) + [1.0]  # a frame's share of each of its (one or two) flows
+
+    def visit(i: int, prior: np.ndarray | None) -> np.ndarray:
+        r, weight = _camera_residual(fwd[i], valid_fwd[i], prior)
+        r_back, _ = _camera_residual(bwd[i], valid_bwd[i], warp_sample(weight, bwd[i]))  # bwd lives on frame i + 1
+        res[i] += np.minimum(r, 6e4) * part[i]
+        res[i + 1] += np.minimum(r_back, 6e4) * part[i + 1]
+        return weight
+
+    first = weight = visit(anchor, None)
+    for i in range(anchor + 1, n):
+        weight = visit(i, warp_sample(weight, bwd[i - 1]))
+    weight = first
+    for i in range(anchor - 1, -1, -1):
+        weight = visit(i, warp_sample(weight, fwd[i]))
+    return res
+
+
+def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray,
+                 threshold: float = 0.0) -> np.ndarray:
     """Foreground guess per frame [T, H, W] uint8 (1: foreground) from flow that disagrees
-    with the camera motion.
+    with the camera motion (the background's identity carried through the shot), where the
+    frame has the texture to tell.
 
     `threshold` is the deviation in pixels; 0 picks 0.6 x the clip's 95th-percentile
     residual (at least 0.5 px): moving objects are a minority of pixels, so the 95th
-    percentile measures how fast they move relative to the camera. Measured on the DAVIS
-    clips and the synthetic clip (bench/fit_bench.py), this beat Otsu and fixed values.
+    percentile measures how fast they move relative to the camera. bench/bootstrap_bench.py
+    scores the masks against ground truth.
     """
-    t = fwd.shape[0] + 1
-    res = np.empty((t, *fwd.shape[1:3]), np.float16)  # pixels of deviation: half precision is plenty
+    res = _camera_residuals(fwd, bwd, valid_fwd, valid_bwd)
     hist = LogHistogram()  # the 95th percentile without a sorted copy of the shot's residuals
-    for i in range(t):
-        parts = []
-        if i < t - 1:
-            parts.append(_camera_residual(fwd[i], valid_fwd[i]))
-        if i > 0:
-            parts.append(_camera_residual(bwd[i - 1], valid_bwd[i - 1]))
-        res[i] = np.minimum(np.mean(parts, axis=0), 6e4)
+    for i, frame in enumerate(frames):
+        res[i] = res[i].astype(np.float32) * texture_confidence(frame)
         hist.add(res[i])
     thr = threshold if threshold > 0 else max(0.5, 0.6 * hist.quantile(0.95))
     masks = np.empty(res.shape, np.uint8)
@@ -395,7 +452,7 @@ def preprocess(
             raise AtlasInputError("--sam-checkpoint needs --sam-prompt x,y or x0,y0,x1,y1 on the first frame")
         masks, source = sam_masks(arr, sam_checkpoint, sam_prompt, device), "sam"
     else:
-        masks, source = motion_masks(fwd, bwd, valid_fwd, valid_bwd, motion_threshold), "motion"
+        masks, source = motion_masks(arr, fwd, bwd, valid_fwd, valid_bwd, motion_threshold), "motion"
     pairs = long_range_pairs(arr, fwd, bwd, valid_fwd, long_range_stride, long_range_samples, seed, progress)
     return Preprocessed(
         torch.from_numpy(fwd), torch.from_numpy(bwd), torch.from_numpy(valid_fwd), torch.from_numpy(valid_bwd),

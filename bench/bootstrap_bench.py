@@ -68,7 +68,7 @@ def main() -> int:
         vf = np.stack([consistency(fwd[i], bwd[i]) for i in range(len(fwd))])
         vb = np.stack([consistency(bwd[i], fwd[i]) for i in range(len(fwd))])
         t0 = time.perf_counter()
-        s = scores(motion_masks(fwd, bwd, vf, vb) > 0.5, gt)
+        s = scores(motion_masks(frames, fwd, bwd, vf, vb) > 0.5, gt)
         s["s"] = time.perf_counter() - t0
         rows.append((clip, s))
         print(f"{clip:<20}{s['precision']:>10.2f}{s['recall']:>8.2f}{s['iou']:>7.2f}{s['edge_recall']:>12.2f}{s['s']:>6.1f}", flush=True)

@@ -8,7 +8,7 @@ import torch
 from atlas.errors import AtlasInputError
 from atlas.initialise import chain_transforms
 from atlas.model import FrameGeometry
-from atlas.preprocess import compute_flow, consistency, load_raft, preprocess
+from atlas.preprocess import compute_flow, consistency, load_raft, motion_masks, preprocess, texture_confidence
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,44 @@ def test_motion_bootstrap_finds_the_sprite(pre, clip):
     pred, true = pre.masks > 0.5, clip.masks > 0.5
     assert pre.mask_source == "motion"
     assert (pred & true).sum() / (pred | true).sum() > 0.65
+
+
+def _growing_object(t: int = 20, h: int = 120, w: int = 160):
+    """Flows of a camera pan (1.5 px/frame) and an object moving against it that grows
+    from a fifth to about three quarters of the frame (a comb: a spine on the left and
+    teeth that lengthen, a shape no smooth camera field fits); textured frames; the
+    object's masks."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+    teeth = (np.arange(h) % 20) < 14
+    obj = np.zeros((t, h, w), bool)
+    for i, length in enumerate(np.linspace(0.25, 0.95, t) * w):
+        obj[i, :, :16] = True
+        obj[i, teeth, : int(length)] = True
+    fwd = np.broadcast_to(np.float32([1.5, 0.0]), (t - 1, h, w, 2)).copy()
+    bwd = -fwd
+    fwd[obj[:-1]] = [-2.0, 0.5]
+    bwd[obj[1:]] = [2.0, -0.5]
+    valid = np.ones((t - 1, h, w), bool)
+    return frames, fwd, bwd, valid, obj
+
+
+def test_motion_bootstrap_keeps_the_background_when_an_object_fills_the_frame():
+    """The camera fit starts each pair from the previous pair's background, so an object
+    that covers most of the last frames stays the foreground (a fit from scratch on those
+    frames takes the object's motion for the camera's)."""
+    frames, fwd, bwd, valid, obj = _growing_object()
+    masks = motion_masks(frames, fwd, bwd, valid, valid) > 0
+    for i in (0, len(obj) - 1):
+        assert (masks[i] & obj[i]).sum() / (masks[i] | obj[i]).sum() > 0.9, i
+
+
+def test_texture_confidence_discounts_flat_regions():
+    rng = np.random.default_rng(0)
+    frame = np.full((60, 120, 3), 128, np.uint8)
+    frame[:, :60] = rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)
+    conf = texture_confidence(frame)
+    assert conf[:, :50].min() > 0.9 and conf[:, 80:].max() < 0.1
 
 
 def test_background_transforms_follow_the_camera(pre, clip):
