@@ -242,19 +242,21 @@ def _camera_residual(flow: np.ndarray, valid: np.ndarray, prior: np.ndarray | No
     coef = np.zeros((6, 2))
     coef[0] = np.median(f[start], axis=0)  # a translation first: unlike least squares, the median ignores a coherent minority
     for _ in range(iters):
-        r = np.linalg.norm(a @ coef - f, axis=1)
-        weights = _tukey(r, 2.5 * max(1.4826 * float(np.median(r[start])), 0.1))
+        weights = _tukey(np.linalg.norm(a @ coef - f, axis=1), start)
         if np.count_nonzero(weights) < 12:
             weights = np.ones(len(a))
         coef, *_ = np.linalg.lstsq(a * weights[:, None], f * weights[:, None], rcond=None)
         start = weights > 0
     r = np.linalg.norm(a @ coef - f, axis=1)
-    cut = 2.5 * max(1.4826 * float(np.median(r[start])), 0.1)
     res = np.linalg.norm(basis @ coef - flow, axis=-1).astype(np.float32)
-    return res, _tukey(res, cut).astype(np.float32)
+    return res, _tukey(res, start, r).astype(np.float32)
 
 
-def _tukey(r: np.ndarray, cut: float) -> np.ndarray:
+def _tukey(r: np.ndarray, inliers: np.ndarray, scale_from: np.ndarray | None = None) -> np.ndarray:
+    """Tukey's biweight of residuals `r`, cut at 2.5 robust standard deviations (MAD) of
+    the inliers' residuals (`scale_from`'s, when given, instead of r's)."""
+    ref = r if scale_from is None else scale_from
+    cut = 2.5 * max(1.4826 * float(np.median(ref[inliers])), 0.1)
     return np.where(r < cut, (1.0 - (r / cut) ** 2) ** 2, 0.0)
 
 
@@ -299,24 +301,30 @@ def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, v
     its neighbour's background weights, warped along the flow.
     """
     n, h, w = fwd.shape[:3]
-    share = [float(np.mean(_camera_residual(fwd[i], valid_fwd[i])[1] > 0.5)) for i in range(n)]
-    anchor = int(np.argmax(share))
+    best = (-1.0, 0, None, None)  # (share of background, pair, its residual, its background weight)
+    for i in range(n):
+        r, weight = _camera_residual(fwd[i], valid_fwd[i])
+        share = float(np.mean(weight > 0.5))
+        if share > best[0]:
+            best = (share, i, r, weight)
+    _, anchor, r_anchor, w_anchor = best
     res = np.zeros((n + 1, h, w), np.float16)  # pixels of deviation: half precision is plenty
     part = [1.0] + [0.5] * (n - 1) + [1.0]  # a frame's share of each of its (one or two) flows
 
-    def visit(i: int, prior: np.ndarray | None) -> np.ndarray:
-        r, weight = _camera_residual(fwd[i], valid_fwd[i], prior)
-        r_back, _ = _camera_residual(bwd[i], valid_bwd[i], warp_sample(weight, bwd[i]))  # bwd lives on frame i + 1
+    def add(i: int, r: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """Add pair i's forward residual and its backward flow's (fitted from the forward
+        background, warped onto frame i + 1 where bwd lives); returns the weight."""
+        r_back, _ = _camera_residual(bwd[i], valid_bwd[i], warp_sample(weight, bwd[i]))
         res[i] += np.minimum(r, 6e4) * part[i]
         res[i + 1] += np.minimum(r_back, 6e4) * part[i + 1]
         return weight
 
-    first = weight = visit(anchor, None)
+    weight = add(anchor, r_anchor, w_anchor)
     for i in range(anchor + 1, n):
-        weight = visit(i, warp_sample(weight, bwd[i - 1]))
-    weight = first
+        weight = add(i, *_camera_residual(fwd[i], valid_fwd[i], warp_sample(weight, bwd[i - 1])))
+    weight = w_anchor
     for i in range(anchor - 1, -1, -1):
-        weight = visit(i, warp_sample(weight, fwd[i]))
+        weight = add(i, *_camera_residual(fwd[i], valid_fwd[i], warp_sample(weight, fwd[i])))
     return res
 
 
