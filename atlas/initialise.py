@@ -10,6 +10,11 @@ not too distorted quadrilateral. A pair that fails falls back to a simpler motio
 (homography -> affine -> similarity -> translation); a chain that still degenerates is
 rebuilt with the simpler model for the whole shot, and the first frame where the richer
 model broke is reported (the camera turned too far for one atlas with that model).
+
+The chain is only a start: each pair's error adds up along it. A joint refinement over
+the shot (a small bundle adjustment) then moves every frame's transform at once so the
+layer's long-range correspondences (atlas.longrange: pixels matched 1 to 16 frames
+apart) agree, measured in the frames' own pixels and robust to the ones on other motions.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from .longrange import sample_pairs
+from .longrange import groups, sample_pairs
 from .model import FrameGeometry
 from .preprocess import Preprocessed
 
@@ -33,6 +38,11 @@ LINK_W_RATIO = 0.75
 CHAIN_AREA = (1.0 / 16.0, 16.0)
 CHAIN_ANGLE_DEG = (30.0, 150.0)
 CHAIN_W_RATIO = 0.25
+# joint refinement: correspondences per (frame, stride), Cauchy scale (px), rounds of reweighting
+ADJUST_PER_GROUP = 256
+ADJUST_SCALE_PX = 1.5
+ADJUST_ROUNDS = 4
+ADJUST_ITERS = 60
 
 
 @dataclass
@@ -171,6 +181,83 @@ def robust_chain(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: st
     raise AssertionError("unreachable")
 
 
+def _to_matrices(p: torch.Tensor, model: str) -> torch.Tensor:
+    """[N, 3, 3] transforms from their free parameters [N, d] under a motion model."""
+    n = p.shape[0]
+    one, zero = torch.ones(n, dtype=p.dtype), torch.zeros(n, dtype=p.dtype)
+    if model == "homography":
+        rows = [*p.unbind(1), one]
+    elif model == "affine":
+        rows = [*p.unbind(1), zero, zero, one]
+    elif model == "similarity":
+        a, b, tx, ty = p.unbind(1)
+        rows = [a, -b, tx, b, a, ty, zero, zero, one]
+    else:
+        tx, ty = p.unbind(1)
+        rows = [one, zero, tx, zero, one, ty, zero, zero, one]
+    return torch.stack(rows, 1).reshape(n, 3, 3)
+
+
+def _to_params(m: np.ndarray, model: str) -> np.ndarray:
+    """The free parameters [N, d] of transforms [N, 3, 3] (normalised to m[2, 2] = 1)."""
+    m = m / m[:, 2:3, 2:3]
+    if model == "homography":
+        return m.reshape(-1, 9)[:, :8]
+    if model == "affine":
+        return m[:, :2].reshape(-1, 6)
+    if model == "similarity":
+        return np.stack([(m[:, 0, 0] + m[:, 1, 1]) / 2, (m[:, 1, 0] - m[:, 0, 1]) / 2, m[:, 0, 2], m[:, 1, 2]], 1)
+    return m[:, :2, 2]
+
+
+def _project(m: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    ph = torch.einsum("nij,nj->ni", m, torch.cat([q, torch.ones_like(q[:, :1])], 1))
+    return ph[:, :2] / ph[:, 2:]
+
+
+def adjust(chain: Chain, pairs: np.ndarray, masks: np.ndarray, geom: FrameGeometry, use_mask: str, seed: int = 0) -> Chain:
+    """The chain with every frame's transform (frame 0's held) refined jointly so the
+    layer's correspondences [M, 6] agree: symmetric transfer error in pixels, Cauchy-
+    reweighted, L-BFGS, in the chain's motion model. Returned unchanged when there is
+    nothing longer than consecutive pairs to learn from or the result is degenerate."""
+    pairs = pairs[_select(pairs, masks, use_mask)]
+    if geom.num_frames < 3 or not np.any(pairs[:, 3] - pairs[:, 0] > 1):
+        return chain
+    rng = np.random.default_rng(seed)
+    rows = [r if len(r) <= ADJUST_PER_GROUP else rng.choice(r, ADJUST_PER_GROUP, replace=False) for r in groups(pairs).values()]
+    pairs = pairs[np.sort(np.concatenate(rows))]
+    centre = np.array([geom.width / 2, geom.height / 2])
+    qa, qb = (torch.from_numpy((pairs[:, c : c + 2] + 0.5 - centre) / geom.scale) for c in (1, 4))
+    ta, tb = (torch.from_numpy(pairs[:, c].astype(np.int64)) for c in (0, 3))
+    first = torch.from_numpy(_to_params(np.eye(3)[None], chain.model))
+    free = torch.from_numpy(_to_params(chain.transforms[1:].astype(np.float64), chain.model)).requires_grad_(True)
+
+    def error() -> torch.Tensor:  # [M] squared transfer error, both ways, in pixels^2
+        m = _to_matrices(torch.cat([first, free]), chain.model)
+        inv = torch.linalg.inv(m)
+        e = torch.cat([_project(inv[tb] @ m[ta], qa) - qb, _project(inv[ta] @ m[tb], qb) - qa], 1) * geom.scale
+        return e.pow(2).sum(1)
+
+    opt = torch.optim.LBFGS([free], lr=1.0, max_iter=ADJUST_ITERS, history_size=20, line_search_fn="strong_wolfe")
+    for _ in range(ADJUST_ROUNDS):
+        with torch.no_grad():
+            weight = 1.0 / (1.0 + error() / (2 * ADJUST_SCALE_PX**2))
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = (weight * error()).sum() / weight.sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    with torch.no_grad():
+        m = _to_matrices(torch.cat([first, free]), chain.model).numpy()
+    m = m / m[:, 2:3, 2:3]
+    if not np.all(np.isfinite(m)) or first_degenerate(m, geom) is not None:
+        return chain
+    return Chain(m, chain.model, chain.break_frame, chain.broken_model)
+
+
 def chain_transforms(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: str, seed: int = 0) -> np.ndarray:
     """[T, 3, 3] transforms taking frame t's normalised coords into frame 0's plane
     (`use_mask`: "outside" for the background, "inside" for a foreground, or "all")."""
@@ -210,12 +297,14 @@ def initial_layout(pre: Preprocessed, geom: FrameGeometry, num_fg: int, seed: in
     and each layer's :class:`Chain` (its motion model and where a richer one broke)."""
     masks = pre.masks.numpy()
     has_fg = num_fg > 0 and masks.sum() > 0
-    bg = robust_chain(pre, geom, "homography", "outside" if has_fg else "all", seed)
+    pairs = pre.pairs.numpy()
+    bg_mask = "outside" if has_fg else "all"
+    bg = adjust(robust_chain(pre, geom, "homography", bg_mask, seed), pairs, masks, geom, bg_mask, seed)
     chains, los, his = [bg], [], []
     lo, hi = uv_range(bg.transforms, geom, None, 0.02)
     los.append(lo), his.append(hi)
+    fg = adjust(robust_chain(pre, geom, "similarity", "inside", seed), pairs, masks, geom, "inside", seed) if has_fg else bg
     for _ in range(num_fg):
-        fg = robust_chain(pre, geom, "similarity", "inside", seed) if has_fg else bg
         lo, hi = uv_range(fg.transforms, geom, masks if has_fg else None, 0.15)
         chains.append(fg), los.append(lo), his.append(hi)
     f = lambda xs: torch.from_numpy(np.stack(xs)).float()

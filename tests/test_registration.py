@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from atlas.diagnose import DRIFT_PX, layer_health
-from atlas.initialise import CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO, Chain, robust_chain, well_conditioned
+from atlas.initialise import CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO, Chain, adjust, robust_chain, well_conditioned
 from atlas.longrange import groups, long_range_pairs, strides
 from atlas.model import FrameGeometry
 from atlas.preprocess import Preprocessed, preprocess
@@ -82,6 +82,47 @@ def test_a_chain_that_degenerates_falls_back_and_names_the_frame():
     assert chain.broken_model == "homography" and chain.model in ("affine", "similarity", "translation")
     assert 1 < chain.break_frame < T
     assert all(well_conditioned(h, g, CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO) for h in chain.transforms)
+
+
+def _moved(m: np.ndarray, p: np.ndarray, g: FrameGeometry) -> np.ndarray:
+    """Pixels p [N, 2] moved by a transform of normalised coordinates."""
+    centre = np.array([g.width / 2, g.height / 2])
+    ph = np.c_[(p + 0.5 - centre) / g.scale, np.ones(len(p))] @ m.T
+    return ph[:, :2] / ph[:, 2:] * g.scale + centre - 0.5
+
+
+def test_joint_refinement_removes_the_drift_a_chain_adds_up():
+    """Every consecutive link is off by a small zoom, so the chain drifts by ~10 px over
+    the shot; correspondences up to 8 frames apart (a fifth of them on another motion)
+    pull every frame back onto the true camera path."""
+    T, rng = 24, np.random.default_rng(0)
+    g = FrameGeometry(T, 60, 80)
+    truth = [np.eye(3)]
+    for t in range(1, T):  # frame t -> frame 0's plane: a pan with a little rotation
+        a = 0.004 * t
+        truth.append(np.array([[np.cos(a), -np.sin(a), 0.01 * t], [np.sin(a), np.cos(a), 0.004 * t], [0, 0, 1.0]]))
+    truth = np.stack(truth)
+    bias = np.diag([1.01, 1.01, 1.0])
+    chain = np.stack([truth[t] @ np.linalg.matrix_power(bias, t) for t in range(T)])
+    rows = []
+    for t in range(T):
+        for k in (1, 2, 4, 8):
+            if t + k < T:
+                p = rng.uniform([0, 0], [g.width - 1, g.height - 1], (200, 2))
+                q = _moved(np.linalg.inv(truth[t + k]) @ truth[t], p, g) + rng.normal(0, 0.2, (200, 2))
+                q[:40] = p[:40] + rng.uniform(-6, 6, 2)  # another object's motion
+                rows.append(np.c_[np.full(200, t), p, np.full(200, t + k), q])
+    pairs = np.concatenate(rows).astype(np.float32)
+    err = lambda ms: max(np.abs(_moved(m, np.array([[5.0, 5.0], [70.0, 50.0]]), g) - _moved(h, np.array([[5.0, 5.0], [70.0, 50.0]]), g)).max()
+                         for m, h in zip(ms, truth))
+    before = Chain(chain, "similarity")
+    after = adjust(before, pairs, np.zeros((T, 60, 80), np.uint8), g, "all")
+    assert err(before.transforms) > 8.0
+    assert err(after.transforms) < 0.5, err(after.transforms)
+    assert after.model == "similarity" and np.allclose(after.transforms[0], np.eye(3))
+    # consecutive pairs only: nothing to learn from beyond the chain
+    only_next = pairs[pairs[:, 3] - pairs[:, 0] == 1]
+    assert adjust(before, only_next, np.zeros((T, 60, 80), np.uint8), g, "all") is before
 
 
 def test_health_flags_a_degenerate_and_a_drifting_layer(fitted):
