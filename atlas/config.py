@@ -122,6 +122,10 @@ class TrainConfig:
     inductor's cache holds the shot's size), so it pays off on fits of more than about two
     minutes (bench/fit_bench.py). Not measured on a GPU (needs Triton). Falls back to eager
     steps, with a warning, where compiling fails."""
+    spill: str = field(default="auto", metadata=choices("auto", "always", "never"))
+    """Keep the shot's frames, flows and masks in memory-mapped files beside the output
+    instead of in RAM (atlas.spill): auto does so when the shot would not fit in RAM
+    otherwise. The fit is the same bit for bit."""
     cuda_graph: bool = False
     """On a GPU, capture the step (forward, backward, Adam) in a CUDA graph and replay it.
     Experimental: its speed on a GPU is not yet measured; the CPU ignores it."""

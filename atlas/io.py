@@ -14,7 +14,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -239,7 +239,8 @@ def unit_float(frames: torch.Tensor) -> torch.Tensor:
     return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
 
 
-def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
+def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int, int] | None,
+          alloc: Callable[..., np.ndarray] = np.empty) -> tuple[np.ndarray, tuple[int, int]]:
     """Stack `count` frames into one [T, H, W, 3] array, allocated once and filled frame by
     frame (no list of frames, no stacked copy); and the frames' (width, height) before
     resizing. 8-bit footage stays uint8 (3 bytes a pixel, the fit's largest array); any
@@ -252,7 +253,7 @@ def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int,
         if arr is None:
             first = im.shape[:2]
             out_hw = (size[1], size[0]) if size is not None else first
-            arr = np.empty((count, *out_hw, 3), im.dtype)
+            arr = alloc((count, *out_hw, 3), im.dtype)
         elif im.shape[:2] != first:
             raise AtlasInputError(f"{spath}: frames have different sizes: frame {i} is {im.shape[1]}x{im.shape[0]}, the first "
                                   f"{first[1]}x{first[0]}; all frames must match")
@@ -277,6 +278,7 @@ def read_video(
     size: tuple[int, int] | str | None = None,
     min_frames: int = 2,
     allow_gaps: bool = False,
+    alloc: Callable[..., np.ndarray] = np.empty,
 ) -> Video:
     """Read a movie file or image sequence, optionally a frame range and resized to (W, H).
 
@@ -288,6 +290,7 @@ def read_video(
     costs about the result's own memory: 3 bytes per pixel for 8-bit footage (kept as
     uint8), 12 for any other depth (float32). A range that ends past the
     clip is cut to it, with a warning; see :func:`sequence_files` for `allow_gaps`.
+    `alloc(shape, dtype)` makes the frames' array (atlas.spill: a memory-mapped file).
 
     Example:
         >>> video = read_video("plate.%04d.png", frames="0:30", size="427x240")
@@ -315,7 +318,7 @@ def read_video(
         raise AtlasInputError(f"{spath}: no frames" + (f" in range {start}:{stop if stop is not None else ''}" if frames else ""))
     if count < min_frames:
         raise AtlasInputError(f"{spath}: only {count} frame(s); fitting needs at least {min_frames}")
-    arr, native = _fill(images, count, spath, size)
+    arr, native = _fill(images, count, spath, size, alloc)
     return Video(torch.from_numpy(arr), fps, spath, (start, start + count), native)
 
 

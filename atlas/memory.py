@@ -6,10 +6,15 @@ results for the bundle), so its peak memory grows with the shot's pixel count (f
 width x height). Past the machine's memory the kernel kills the process without a
 message, after minutes of preprocessing; this check refuses up front instead, with the
 frame count and size that would fit.
+
+A shot too large for RAM can spill those arrays to memory-mapped files beside the output
+(atlas.spill, `train.spill`): RAM then holds only what does not grow with the shot (the
+tables, the capped frame-map cache, the atlases) and the disk must hold the spill.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +26,7 @@ from .config import ModelConfig, TrainConfig
 from .encoding import grid_resolutions, level_rows
 from .errors import AtlasInputError
 from .model import ALPHA_BASE, COLOUR_BASE, RESIDUAL_BASE, FrameGeometry, frame_grid_finest
+from .spill import SPILLED_BYTES_PER_PIXEL
 
 # Host memory of `atlas fit` per pixel of the shot, counted from what it holds: the frames
 # (3 bytes as uint8), both flows (8, float16), their validity (2) and the masks (1). While
@@ -154,16 +160,18 @@ def network_bytes(model: ModelConfig, batch: int) -> int:
 
 
 def estimate(num_frames: int, height: int, width: int, model: ModelConfig, map_cache: int = MAP_CACHE_BYTES,
-             batch: int = DEFAULT_BATCH) -> tuple[float, float]:
+             batch: int = DEFAULT_BATCH, spill: bool = False) -> tuple[float, float]:
     """(host bytes, GPU bytes when fitting on a GPU) at the fit's peak. `map_cache` caps
-    the frame maps the fit keeps for the bundle; `batch` is train.batch."""
+    the frame maps the fit keeps for the bundle; `batch` is train.batch; with `spill` the
+    shot's arrays are on disk (:func:`spill_bytes`), not in RAM."""
     px = num_frames * height * width
+    spilled = px * SPILLED_BYTES_PER_PIXEL if spill else 0.0
     layers = 1 + model.num_foregrounds
     tables = table_bytes(num_frames, height, width, model)
-    training = TABLE_COPIES_TRAINING * tables + px * HOST_BYTES_PER_PIXEL_TRAINING + network_bytes(model, batch)
+    training = TABLE_COPIES_TRAINING * tables + max(px * HOST_BYTES_PER_PIXEL_TRAINING - spilled, 0.0) + network_bytes(model, batch)
     maps = min(map_cache, px * (MAP_BYTES_PER_PIXEL + MAP_BYTES_PER_PIXEL_PER_LAYER * layers))
     atlases = layers * min(ATLAS_FRAMES * height * width, MAX_TEXELS) * ATLAS_BYTES_PER_TEXEL
-    after = tables + px * HOST_BYTES_PER_PIXEL + maps + atlases
+    after = tables + px * HOST_BYTES_PER_PIXEL - spilled + maps + atlases
     host = HOST_BASE_BYTES + max(training, after)
     gpu = DEVICE_BASE_BYTES + TABLE_COPIES_TRAINING * tables + px * DEVICE_BYTES_PER_PIXEL + network_bytes(model, batch)
     return host, gpu
@@ -186,21 +194,37 @@ def _advice(fits: Callable[[int, int, int], bool], num_frames: int, height: int,
     return f"fit {fewer}a smaller size (--size {w}x{h}), or set {SKIP_ENV}=1 to try anyway"
 
 
+def spill_bytes(num_frames: int, height: int, width: int) -> float:
+    """Disk bytes of a spilled shot's arrays (atlas.spill)."""
+    return num_frames * height * width * SPILLED_BYTES_PER_PIXEL
+
+
 def check_fit_memory(num_frames: int, height: int, width: int, model: ModelConfig, device: torch.device,
-                     batch: int = DEFAULT_BATCH) -> None:
-    """Raise AtlasInputError when the fit would clearly not fit in host (or GPU) memory."""
-    if os.environ.get(SKIP_ENV):
-        return
-    host, gpu = estimate(num_frames, height, width, model, batch=batch)
+                     batch: int = DEFAULT_BATCH, spill: str = "never", spill_dir: Path | None = None) -> bool:
+    """Whether to spill the shot's arrays to disk (`spill`: auto, always or never; the
+    spill goes in `spill_dir`); raises AtlasInputError when the fit would clearly not fit
+    in host memory (and, spilling, on the disk) or in GPU memory."""
     shot = f"{num_frames} frames at {width}x{height}, {1 + model.num_foregrounds} layers"
+    if os.environ.get(SKIP_ENV):
+        return spill == "always"
     have = available_host_memory()
+    host = estimate(num_frames, height, width, model, batch=batch)[0]
+    spilling = spill == "always" or (spill == "auto" and have is not None and host > have)
+    if spilling:
+        host = estimate(num_frames, height, width, model, batch=batch, spill=True)[0]
+        need, free = spill_bytes(num_frames, height, width), shutil.disk_usage(spill_dir or Path.cwd()).free
+        if need > free:
+            raise AtlasInputError(f"this shot's arrays need about {need / 1e9:.1f} GB of disk to spill beside the output ({shot}) "
+                                  f"but {free / 1e9:.1f} GB is free; free some, or fit fewer frames (--frames) or a smaller --size")
     if have is not None and host > have:
-        advice = _advice(lambda t, h, w: estimate(t, h, w, model, batch=batch)[0] <= have, num_frames, height, width)
+        advice = _advice(lambda t, h, w: estimate(t, h, w, model, batch=batch, spill=spilling)[0] <= have, num_frames, height, width)
         raise AtlasInputError(f"this shot needs about {host / 1e9:.1f} GB of memory to fit ({shot}) but {have / 1e9:.1f} GB is "
                               f"available; {advice}")
     if device.type == "cuda":
+        gpu = estimate(num_frames, height, width, model, batch=batch)[1]
         free = torch.cuda.mem_get_info(device)[0]
         if gpu > free:
             advice = _advice(lambda t, h, w: estimate(t, h, w, model, batch=batch)[1] <= free, num_frames, height, width)
             raise AtlasInputError(f"this shot needs about {gpu / 1e9:.1f} GB of GPU memory to fit ({shot}) but {free / 1e9:.1f} GB "
                                   f"is free; {advice}")
+    return spilling

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import cv2
 import numpy as np
@@ -21,6 +21,8 @@ from .histogram import LogHistogram
 from .io import read_image, sequence_files, to_uint8, unit_float
 from .meta import BundleCorrupt
 from .weights import load_weights
+
+Alloc = Callable[..., np.ndarray]  # np.empty's (shape, dtype); atlas.spill's file-backed one
 
 if TYPE_CHECKING:
     from .model import FrameGeometry
@@ -42,7 +44,7 @@ class Preprocessed:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {
             "flow_fwd": self.flow_fwd.half(), "flow_bwd": self.flow_bwd.half(),
-            "valid_fwd": self.valid_fwd.to(torch.uint8), "valid_bwd": self.valid_bwd.to(torch.uint8),
+            "valid_fwd": self.valid_fwd.view(torch.uint8), "valid_bwd": self.valid_bwd.view(torch.uint8),  # views: no copy of the shot
             "masks": self.masks.to(torch.uint8) * 255, "pairs": self.pairs.float().contiguous(),
         }
 
@@ -71,11 +73,11 @@ def grey_u8(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(to_uint8(frame), cv2.COLOR_RGB2GRAY)
 
 
-def dis_flow(frames: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV DIS flow between consecutive frames: (fwd, bwd), each [T-1, H, W, 2]."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     grey = [grey_u8(f) for f in frames]
-    fwd, bwd = _flow_arrays(frames.shape)
+    fwd, bwd = _flow_arrays(frames.shape, alloc)
     for i in _pairs(len(grey), "flow (DIS)", progress):
         fwd[i] = dis.calc(grey[i], grey[i + 1], None)
         bwd[i] = dis.calc(grey[i + 1], grey[i], None)
@@ -87,13 +89,13 @@ def _pairs(num_frames: int, desc: str, progress: bool) -> Iterable[int]:
     return tqdm(range(num_frames - 1), desc=desc, unit="pair", disable=not progress, leave=False, dynamic_ncols=True)
 
 
-def _flow_arrays(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _flow_arrays(shape: tuple[int, ...], alloc: Alloc = np.empty) -> tuple[np.ndarray, np.ndarray]:
     """Empty (fwd, bwd) [T-1, H, W, 2] float16 for frames of `shape` [T, H, W, 3], filled
     pair by pair: flows are the largest preprocessing arrays, so they are never stacked from
     a list (which holds them twice), and half precision (a 1/32 px step up to 64 px of
     motion) is finer than any flow method's error."""
     t, h, w = shape[:3]
-    return np.empty((t - 1, h, w, 2), np.float16), np.empty((t - 1, h, w, 2), np.float16)
+    return alloc((t - 1, h, w, 2), np.float16), alloc((t - 1, h, w, 2), np.float16)
 
 
 RAFT_MIN_SIZE = 128  # RAFT's correlation pyramid needs 1/8-resolution features of >= 16 px
@@ -129,7 +131,7 @@ def load_raft(path: Path) -> torch.nn.Module:
 
 @torch.no_grad()
 def raft_flow(frames: np.ndarray, model: torch.nn.Module, device: torch.device, iters: int = 12,
-              progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+              progress: bool = False, alloc: Alloc = np.empty) -> tuple[np.ndarray, np.ndarray]:
     """RAFT flow between consecutive frames (padded to multiples of 8): (fwd, bwd)."""
     model = model.to(device)
     t, h, w, _ = frames.shape
@@ -139,7 +141,7 @@ def raft_flow(frames: np.ndarray, model: torch.nn.Module, device: torch.device, 
         x = unit_float(torch.from_numpy(frames[i])).permute(2, 0, 1)[None].to(device) * 2.0 - 1.0
         return torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
 
-    fwd, bwd = _flow_arrays(frames.shape)
+    fwd, bwd = _flow_arrays(frames.shape, alloc)
     b = net_input(0)
     for i in _pairs(t, "flow (RAFT)", progress):
         a, b = b, net_input(i + 1)
@@ -170,8 +172,9 @@ def consistency(flow_a: np.ndarray, flow_b: np.ndarray) -> np.ndarray:
 
 
 def compute_flow(frames: np.ndarray, method: str = "auto", raft_weights: str | None = None, device: torch.device | str = "cpu",
-                 progress: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
-    """(fwd, bwd, method actually used) for `auto|raft|dis`; `progress` shows a bar."""
+                 progress: bool = False, alloc: Alloc = np.empty) -> tuple[np.ndarray, np.ndarray, str]:
+    """(fwd, bwd, method actually used) for `auto|raft|dis`; `progress` shows a bar;
+    `alloc(shape, dtype)` makes the flows' arrays (atlas.spill)."""
     if method not in FLOW_METHODS:
         raise AtlasInputError(f"--flow must be one of {', '.join(FLOW_METHODS)}, got {method!r}")
     weights = raft_weights_path(raft_weights) if method != "dis" else None
@@ -185,9 +188,9 @@ def compute_flow(frames: np.ndarray, method: str = "auto", raft_weights: str | N
             raise AtlasInputError(f"--flow raft needs frames of at least {RAFT_MIN_SIZE} pixels on each side; use --flow dis")
         weights = None  # auto: too small for RAFT
     if weights is not None:
-        fwd, bwd = raft_flow(frames, load_raft(weights), torch.device(device), progress=progress)
+        fwd, bwd = raft_flow(frames, load_raft(weights), torch.device(device), progress=progress, alloc=alloc)
         return fwd, bwd, "raft"
-    fwd, bwd = dis_flow(frames, progress)
+    fwd, bwd = dis_flow(frames, progress, alloc)
     return fwd, bwd, "dis"
 
 
@@ -292,7 +295,8 @@ def _clean_mask(mask: np.ndarray, min_area_frac: float = 0.002) -> np.ndarray:
     return filled
 
 
-def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray) -> np.ndarray:
+def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray,
+                      alloc: Alloc = np.empty) -> np.ndarray:
     """Each frame's deviation [T, H, W] float16 from the camera motion (the mean over its
     forward and backward flows), the background carried through the shot.
 
@@ -308,7 +312,8 @@ def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, v
         if share > best[0]:
             best = (share, i, r, weight)
     _, anchor, r_anchor, w_anchor = best
-    res = np.zeros((n + 1, h, w), np.float16)  # pixels of deviation: half precision is plenty
+    res = alloc((n + 1, h, w), np.float16)  # pixels of deviation: half precision is plenty
+    res[:] = 0
     part = [1.0] + [0.5] * (n - 1) + [1.0]  # a frame's share of each of its (one or two) flows
 
     def add(i: int, r: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -329,7 +334,7 @@ def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, v
 
 
 def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray,
-                 threshold: float = 0.0) -> np.ndarray:
+                 threshold: float = 0.0, alloc: Alloc = np.empty) -> np.ndarray:
     """Foreground guess per frame [T, H, W] uint8 (1: foreground) from flow that disagrees
     with the camera motion (the background's identity carried through the shot), where the
     frame has the texture to tell.
@@ -339,13 +344,13 @@ def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd
     percentile measures how fast they move relative to the camera. bench/bootstrap_bench.py
     scores the masks against ground truth.
     """
-    res = _camera_residuals(fwd, bwd, valid_fwd, valid_bwd)
+    res = _camera_residuals(fwd, bwd, valid_fwd, valid_bwd, alloc)
     hist = LogHistogram()  # the 95th percentile without a sorted copy of the shot's residuals
     for i, frame in enumerate(frames):
         res[i] = res[i].astype(np.float32) * texture_confidence(frame)
         hist.add(res[i])
     thr = threshold if threshold > 0 else max(0.5, 0.6 * hist.quantile(0.95))
-    masks = np.empty(res.shape, np.uint8)
+    masks = alloc(res.shape, np.uint8)
     for i, r in enumerate(res):
         masks[i] = _clean_mask(r > thr)
     return masks
@@ -440,17 +445,18 @@ def preprocess(
     long_range_stride: int = 0,
     long_range_samples: int = 2048,
     seed: int = 0,
+    alloc: Alloc = np.empty,
 ) -> Preprocessed:
     """Flow + consistency + masks for frames [T, H, W, 3] (uint8 or float), and long-range correspondences
     up to `long_range_stride` frames apart (atlas.longrange; 0: none); `progress` shows
-    the flows' bars."""
+    the flows' bars; `alloc(shape, dtype)` makes the shot-sized arrays (atlas.spill)."""
     from .longrange import long_range_pairs
 
     arr = frames.numpy()
     t, h, w, _ = arr.shape
     user_masks = read_masks(masks_dir, t, frame_range or (0, t), (w, h), allow_gaps) if masks_dir is not None else None
-    fwd, bwd, method = compute_flow(arr, flow, raft_weights, device, progress)
-    valid_fwd, valid_bwd = np.empty(fwd.shape[:3], bool), np.empty(fwd.shape[:3], bool)
+    fwd, bwd, method = compute_flow(arr, flow, raft_weights, device, progress, alloc)
+    valid_fwd, valid_bwd = alloc(fwd.shape[:3], bool), alloc(fwd.shape[:3], bool)
     for i in range(t - 1):
         valid_fwd[i], valid_bwd[i] = consistency(fwd[i], bwd[i]), consistency(bwd[i], fwd[i])
     if user_masks is not None:
@@ -460,7 +466,7 @@ def preprocess(
             raise AtlasInputError("--sam-checkpoint needs --sam-prompt x,y or x0,y0,x1,y1 on the first frame")
         masks, source = sam_masks(arr, sam_checkpoint, sam_prompt, device), "sam"
     else:
-        masks, source = motion_masks(arr, fwd, bwd, valid_fwd, valid_bwd, motion_threshold), "motion"
+        masks, source = motion_masks(arr, fwd, bwd, valid_fwd, valid_bwd, motion_threshold, alloc), "motion"
     pairs = long_range_pairs(arr, fwd, bwd, valid_fwd, long_range_stride, long_range_samples, seed, progress)
     return Preprocessed(
         torch.from_numpy(fwd), torch.from_numpy(bwd), torch.from_numpy(valid_fwd), torch.from_numpy(valid_bwd),

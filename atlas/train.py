@@ -34,6 +34,7 @@ from .initialise import initial_layout
 from .io import (Video, check_not_input, check_writable, output_lock, output_path, parse_frame_range, parse_size, probe_video, read_video,
                  unit_float)
 from .memory import check_fit_memory
+from .spill import Spill
 from .meta import BundleMeta, LayerInfo, SourceInfo
 from .model import FrameGeometry, LayeredAtlas
 from .preprocess import Preprocessed, preprocess
@@ -233,29 +234,33 @@ def fit(
     dev = pick_device(device)
     frame_range = parse_frame_range(frames) if isinstance(frames, str) else frames
     shot_size = parse_size(size) if isinstance(size, str) else size
-    if not isinstance(video, Video):  # refuse a shot too large for memory before decoding it
+    # refuse a shot too large for memory before decoding it, and decide whether it spills
+    if isinstance(video, Video):
+        count, h, w = video.frames.shape[:3]
+    else:
         count, w, h = probe_video(video, frame_range, shot_size, allow_gaps)
-        if count:
-            check_fit_memory(count, h, w, cfg.model, dev, cfg.train.batch)
-    with output_lock(out, "atlas fit"):
+    spill = check_fit_memory(count, h, w, cfg.model, dev, cfg.train.batch, cfg.train.spill, out.parent) if count else cfg.train.spill == "always"
+    with output_lock(out, "atlas fit"), Spill(out, spill) as spilled:
         return _fit(video, out, cfg, dev, masks, frame_range, shot_size, time_budget, seed, resume, quiet, raft_weights,
-                    sam_checkpoint, sam_prompt, allow_gaps)
+                    sam_checkpoint, sam_prompt, allow_gaps, spilled)
 
 
 def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: FitConfig, dev: torch.device, masks: str | None,
          frames: tuple[int, int | None] | None, size: tuple[int, int] | None, time_budget: float | None, seed: int, resume: bool,
-         quiet: bool, raft_weights: str | None, sam_checkpoint: str | None, sam_prompt: str | None, allow_gaps: bool) -> AtlasBundle:
-    """The fit itself, once :func:`fit` has checked its arguments and locked `out`."""
+         quiet: bool, raft_weights: str | None, sam_checkpoint: str | None, sam_prompt: str | None, allow_gaps: bool,
+         spill: Spill) -> AtlasBundle:
+    """The fit itself, once :func:`fit` has checked its arguments, locked `out` and opened
+    the spill (where the shot's arrays are made)."""
     torch.manual_seed(seed)
     cv2.setRNGSeed(seed)
     backend = cuda_ext.resolve_backend(cfg.model.encoding_backend, dev)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    vid = video if isinstance(video, Video) else read_video(video, frames, size, allow_gaps=allow_gaps)
+    vid = video if isinstance(video, Video) else read_video(video, frames, size, allow_gaps=allow_gaps, alloc=spill.empty)
     timings["read_s"] = round(time.perf_counter() - t0, 2)
     T, H, W = vid.frames.shape[:3]
-    check_fit_memory(T, H, W, cfg.model, dev, cfg.train.batch)
+    check_fit_memory(T, H, W, cfg.model, dev, cfg.train.batch, "always" if spill.enabled else "never", out.parent)
     geom = FrameGeometry(T, H, W)
     ckpt = _Checkpoint(out)
     # what a checkpoint must match to be resumed: the model layout (format), inputs,
@@ -269,7 +274,7 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
         pre = preprocess(vid.frames, cfg.preprocess.flow, masks, vid.frame_range, cfg.preprocess.motion_threshold,
                          raft_weights, sam_checkpoint, sam_prompt, dev, progress=not quiet, allow_gaps=allow_gaps,
                          long_range_stride=cfg.preprocess.long_range_stride, long_range_samples=cfg.preprocess.long_range_samples,
-                         seed=seed)
+                         seed=seed, alloc=spill.empty)
         ckpt.save_preprocess(pre, {"key": key, "flow": pre.flow_method, "masks": pre.mask_source})
     timings["preprocess_s"] = round(time.perf_counter() - t0, 2)
 

@@ -86,3 +86,81 @@ def test_cli_fit_exits_2_before_any_work(tiny_video, tmp_path, monkeypatch, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "GB of memory" in err and "--size" in err
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["frames"]
+
+
+def test_auto_spills_a_shot_too_big_for_ram_and_checks_the_disk(monkeypatch, tmp_path):
+    model = load_config("fast").model
+    in_ram = memory.estimate(240, 1080, 1920, model)[0]
+    spilled = memory.estimate(240, 1080, 1920, model, spill=True)[0]
+    assert in_ram - spilled == pytest.approx(memory.spill_bytes(240, 1080, 1920))
+    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    monkeypatch.setattr(memory, "available_host_memory", lambda: int((in_ram + spilled) / 2))
+    cpu = torch.device("cpu")
+    assert memory.check_fit_memory(240, 1080, 1920, model, cpu, spill="auto", spill_dir=tmp_path)
+    assert not memory.check_fit_memory(24, 1080, 1920, model, cpu, spill="auto", spill_dir=tmp_path)  # fits in RAM: no spill
+    with pytest.raises(AtlasInputError, match="GB of memory"):
+        memory.check_fit_memory(240, 1080, 1920, model, cpu, spill="never", spill_dir=tmp_path)
+    full = type("Usage", (), {"free": int(memory.spill_bytes(240, 1080, 1920) / 2)})()
+    monkeypatch.setattr(memory.shutil, "disk_usage", lambda path: full)
+    with pytest.raises(AtlasInputError, match=r"need about .* GB of disk to spill beside the output \(240 frames at 1920x1080"):
+        memory.check_fit_memory(240, 1080, 1920, model, cpu, spill="auto", spill_dir=tmp_path)
+
+
+def _spill_dirs(folder):
+    return sorted(folder.glob(".*.spill-*"))
+
+
+def test_a_spilled_fit_is_the_same_fit_and_its_spill_is_removed(tiny_video, tmp_path, monkeypatch):
+    import atlas
+    import atlas.train
+
+    seen = []
+    real = atlas.train.initial_layout
+
+    def layout(*args, **kwargs):  # mid-fit: the shot's arrays are files beside the output
+        seen.extend(p.name for d in _spill_dirs(tmp_path) for p in d.glob("*.npy"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(atlas.train, "initial_layout", layout)
+    clip = write_video(tiny_video.frames, tmp_path / "frames")
+    in_ram = atlas.fit(clip, tmp_path / "a", "fast", ["train.spill=never"], iters=6, quiet=True)
+    assert not seen
+    spilled = atlas.fit(clip, tmp_path / "b", "fast", ["train.spill=always"], iters=6, quiet=True)
+    assert len(seen) == 7  # frames, two flows, two validity masks, the camera residuals, the masks
+    assert not _spill_dirs(tmp_path)
+    a, b = in_ram.model.state_dict(), spilled.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(x, y) for x, y in zip(in_ram.cache.tensors().values(), spilled.cache.tensors().values()))
+    assert float(spilled.cache.flow_fwd.float().abs().sum()) > 0  # still readable after the spill folder is gone
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a failure mid-fit")
+
+    monkeypatch.setattr(atlas.train, "initial_layout", broken)
+    with pytest.raises(RuntimeError, match="mid-fit"):
+        atlas.fit(clip, tmp_path / "c", "fast", ["train.spill=always"], iters=6, quiet=True)
+    assert not _spill_dirs(tmp_path)
+
+
+def test_an_interrupted_fit_removes_its_spill(tiny_video, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clip = write_video(tiny_video.frames, tmp_path / "frames")
+    cmd = [sys.executable, "-m", "atlas", "fit", str(clip), "-o", str(tmp_path / "b"), "--config", "fast", "--iters", "1000000",
+           "--set", "train.spill=always", "--set", "train.checkpoint_every=0", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(d.glob("*.npy") for d in _spill_dirs(tmp_path)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "no spill"
+            time.sleep(0.05)
+        time.sleep(1.0)  # into the fit
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert not _spill_dirs(tmp_path)
