@@ -90,10 +90,11 @@ class LossConfig:
     """Fraction of the iterations over which the mask weight decays."""
     long_range: float = field(default=0.0, metadata=limits(0.0))
     """Weight of long-range consistency: both ends of a long-range correspondence (frames
-    up to preprocess.long_range_stride apart) land on the same atlas point (atlas px,
-    Charbonnier, weighted by layer opacity). Off by default, as it lowered tracking
-    accuracy in bench/track_bench.py; the correspondences still set the initial
-    transforms and measure drift (atlas.diagnose)."""
+    up to preprocess.long_range_stride apart) land on the same atlas point of each layer
+    that shows at both ends (losses.correspondence: a wrong match costs at most 1). Off by
+    default, as it did not raise tracking accuracy in bench/track_bench.py; the
+    correspondences still set and refine the initial transforms and measure drift
+    (atlas.diagnose)."""
     alpha_flow: float = field(default=0.05, metadata=limits(0.0))
     """Weight of foreground opacity consistency along the flow."""
     sparsity: float = field(default=0.002, metadata=limits(0.0))

@@ -27,6 +27,16 @@ def flow_consistency(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tens
     return (err * weights).sum() / weights.sum().clamp_min(1.0)
 
 
+def correspondence(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tensor, px_per_uv: torch.Tensor,
+                   scale_px: float = 2.0) -> torch.Tensor:
+    """Long-range correspondences land on the same atlas point, per layer, under a
+    Geman-McClure loss: a wrong match (occlusion, parallax the layer cannot hold) costs at
+    most 1 instead of pulling with its full distance. Shapes as :func:`flow_consistency`."""
+    sq = ((uv_a - uv_b) * px_per_uv[None]).square().sum(dim=-1)
+    err = sq / (sq + scale_px * scale_px)
+    return (err * weights).sum() / weights.sum().clamp_min(1.0)
+
+
 def rigidity(res: torch.Tensor, res_dx: torch.Tensor, res_dy: torch.Tensor, px_per_uv: torch.Tensor) -> torch.Tensor:
     """Squared finite-difference Jacobian (atlas px per frame px) of the mapping residual.
 

@@ -33,9 +33,10 @@ from .spill import SPILLED_BYTES_PER_PIXEL
 # preprocessing, the camera residuals (2, float16) are held besides; training adds the
 # tables four times over (values, gradients, two Adam moments); after training, every frame
 # is evaluated for the PSNR, the atlases and the quality statistics, keeping up to
-# MAP_CACHE_BYTES of frame maps for the bundle, and saving the cache copies the validity and
-# masks (3); measured after training (bench/plate_bench.py, 1920x1080x120), a little more
-# than counted, hence 20. bench/memory_bench.py measures small shots.
+# MAP_CACHE_BYTES of frame maps for the bundle, and saving the cache copies the masks (1);
+# measured after training (bench/plate_bench.py, 1920x1080x120), a little more than
+# counted, hence 20. A spilled shot's arrays (SPILLED_BYTES_PER_PIXEL) are not in RAM.
+# bench/memory_bench.py measures small shots.
 HOST_BYTES_PER_PIXEL_TRAINING = 16.0
 HOST_BYTES_PER_PIXEL = 20.0
 HOST_BASE_BYTES = 0.8e9  # the interpreter, torch, OpenCV

@@ -77,7 +77,8 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
     loss = loss + lw.flow * losses.flow_consistency(uv[:half], uv[B : B + half], flow_w, px_per_uv)
     if n_long:
         a0, a1 = B + half, B + half + n_long
-        loss = loss + lw.long_range * losses.flow_consistency(uv[a0:a1], uv[a1:], weights[a0:a1].detach(), px_per_uv)
+        both = torch.minimum(weights[a0:a1], weights[a1:]).detach()  # the layer shows at both ends
+        loss = loss + lw.long_range * losses.correspondence(uv[a0:a1], uv[a1:], both, px_per_uv)
     if model.num_fg:
         loss = loss + mask_w * losses.mask_bootstrap(1.0 - weights[:B, 0], data["masks"][idx].float())
         loss = loss + lw.sparsity * losses.sparsity(alpha[:B])

@@ -96,9 +96,25 @@ def test_long_range_term_matches_its_plain_formulation():
     loss, _ = step_loss(model, data, idx, torch.tensor(0.3), cfg.loss, px)
     pr = data["pairs"][idx[: len(idx) // 4] % m]  # a quarter of the batch picks its correspondences
     a, b = model(pr[:, 1:3], pr[:, 0].long()), model(pr[:, 4:6], pr[:, 3].long())
-    term = losses.flow_consistency(a["uv"], b["uv"], a["weights"].detach(), px)
+    both = torch.minimum(a["weights"], b["weights"]).detach()
+    term = losses.correspondence(a["uv"], b["uv"], both, px)
     expected = _plain_loss(model, data, idx, 0.3, cfg) + cfg.loss.long_range * term
     assert term.item() > 0.1 and torch.allclose(loss, expected, rtol=1e-5, atol=1e-7), (loss.item(), expected.item())
+
+
+def test_a_wrong_correspondence_pulls_less_than_a_near_one():
+    """Geman-McClure: a match 40 atlas px off (an occlusion, parallax) has a smaller
+    gradient than one 2 px off, and costs at most 1; a layer hidden at either end is not pulled."""
+    px = torch.tensor([[100.0, 100.0]])
+    uv_b = torch.zeros(2, 1, 2)
+    uv_a = torch.tensor([[[0.02, 0.0]], [[0.4, 0.0]]], requires_grad=True)  # 2 px and 40 px off
+    loss = losses.correspondence(uv_a, uv_b, torch.ones(2, 1), px)
+    loss.backward()
+    near, far = uv_a.grad[:, 0, 0].abs().tolist()
+    assert far < 0.1 * near and loss.item() < 1.0
+    uv_a.grad = None
+    losses.correspondence(uv_a, uv_b, torch.tensor([[1.0], [0.0]]), px).backward()
+    assert uv_a.grad[1].abs().sum() == 0
 
 
 # ops that make a GPU wait for the host: reading a value back, data-dependent shapes, and
