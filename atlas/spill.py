@@ -5,7 +5,8 @@ optimisation: about 16 bytes a pixel, 4 GB for 1920x1080x120 and 32 GB for 4K x 
 With spilling on, those arrays live in files in a folder beside the output instead of in
 the process's own memory: the kernel keeps the pages it can in its file cache and drops
 them under pressure, so RAM no longer bounds the shot, disk does. The arrays and the fit
-are the same bit for bit; only where the bytes live changes. The folder is removed when
+are the same bit for bit; only where the bytes live changes. (Frames handed to the fit in
+memory, an array or a Video, stay where they are.) The folder is removed when
 the fit ends, whether it succeeded, failed or was interrupted (Ctrl-C); a killed process
 (SIGKILL, power loss) leaves a `.<bundle>.spill-*` folder for the user to delete.
 """
