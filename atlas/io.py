@@ -14,12 +14,13 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from .errors import AtlasInputError
+from .spill import Alloc
 
 MOVIE_EXTS = {".mp4", ".mov", ".gif", ".avi", ".mkv", ".webm", ".m4v"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".exr", ".tif", ".tiff", ".bmp"}
@@ -240,7 +241,7 @@ def unit_float(frames: torch.Tensor) -> torch.Tensor:
 
 
 def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int, int] | None,
-          alloc: Callable[..., np.ndarray] = np.empty) -> tuple[np.ndarray, tuple[int, int]]:
+          alloc: Alloc = np.empty) -> tuple[np.ndarray, tuple[int, int]]:
     """Stack `count` frames into one [T, H, W, 3] array, allocated once and filled frame by
     frame (no list of frames, no stacked copy); and the frames' (width, height) before
     resizing. 8-bit footage stays uint8 (3 bytes a pixel, the fit's largest array); any
@@ -278,7 +279,7 @@ def read_video(
     size: tuple[int, int] | str | None = None,
     min_frames: int = 2,
     allow_gaps: bool = False,
-    alloc: Callable[..., np.ndarray] = np.empty,
+    alloc: Alloc = np.empty,
 ) -> Video:
     """Read a movie file or image sequence, optionally a frame range and resized to (W, H).
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import cv2
 import numpy as np
@@ -20,9 +20,8 @@ from .errors import AtlasInputError, first_line
 from .histogram import LogHistogram
 from .io import read_image, sequence_files, to_uint8, unit_float
 from .meta import BundleCorrupt
+from .spill import Alloc
 from .weights import load_weights
-
-Alloc = Callable[..., np.ndarray]  # np.empty's (shape, dtype); atlas.spill's file-backed one
 
 if TYPE_CHECKING:
     from .model import FrameGeometry

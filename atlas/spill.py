@@ -15,9 +15,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-
+from typing import Callable
 
 import numpy as np
+
+Alloc = Callable[..., np.ndarray]  # (shape, dtype) -> an empty array: np.empty, or Spill.empty
 
 SPILLED_BYTES_PER_PIXEL = 16.0  # frames (3), flows (8), validity (2), masks (1), camera residuals (2)
 
