@@ -80,14 +80,17 @@ class AtlasBundle:
         return config_from_dict(self.meta.config)
 
     # ---- evaluation
-    def frame_maps(self, t: int) -> FrameMaps:
-        """Reconstruction, uv per layer and layer weights of frame t.
+    def frame_maps(self, t: int, size: tuple[int, int] | None = None) -> FrameMaps:
+        """Reconstruction, uv per layer and layer weights of frame t, at the fitted size or
+        at `size` (width, height; e.g. `source_size`, evaluated there, not upsampled).
 
-        Kept in memory (up to MAP_CACHE_BYTES) so repeated renders and edits only sample
-        textures instead of re-running the model.
+        Maps at the fitted size are kept in memory (up to MAP_CACHE_BYTES) so repeated
+        renders and edits only sample textures instead of re-running the model.
         """
         if not 0 <= t < self.num_frames:
             raise AtlasInputError(f"frame index {t} out of range 0..{self.num_frames - 1}")
+        if size is not None and tuple(size) != tuple(self.size):
+            return evaluate_frame(self.model, t, size=tuple(size))
         if t in self._maps:
             return self._maps[t]
         maps = evaluate_frame(self.model, t)

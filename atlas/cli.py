@@ -81,7 +81,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     bundle = AtlasBundle.load(args.bundle)
     out = _output(args, _protected(bundle))
     with output_lock(out, "atlas export"):
-        export(bundle, out)
+        export(bundle, out, bundle.size if args.fitted_size else None)
     _say(args, f"wrote {out}")
     return 0
 
@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", parents=[quiet], help="write atlas images and per-frame opacity for compositing")
     e.add_argument("bundle")
     e.add_argument("-o", "--output", required=True, help="folder to write")
+    e.add_argument("--fitted-size", action="store_true",
+                   help="per-frame maps at the fitted (--size) resolution, not the source's")
     e.set_defaults(func=cmd_export)
 
     ed = sub.add_parser("edit", parents=[quiet], help="apply an atlas or keyframe edit to every frame")

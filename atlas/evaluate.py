@@ -23,12 +23,24 @@ def pixel_grid(height: int, width: int, device: torch.device | str = "cpu") -> t
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1).float()
 
 
+def resampled_grid(size: tuple[int, int], fitted: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """[H*W, 2] pixel coordinates of the fitted frames (pixel centres at integers) of the
+    pixel centres of a `size` (width, height) frame showing the same view: the source's
+    pixels for a fit made at a smaller --size. At the fitted size it is pixel_grid."""
+    (w, h), (fw, fh) = size, fitted
+    scale = torch.tensor([fw / w, fh / h], device=device)
+    return (pixel_grid(h, w, device) + 0.5) * scale - 0.5
+
+
 @torch.no_grad()
-def evaluate_frame(model: LayeredAtlas, t: int, chunk: int = 1 << 16) -> FrameMaps:
-    """Run the model on every pixel of frame t, in chunks to bound memory."""
+def evaluate_frame(model: LayeredAtlas, t: int, chunk: int = 1 << 16, size: tuple[int, int] | None = None) -> FrameMaps:
+    """Run the model on every pixel of frame t, in chunks to bound memory; with `size`
+    (width, height), on the pixels of a frame of that size instead (atlas.evaluate.resampled_grid):
+    the mapping is continuous, so maps at the source's resolution are evaluated, not upsampled."""
     g = model.geom
     device = next(model.parameters()).device
-    xy = pixel_grid(g.height, g.width, device)
+    w, h = size or (g.width, g.height)
+    xy = pixel_grid(h, w, device) if size is None else resampled_grid(size, (g.width, g.height), device)
     parts: dict[str, list[torch.Tensor]] = {"rgb": [], "uv": [], "weights": []}
     for start in range(0, xy.shape[0], chunk):
         p = xy[start : start + chunk]
@@ -37,9 +49,9 @@ def evaluate_frame(model: LayeredAtlas, t: int, chunk: int = 1 << 16) -> FrameMa
             parts[k].append(out[k].cpu())
     n_layers = len(model.layer_names)
     return FrameMaps(
-        torch.cat(parts["rgb"]).reshape(g.height, g.width, 3),
-        torch.cat(parts["uv"]).reshape(g.height, g.width, n_layers, 2),
-        torch.cat(parts["weights"]).reshape(g.height, g.width, n_layers),
+        torch.cat(parts["rgb"]).reshape(h, w, 3),
+        torch.cat(parts["uv"]).reshape(h, w, n_layers, 2),
+        torch.cat(parts["weights"]).reshape(h, w, n_layers),
     )
 
 

@@ -42,6 +42,14 @@ class Video:
         """(width, height)."""
         return int(self.frames.shape[2]), int(self.frames.shape[1])
 
+    def resized(self, size: tuple[int, int] | None, alloc: Alloc = np.empty) -> "Video":
+        """The shot at `size` (width, height), area-filtered, remembering the size it had
+        before; itself when `size` is None or its own."""
+        if size is None or tuple(size) == self.size:
+            return self
+        arr, _ = _fill(iter(self.frames.numpy()), len(self.frames), self.source, tuple(size), alloc)
+        return Video(torch.from_numpy(arr), self.fps, self.source, self.frame_range, self.source_size or self.size)
+
 
 def parse_frame_range(text: str | None) -> tuple[int, int | None] | None:
     """`A:B` (half-open, either side may be empty) -> (A, B)."""

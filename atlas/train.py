@@ -236,7 +236,7 @@ def fit(
     shot_size = parse_size(size) if isinstance(size, str) else size
     # refuse a shot too large for memory before decoding it, and decide whether it spills
     if isinstance(video, Video):
-        count, h, w = video.frames.shape[:3]
+        count, (w, h) = len(video.frames), shot_size or video.size
     else:
         count, w, h = probe_video(video, frame_range, shot_size, allow_gaps)
     spill = check_fit_memory(count, h, w, cfg.model, dev, cfg.train.batch, cfg.train.spill, out.parent) if count else cfg.train.spill == "always"
@@ -257,7 +257,8 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    vid = video if isinstance(video, Video) else read_video(video, frames, size, allow_gaps=allow_gaps, alloc=spill.empty)
+    vid = video.resized(size, spill.empty) if isinstance(video, Video) else read_video(video, frames, size, allow_gaps=allow_gaps,
+                                                                                         alloc=spill.empty)
     timings["read_s"] = round(time.perf_counter() - t0, 2)
     T, H, W = vid.frames.shape[:3]
     check_fit_memory(T, H, W, cfg.model, dev, cfg.train.batch, "always" if spill.enabled else "never", out.parent)

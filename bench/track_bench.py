@@ -12,7 +12,7 @@ coordinates; also delta_avg split by whether the query lies on the ground-truth
 foreground, the share of tracks that followed the right layer, and the foreground IoU
 of the motion-bootstrap masks and of the fitted opacity against the ground-truth masks)
 beside two baselines on the same frames: chained OpenCV DIS flow (never occluded) and
-zero motion. Each fit runs in a fresh subprocess. Prints one table per preset with the
+zero motion. `--gt-masks` fits the DAVIS clips with their ground-truth masks. Each fit runs in a fresh subprocess. Prints one table per preset with the
 means, and the time to track 1,000 points through the frames.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def warped_truth(clip, n: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return points, occluded
 
 
-def worker(clip: str, preset: str, budget: float, size: str, device: str, overrides: list[str]) -> dict:
+def worker(clip: str, preset: str, budget: float, size: str, device: str, overrides: list[str], gt_masks: bool = False) -> dict:
     import atlas
     from atlas.io import Video, parse_size, read_video
     from atlas.preprocess import dis_flow, read_masks
@@ -87,6 +87,11 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
         points = gt["points"] * np.array([w / float(gt["width"]), h / float(gt["height"])], np.float32)
         occluded = gt["occluded"]
         masks = read_masks(DATA / "davis" / clip / "masks", FRAMES, (0, FRAMES), (w, h))
+    masks_dir = None
+    if gt_masks:
+        if clip in SCENES or clip == SYNTHETIC:
+            raise SystemExit(f"--gt-masks: {clip} has its masks in memory only")
+        masks_dir = str(DATA / "davis" / clip / "masks")
     seen = ~occluded.all(axis=1)
     points, occluded = points[seen], occluded[seen]
     q = query_first(occluded)
@@ -95,7 +100,7 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     qy = np.clip(queries[:, 1].astype(int), 0, h - 1)
     on_fg = masks[q, qy, qx] > 0.5  # the query lies on the ground-truth foreground
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = atlas.fit(video, Path(tmp) / "b", preset, overrides, time_budget=budget, iters=1_000_000 if budget else None,
+        bundle = atlas.fit(video, Path(tmp) / "b", preset, overrides, masks=masks_dir, time_budget=budget, iters=1_000_000 if budget else None,
                            device=device, quiet=True)
     t0 = time.perf_counter()
     tracks = bundle.track(queries)
@@ -145,15 +150,17 @@ def main() -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--json", help="also write every row to this JSON file")
+    p.add_argument("--gt-masks", action="store_true", help="fit the DAVIS clips with their ground-truth masks (the ceiling of a perfect foreground guess)")
     p.add_argument("--worker", nargs=2, metavar=("CLIP", "PRESET"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker[0], a.worker[1], a.budget, a.size, a.device, a.overrides)))
+        print(json.dumps(worker(a.worker[0], a.worker[1], a.budget, a.size, a.device, a.overrides, a.gt_masks)))
         return 0
     clips = available(a.clips)
     rows = []
     for preset in a.presets:
-        print(f"\npreset {preset}, {a.size}, first {FRAMES} frames, fit budget {a.budget:g} s, device {a.device}")
+        print(f"\npreset {preset}, {a.size}, first {FRAMES} frames, fit budget {a.budget:g} s, device {a.device}"
+              + (", ground-truth masks" if a.gt_masks else ""))
         head = (f"{'clip':<20}{'PSNR':>7}{'fit s':>7}{'d_avg':>7}{'AJ':>7}{'OA':>7}{'DIS d':>7}{'DIS AJ':>7}{'zero d':>7}"
                 f"{'fg d':>7}{'DIS':>6}{'bg d':>7}{'DIS':>6}{'layer%':>7}{'IoU0':>6}{'IoU':>6}  bg atlas")
         print(head)
@@ -163,6 +170,7 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--worker", clip, preset, "--budget", str(a.budget), "--size", a.size, "--device", a.device]
             for o in a.overrides:
                 cmd += ["--set", o]
+            cmd += ["--gt-masks"] if a.gt_masks else []
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 print(f"{clip:<20} failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}")

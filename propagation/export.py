@@ -8,6 +8,10 @@ Writes, atomically into one folder:
     quality/<layer>.png             where edits will not hold (copied from the bundle)
     export.json                     files, sizes and conventions
 
+The per-frame maps have the source's resolution (a fit made at a smaller --size is
+evaluated at the source's pixel centres; the mapping is continuous) unless `size` says
+otherwise, so an STMap lines up with the plate it came from.
+
 Texture coordinates: texel (i, j) of a w x h atlas is centred at u = (i + 0.5) / w,
 v = (j + 0.5) / h, v downwards from the top row. Nuke's STMap counts its second
 coordinate upwards from the bottom row, hence G = 1 - v: an STMap node with the atlas as
@@ -33,12 +37,13 @@ CONVENTIONS = {
 }
 
 
-def export(bundle: AtlasBundle, out: str | Path) -> Path:
-    """Write the export folder for `bundle` at `out` (replaced only if it is a previous export)."""
+def export(bundle: AtlasBundle, out: str | Path, size: tuple[int, int] | None = None) -> Path:
+    """Write the export folder for `bundle` at `out` (replaced only if it is a previous
+    export), its per-frame maps at `size` (width, height; default: the source's)."""
     out = Path(out)
     if out.exists() and not (out / "export.json").is_file() and (out.is_file() or any(out.iterdir())):
         raise AtlasInputError(f"{out} exists and is not an atlas export; choose another -o path")
-    w, h = bundle.size
+    w, h = size = tuple(size or bundle.source_size)
     names = bundle.layer_names
     with atomic_path(out, is_dir=True) as tmp:
         for sub in ["atlas", "alpha"] + [f"{kind}/{n}" for kind in ("uv", "stmap") for n in names]:
@@ -46,7 +51,7 @@ def export(bundle: AtlasBundle, out: str | Path) -> Path:
         for name, tex in bundle.textures.items():
             write_png(tmp / "atlas" / f"{name}.png", tex)
         for t in range(bundle.num_frames):
-            maps = bundle.frame_maps(t)
+            maps = bundle.frame_maps(t, size)
             write_png(tmp / "alpha" / f"{t:05d}.png", 1.0 - maps.weights[..., 0])
             for i, name in enumerate(names):
                 u, v = maps.uv[..., i, 0].numpy(), maps.uv[..., i, 1].numpy()
@@ -60,6 +65,8 @@ def export(bundle: AtlasBundle, out: str | Path) -> Path:
         info = {
             "frames": bundle.num_frames,
             "size": [w, h],
+            "fitted_size": list(bundle.size),
+            "source_size": list(bundle.source_size),
             "fps": bundle.fps,
             "layers": names,
             "atlas": {n: {"file": f"atlas/{n}.png", "size": list(bundle.textures[n].shape[1::-1])} for n in names},

@@ -128,6 +128,38 @@ def test_export_stmap_round_trip(fitted, tmp_path):
     assert torch.allclose(frame.clamp(0, 1), expected, atol=1e-4)
 
 
+def test_export_of_a_reduced_fit_is_at_the_source_resolution(clip, tmp_path):
+    """A fit made at half the source's size exports maps at the source's: the mapping is
+    evaluated at the source's pixel centres, so the four that split a fitted pixel
+    average to its value (a half-pixel slip of the grid would move them a quarter texel)."""
+    import json
+
+    import atlas
+    from atlas.cli import main
+    from atlas.io import Video, read_exr_channels
+    from propagation.export import export
+
+    video = Video(clip.frames, clip.fps, "synthetic", (0, clip.frames.shape[0]))
+    half = atlas.fit(video, tmp_path / "half.atlas", "fast", ["train.checkpoint_every=0"], size=(40, 30), iters=120, quiet=True)
+    assert half.size == (40, 30) and half.source_size == (80, 60)
+    out = export(half, tmp_path / "exp")
+    info = json.loads((out / "export.json").read_text())
+    assert info["size"] == [80, 60] and info["fitted_size"] == [40, 30] and info["source_size"] == [80, 60]
+    assert main(["export", str(half.path), "-o", str(tmp_path / "small"), "--fitted-size", "--quiet"]) == 0
+    assert json.loads((tmp_path / "small" / "export.json").read_text())["size"] == [40, 30]
+    t = 2
+    for name in half.layer_names:
+        src = read_exr_channels(out / "uv" / name / f"{t:05d}.exr")
+        small = read_exr_channels(tmp_path / "small" / "uv" / name / f"{t:05d}.exr")
+        assert src["u"].shape == (60, 80) and small["u"].shape == (30, 40)
+        assert read_exr_channels(out / "stmap" / name / f"{t:05d}.exr")["RGBA"].shape == (60, 80, 4)
+        atlas_h, atlas_w = half.textures[name].shape[:2]
+        for ch, texels in (("u", atlas_w), ("v", atlas_h)):
+            quad = src[ch].reshape(30, 2, 40, 2).mean(axis=(1, 3))
+            assert np.median(np.abs(quad - small[ch])) * texels < 0.05
+    assert len(list((out / "alpha").glob("*.png"))) == half.num_frames
+
+
 def test_cli_edit_writes_video_and_atlases(fitted, tmp_path, capsys):
     from atlas.cli import main
     from atlas.io import read_image, write_png
