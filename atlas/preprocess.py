@@ -294,42 +294,76 @@ def _clean_mask(mask: np.ndarray, min_area_frac: float = 0.002) -> np.ndarray:
     return filled
 
 
+SWAP_AGREEMENT = 0.5  # below this share of pixels keeping their side, the background's identity swapped between two pairs
+
+
+def _swapped_pairs(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(share [T-1] of each pair's pixels that its own camera fit calls background,
+    swapped [T-1] bool: pairs whose fit took the object for the background).
+
+    A pair's camera fit takes the motion of most of its pixels; where an object fills the
+    frame (and the real background is blurred or flat) that is the object's. Such a pair
+    is told by its neighbours: carried along the flow, the background of one pair's fit
+    becomes the other's foreground. Counting these swaps through the shot, the pairs on
+    the side of the one with the most background (the object at its smallest) keep their
+    fit's background; the others have it the wrong way round.
+    """
+    n = len(fwd)
+    share, side = np.zeros(n), np.zeros(n, bool)
+    prev = None
+    for i in range(n):
+        _, weight = _camera_residual(fwd[i], valid_fwd[i])
+        share[i] = np.mean(weight > 0.5)
+        side[i] = side[i - 1] if i else False
+        if prev is not None and valid_fwd[i].any():
+            carried = warp_sample(prev, bwd[i - 1])[valid_fwd[i]] > 0.5
+            if np.mean((weight[valid_fwd[i]] > 0.5) == carried) < SWAP_AGREEMENT:
+                side[i] = not side[i]
+        prev = weight
+    return share, side != side[int(np.argmax(share))]
+
+
 def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray,
-                      alloc: Alloc = np.empty) -> np.ndarray:
-    """Each frame's deviation [T, H, W] float16 from the camera motion (the mean over its
-    forward and backward flows), the background carried through the shot.
+                      alloc: Alloc = np.empty) -> tuple[np.ndarray, np.ndarray]:
+    """(res [T, H, W] float16, taken [T] bool): each frame's deviation from the camera
+    motion, the mean over its forward and backward flows, the background carried through
+    the shot; where every pair of a frame took the object for the background (taken),
+    res holds instead 1 on that object (the pixels its own camera fit explains).
 
     The sweep starts at the pair whose camera fit explains the most pixels (where moving
     objects are smallest) and goes both ways from it; every other pair's fit starts from
-    its neighbour's background weights, warped along the flow.
+    its neighbour's background weights, warped along the flow, and pairs that took the
+    object for the background (_swapped_pairs) restart it.
     """
     n, h, w = fwd.shape[:3]
-    best = (-1.0, 0, None, None)  # (share of background, pair, its residual, its background weight)
-    for i in range(n):
-        r, weight = _camera_residual(fwd[i], valid_fwd[i])
-        share = float(np.mean(weight > 0.5))
-        if share > best[0]:
-            best = (share, i, r, weight)
-    _, anchor, r_anchor, w_anchor = best
+    share, swapped = _swapped_pairs(fwd, bwd, valid_fwd)
+    anchor = int(np.argmax(share))
+    uses = np.zeros(n + 1)  # how many unswapped pairs measure each frame
+    uses[:-1] += ~swapped
+    uses[1:] += ~swapped
     res = alloc((n + 1, h, w), np.float16)  # pixels of deviation: half precision is plenty
     res[:] = 0
-    part = [1.0] + [0.5] * (n - 1) + [1.0]  # a frame's share of each of its (one or two) flows
 
-    def add(i: int, r: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    def add(i: int, prior: np.ndarray | None) -> np.ndarray:
         """Add pair i's forward residual and its backward flow's (fitted from the forward
-        background, warped onto frame i + 1 where bwd lives); returns the weight."""
+        background, warped onto frame i + 1 where bwd lives); returns the background weight."""
+        r, weight = _camera_residual(fwd[i], valid_fwd[i], prior)
         r_back, _ = _camera_residual(bwd[i], valid_bwd[i], warp_sample(weight, bwd[i]))
-        res[i] += np.minimum(r, 6e4) * part[i]
-        res[i + 1] += np.minimum(r_back, 6e4) * part[i + 1]
+        res[i] += np.minimum(r, 6e4) / uses[i]
+        res[i + 1] += np.minimum(r_back, 6e4) / uses[i + 1]
         return weight
 
-    weight = add(anchor, r_anchor, w_anchor)
+    weight = anchor_weight = add(anchor, None)
     for i in range(anchor + 1, n):
-        weight = add(i, *_camera_residual(fwd[i], valid_fwd[i], warp_sample(weight, bwd[i - 1])))
-    weight = w_anchor
+        weight = None if swapped[i] else add(i, None if weight is None else warp_sample(weight, bwd[i - 1]))
+    weight = anchor_weight
     for i in range(anchor - 1, -1, -1):
-        weight = add(i, *_camera_residual(fwd[i], valid_fwd[i], warp_sample(weight, fwd[i])))
-    return res
+        weight = None if swapped[i] else add(i, None if weight is None else warp_sample(weight, fwd[i]))
+    taken = uses == 0
+    for i in np.flatnonzero(taken):  # the object is what the pair's own fit calls background
+        flow, valid = (fwd[i], valid_fwd[i]) if i < n else (bwd[n - 1], valid_bwd[n - 1])
+        res[i] = (_camera_residual(flow, valid)[1] > 0.5) & valid
+    return res, taken
 
 
 def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray,
@@ -343,15 +377,16 @@ def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd
     percentile measures how fast they move relative to the camera. bench/bootstrap_bench.py
     scores the masks against ground truth.
     """
-    res = _camera_residuals(fwd, bwd, valid_fwd, valid_bwd, alloc)
+    res, taken = _camera_residuals(fwd, bwd, valid_fwd, valid_bwd, alloc)
     hist = LogHistogram()  # the 95th percentile without a sorted copy of the shot's residuals
     for i, frame in enumerate(frames):
-        res[i] = res[i].astype(np.float32) * texture_confidence(frame)
-        hist.add(res[i])
+        if not taken[i]:
+            res[i] = res[i].astype(np.float32) * texture_confidence(frame)
+            hist.add(res[i])
     thr = threshold if threshold > 0 else max(0.5, 0.6 * hist.quantile(0.95))
     masks = alloc(res.shape, np.uint8)
     for i, r in enumerate(res):
-        masks[i] = _clean_mask(r > thr)
+        masks[i] = _clean_mask(r > (0.5 if taken[i] else thr))
     return masks
 
 
