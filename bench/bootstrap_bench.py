@@ -32,7 +32,8 @@ def clip_frames(clip: str, frames: int, w: int, h: int) -> tuple[np.ndarray, np.
         c = make_clip(num_frames=frames, width=w, height=h, seed=0)
         return c.frames.numpy(), c.masks.numpy() >= 0.5
     video = read_video(DAVIS / clip / "frames", frames=(0, frames), size=(w, h))
-    return video.frames.numpy(), read_masks(DAVIS / clip / "masks", frames, (0, frames), (w, h)) > 0.5
+    t = len(video.frames)  # a clip shorter than --frames is read whole
+    return video.frames.numpy(), read_masks(DAVIS / clip / "masks", t, (0, t), (w, h)) > 0.5
 
 
 def thin_parts(masks: np.ndarray, px: float = 3.0) -> np.ndarray:
@@ -50,7 +51,7 @@ def scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="427x240")
-    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--frames", type=int, default=32, help="first frames of each clip (a large number: whole clips)")
     p.add_argument("--clips", nargs="+", default=CLIPS + list(SCENES) + [SYNTHETIC])
     a = p.parse_args()
     from atlas.io import parse_size
