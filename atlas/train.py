@@ -236,6 +236,8 @@ def fit(
     shot_size = parse_size(size) if isinstance(size, str) else size
     # refuse a shot too large for memory before decoding it, and decide whether it spills
     if isinstance(video, Video):
+        if frame_range is not None:
+            raise AtlasInputError("frames= picks frames from a path or an array; a Video is fitted whole (slice it instead)")
         count, (w, h) = len(video.frames), shot_size or video.size
     else:
         count, w, h = probe_video(video, frame_range, shot_size, allow_gaps)

@@ -137,6 +137,11 @@ def test_fit_frames_in_memory(tiny_video, tmp_path):
         assert torch.equal(source_frames(bundle), bundle.render())
     given = torch.from_numpy(u8.astype(np.float32) / 255)
     assert source_frames(bundle, given) is given
+    # a Video is resized to size= (the source's size remembered); frames= would be ignored, so it is refused
+    half = atlas.fit(tiny_video, tmp_path / "b", "fast", size=(20, 16), iters=3, quiet=True)
+    assert half.size == (20, 16) and half.source_size == (40, 32)
+    with pytest.raises(AtlasInputError, match="fitted whole"):
+        atlas.fit(tiny_video, tmp_path / "c", "fast", frames="0:2", iters=3, quiet=True)
 
 
 def test_atlases_and_quality_do_not_depend_on_the_kept_frame_maps(tiny_video, tmp_path, monkeypatch):
