@@ -40,7 +40,7 @@ def evaluate_frame(model: LayeredAtlas, t: int, chunk: int = 1 << 16, size: tupl
     g = model.geom
     device = next(model.parameters()).device
     w, h = size or (g.width, g.height)
-    xy = pixel_grid(h, w, device) if size is None else resampled_grid(size, (g.width, g.height), device)
+    xy = resampled_grid((w, h), (g.width, g.height), device)
     parts: dict[str, list[torch.Tensor]] = {"rgb": [], "uv": [], "weights": []}
     for start in range(0, xy.shape[0], chunk):
         p = xy[start : start + chunk]

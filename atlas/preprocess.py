@@ -389,17 +389,18 @@ def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd
             res[i] = res[i].astype(np.float32) * texture_confidence(frame)
             hist.add(res[i])
     thr = threshold if threshold > 0 else max(0.5, 0.6 * hist.quantile(0.95))
+    # per frame (taken ones hold 0/1); compared as Python floats, so in the residuals' float16
+    cut, follow = np.where(taken, 0.5, thr), np.where(taken, 0.5, FOLLOW_FRACTION * thr)
     masks = alloc(res.shape, np.uint8)
     for i, r in enumerate(res):
-        masks[i] = _clean_mask(r > (0.5 if taken[i] else thr))
+        masks[i] = _clean_mask(r > float(cut[i]))
     area = masks.reshape(len(masks), -1).sum(axis=1)  # before any following
     n = len(masks)
     for steps in (((i - 1, i, bwd[i - 1]) for i in range(1, n)), ((i + 1, i, fwd[i]) for i in range(n - 2, -1, -1))):
         for src, dst, flow in steps:  # flow lives on dst and points into src
             carried = warp_sample(masks[src], flow) > 0.5
             if area[dst] < 0.5 * np.count_nonzero(carried):
-                weak = res[dst] > (0.5 if taken[dst] else FOLLOW_FRACTION * thr)
-                masks[dst] = _clean_mask(masks[dst].astype(bool) | (carried & weak))
+                masks[dst] = _clean_mask(masks[dst].astype(bool) | (carried & (res[dst] > float(follow[dst]))))
     return masks
 
 

@@ -12,8 +12,9 @@ coordinates; also delta_avg split by whether the query lies on the ground-truth
 foreground, the share of tracks that followed the right layer, and the foreground IoU
 of the motion-bootstrap masks and of the fitted opacity against the ground-truth masks)
 beside two baselines on the same frames: chained OpenCV DIS flow (never occluded) and
-zero motion. `--gt-masks` fits the DAVIS clips with their ground-truth masks. Each fit runs in a fresh subprocess. Prints one table per preset with the
-means, and the time to track 1,000 points through the frames.
+zero motion. `--gt-masks` fits the DAVIS clips with their ground-truth masks (the
+ceiling of a perfect foreground guess). Each fit runs in a fresh subprocess. Prints one
+table per preset with the means, and the time to track 1,000 points through the frames.
 """
 from __future__ import annotations
 
