@@ -15,6 +15,8 @@ The chain is only a start: each pair's error adds up along it. A joint refinemen
 the shot (a small bundle adjustment) then moves every frame's transform at once so the
 layer's long-range correspondences (atlas.longrange: pixels matched 1 to 16 frames
 apart) agree, measured in the frames' own pixels and robust to the ones on other motions.
+Last, each layer's canonical plane is scaled to the density of the frame that sees it
+closest, so its atlas keeps that frame's detail.
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ MODELS = ("homography", "affine", "similarity", "translation")
 LINK_AREA = (0.6, 1.6)
 LINK_ANGLE_DEG = (55.0, 125.0)
 LINK_W_RATIO = 0.75
-# a chained transform, frame corners mapped into the canonical plane
-CHAIN_AREA = (1.0 / 16.0, 16.0)
+# a chained transform, frame corners mapped into the canonical plane (area relative to frame 0's:
+# an object that comes 8x closer is still one atlas)
+CHAIN_AREA = (1.0 / 64.0, 64.0)
 CHAIN_ANGLE_DEG = (30.0, 150.0)
 CHAIN_W_RATIO = 0.25
 # joint refinement: correspondences per (frame, stride), Cauchy scale (px), rounds of reweighting
@@ -61,23 +64,34 @@ def _corners(geom: FrameGeometry) -> np.ndarray:
     return np.array([[-w, -h], [w, -h], [w, h], [-w, h]])
 
 
-def well_conditioned(m: np.ndarray, geom: FrameGeometry, area: tuple[float, float], angle: tuple[float, float], w_ratio: float) -> bool:
+def _area_ratio(p: np.ndarray, geom: FrameGeometry) -> float:
+    """Area of a quad [4, 2] of normalised coordinates over the frame's."""
+    c = _corners(geom)
+    return 0.5 * abs(np.sum(p[:, 0] * np.roll(p[:, 1], -1) - np.roll(p[:, 0], -1) * p[:, 1])) / (4 * c[1, 0] * c[2, 1])
+
+
+def _mapped_corners(m: np.ndarray, geom: FrameGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """The frame's corners mapped by m: (points [4, 2], their homogeneous w [4])."""
+    ph = np.c_[_corners(geom), np.ones(4)] @ m.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ph[:, :2] / ph[:, 2:], ph[:, 2]
+
+
+def well_conditioned(m: np.ndarray, geom: FrameGeometry, area: tuple[float, float], angle: tuple[float, float], w_ratio: float,
+                     unit_area: float = 1.0) -> bool:
     """Whether the frame's corners mapped by m form a convex quad with finite, same-sign w
-    (min/max at least `w_ratio`), an area ratio in `area` and corner angles in `angle`."""
+    (min/max at least `w_ratio`), an area ratio in `area` (times `unit_area`) and corner
+    angles in `angle`."""
     if not np.all(np.isfinite(m)):
         return False
-    c = _corners(geom)
-    ph = np.c_[c, np.ones(4)] @ m.T
-    w = ph[:, 2]
+    p, w = _mapped_corners(m, geom)
     if not (np.all(w > 0) or np.all(w < 0)) or np.abs(w).min() / np.abs(w).max() < w_ratio:
         return False
-    p = ph[:, :2] / w[:, None]
     edges = np.roll(p, -1, axis=0) - p
     cross = edges[:, 0] * np.roll(edges, -1, axis=0)[:, 1] - edges[:, 1] * np.roll(edges, -1, axis=0)[:, 0]
     if not (np.all(cross > 0) or np.all(cross < 0)):
         return False
-    quad = 0.5 * abs(np.sum(p[:, 0] * np.roll(p[:, 1], -1) - np.roll(p[:, 0], -1) * p[:, 1]))
-    ratio = quad / (4 * c[1, 0] * c[2, 1])
+    ratio = _area_ratio(p, geom) / unit_area
     if not area[0] <= ratio <= area[1]:
         return False
     prev, nxt = -np.roll(edges, 1, axis=0), edges
@@ -153,11 +167,24 @@ def _chain(links: dict[int, np.ndarray], num_frames: int) -> np.ndarray:
 
 
 def first_degenerate(transforms: np.ndarray, geom: FrameGeometry) -> int | None:
-    """The first frame whose transform into the canonical plane is not well conditioned."""
+    """The first frame whose transform into the canonical plane is not well conditioned
+    (areas relative to frame 0's, so a canonical plane at any density is judged alike)."""
+    unit = _area_ratio(_mapped_corners(transforms[0], geom)[0], geom) if np.all(np.isfinite(transforms[0])) else 1.0
     for t, h in enumerate(transforms):
-        if not well_conditioned(h, geom, CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO):
+        if not (unit > 0 and well_conditioned(h, geom, CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO, unit)):
             return t
     return None
+
+
+def at_sharpest_view(chain: Chain, geom: FrameGeometry, shown: np.ndarray) -> Chain:
+    """The chain with its canonical plane scaled so that one unit of it is one pixel of the
+    frame (among those where the layer is `shown` [T] bool) that sees it largest: the atlas
+    then holds the detail of the closest view, not of frame 0 (an object that comes
+    towards the camera would otherwise be fitted from a blurred atlas)."""
+    frames = np.nonzero(shown)[0] if shown.any() else np.arange(len(chain.transforms))
+    magnification = max(_area_ratio(_mapped_corners(chain.transforms[t], geom)[0], geom) ** -0.5 for t in frames)
+    scaled = np.diag([magnification, magnification, 1.0]) @ chain.transforms
+    return Chain(scaled, chain.model, chain.break_frame, chain.broken_model)
 
 
 def robust_chain(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: str, seed: int = 0) -> Chain:
@@ -300,10 +327,15 @@ def initial_layout(pre: Preprocessed, geom: FrameGeometry, num_fg: int, seed: in
     pairs = pre.pairs.numpy()
     bg_mask = "outside" if has_fg else "all"
     bg = adjust(robust_chain(pre, geom, "homography", bg_mask, seed), pairs, masks, geom, bg_mask, seed)
+    bg = at_sharpest_view(bg, geom, np.ones(geom.num_frames, bool))
     chains, los, his = [bg], [], []
     lo, hi = uv_range(bg.transforms, geom, None, 0.02)
     los.append(lo), his.append(hi)
-    fg = adjust(robust_chain(pre, geom, "similarity", "inside", seed), pairs, masks, geom, "inside", seed) if has_fg else bg
+    if has_fg:
+        fg = adjust(robust_chain(pre, geom, "similarity", "inside", seed), pairs, masks, geom, "inside", seed)
+        fg = at_sharpest_view(fg, geom, masks.reshape(geom.num_frames, -1).max(1) > 0.5)
+    else:
+        fg = bg
     for _ in range(num_fg):
         lo, hi = uv_range(fg.transforms, geom, masks if has_fg else None, 0.15)
         chains.append(fg), los.append(lo), his.append(hi)
