@@ -203,8 +203,7 @@ class AtlasBundle:
             cache = None
             cache_file = path / "cache" / "preprocess.safetensors"
             if cache_file.is_file():
-                cache = Preprocessed.from_tensors(_read_tensors(cache_file), meta.preprocess["flow"], meta.preprocess["masks"],
-                                                  model.geom)
+                cache = Preprocessed.read(cache_file, meta.preprocess["flow"], meta.preprocess["masks"], model.geom)
         except (BundleCorrupt, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise AtlasInputError(f"{path}: bundle is corrupt: {exc}") from None
         return cls(model, meta, textures, cache, path, quality)

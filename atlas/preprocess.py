@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 import cv2
 import numpy as np
 import torch
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from .config import FLOW_METHODS
@@ -48,23 +49,38 @@ class Preprocessed:
         }
 
     @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor], flow_method: str, mask_source: str, geom: "FrameGeometry | None" = None) -> "Preprocessed":
-        """Rebuild from :meth:`tensors` (a bundle's or checkpoint's cache); with `geom`, the
-        shapes are checked against the fitted frames (:class:`BundleCorrupt` if they differ)."""
-        if geom is not None:
-            T, H, W = geom.num_frames, geom.height, geom.width
-            want = {"flow_fwd": (T - 1, H, W, 2), "flow_bwd": (T - 1, H, W, 2), "valid_fwd": (T - 1, H, W),
-                    "valid_bwd": (T - 1, H, W), "masks": (T, H, W)}
-            for key, shape in want.items():
-                if key not in t or tuple(t[key].shape) != shape:
-                    raise BundleCorrupt(f"the preprocessing cache's {key} is missing or not {list(shape)}")
-            if "pairs" in t and (t["pairs"].ndim != 2 or t["pairs"].shape[1] != 6 or not torch.isfinite(t["pairs"]).all()):
-                raise BundleCorrupt("the preprocessing cache's pairs are not finite [M, 6] correspondences")
-        pairs = t["pairs"].float() if "pairs" in t else torch.zeros(0, 6)  # caches from before long-range pairs have none
-        return cls(
-            t["flow_fwd"].half(), t["flow_bwd"].half(), t["valid_fwd"].bool(), t["valid_bwd"].bool(),
-            (t["masks"] >= 128).to(torch.uint8), flow_method, mask_source, pairs,
-        )
+    def read(cls, file: Path, flow_method: str, mask_source: str, geom: "FrameGeometry", alloc: Alloc = np.empty) -> "Preprocessed":
+        """Read a cache saved from :meth:`tensors` (a bundle's or a checkpoint's) a frame at a
+        time into arrays from `alloc`, so with a spill's a resumed plate is memory-mapped again
+        instead of read into RAM. Shapes are checked against the fitted frames; anything that
+        is not such a cache is :class:`BundleCorrupt`."""
+        T, H, W = geom.num_frames, geom.height, geom.width
+        # name: shape, stored value -> kept value, kept dtype
+        layout = {"flow_fwd": ((T - 1, H, W, 2), lambda x: x.half(), np.float16),
+                  "flow_bwd": ((T - 1, H, W, 2), lambda x: x.half(), np.float16),
+                  "valid_fwd": ((T - 1, H, W), lambda x: x != 0, np.bool_), "valid_bwd": ((T - 1, H, W), lambda x: x != 0, np.bool_),
+                  "masks": ((T, H, W), lambda x: (x >= 128).to(torch.uint8), np.uint8)}
+        arrays = {}
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                keys = set(f.keys())
+                for key, (shape, convert, dtype) in layout.items():
+                    stored = f.get_slice(key) if key in keys else None
+                    if stored is None or tuple(stored.get_shape()) != shape:
+                        raise BundleCorrupt(f"the preprocessing cache's {key} is missing or not {list(shape)}")
+                    out = alloc(shape, dtype)
+                    for i in range(shape[0]):
+                        out[i] = convert(stored[i : i + 1])[0].numpy()
+                    arrays[key] = torch.from_numpy(out)
+                pairs = f.get_tensor("pairs").float() if "pairs" in keys else torch.zeros(0, 6)  # caches from before long-range pairs
+        except (BundleCorrupt, PermissionError):
+            raise
+        except Exception as exc:  # safetensors raises several types for truncated or corrupt files
+            raise BundleCorrupt(f"cannot read {file.name}: {first_line(exc)}") from None
+        if pairs.ndim != 2 or pairs.shape[1] != 6 or not torch.isfinite(pairs).all():
+            raise BundleCorrupt("the preprocessing cache's pairs are not finite [M, 6] correspondences")
+        return cls(arrays["flow_fwd"], arrays["flow_bwd"], arrays["valid_fwd"], arrays["valid_bwd"], arrays["masks"], flow_method,
+                   mask_source, pairs)
 
 
 # ---------------------------------------------------------------- flow

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 import cuda_ext
@@ -34,8 +34,8 @@ from .initialise import initial_layout
 from .io import (Video, check_not_input, check_writable, output_lock, output_path, parse_frame_range, parse_size, probe_video, read_video,
                  unit_float)
 from .memory import check_fit_memory
-from .spill import Spill
-from .meta import BundleMeta, LayerInfo, SourceInfo
+from .spill import Alloc, Spill
+from .meta import BundleCorrupt, BundleMeta, LayerInfo, SourceInfo
 from .model import FrameGeometry, LayeredAtlas
 from .preprocess import Preprocessed, preprocess
 from .quality import QualityStats
@@ -64,7 +64,7 @@ class _Checkpoint:
         save_file(pre.tensors(), str(self.dir / "preprocess.safetensors"))
         (self.dir / "meta.json").write_text(json.dumps(meta))
 
-    def load_preprocess(self, key: str, geom: FrameGeometry) -> Preprocessed | None:
+    def load_preprocess(self, key: str, geom: FrameGeometry, alloc: Alloc) -> Preprocessed | None:
         f, m = self.dir / "preprocess.safetensors", self.dir / "meta.json"
         if not (f.is_file() and m.is_file()):
             return None
@@ -74,7 +74,7 @@ class _Checkpoint:
                 raise ValueError("meta.json is not an object")
             if saved.get("key") != key:
                 raise AtlasInputError(f"--resume: {self.dir} was made for a different input or settings; delete it or drop --resume")
-            return Preprocessed.from_tensors(load_file(str(f)), str(saved["flow"]), str(saved["masks"]), geom)
+            return Preprocessed.read(f, str(saved["flow"]), str(saved["masks"]), geom, alloc)
 
     def save_state(self, model: LayeredAtlas, opt: torch.optim.Optimizer, step: int, gen: torch.Generator, elapsed: float) -> None:
         tmp = self.dir / "state.pt.tmp"
@@ -97,6 +97,8 @@ class _Checkpoint:
         to delete: one line, not a traceback."""
         try:
             yield
+        except BundleCorrupt as exc:
+            raise AtlasInputError(f"--resume: the checkpoint {self.dir} is corrupt ({exc}); delete it or drop --resume") from None
         except AtlasInputError:
             raise
         except PermissionError:
@@ -270,7 +272,7 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
     # preprocessing and architecture (train/loss settings may change, e.g. more --iters)
     key = json.dumps([FORMAT_VERSION, vid.source, vid.frame_range, [W, H], masks, sam_checkpoint, sam_prompt, seed,
                       cfg.to_dict()["preprocess"], cfg.to_dict()["model"]])
-    pre = ckpt.load_preprocess(key, geom) if resume else None
+    pre = ckpt.load_preprocess(key, geom, spill.empty) if resume else None
     resume_state = ckpt.load_state() if resume else None
     t0 = time.perf_counter()
     if pre is None:

@@ -142,6 +142,37 @@ def test_a_spilled_fit_is_the_same_fit_and_its_spill_is_removed(tiny_video, tmp_
     assert not _spill_dirs(tmp_path)
 
 
+def test_a_resumed_spilled_fit_maps_its_checkpoint_into_the_spill(tiny_video, tmp_path, monkeypatch):
+    """--resume reads the checkpoint's flows and masks a frame at a time into the spill, not
+    into RAM, and resumes the same fit as one that never stopped."""
+    import atlas
+    import atlas.train
+
+    clip = write_video(tiny_video.frames, tmp_path / "frames")
+    args = (clip, tmp_path / "r", "fast", ["train.spill=always", "train.checkpoint_every=3"])
+    whole = atlas.fit(clip, tmp_path / "whole", "fast", ["train.spill=always", "train.checkpoint_every=3"], iters=6, quiet=True)
+    with monkeypatch.context() as m:  # a fit that leaves its checkpoint (of step 3) behind, as an interrupted one does
+        m.setattr(atlas.train._Checkpoint, "remove", lambda self: None)
+        atlas.fit(*args, iters=6, quiet=True)
+    read = []
+    real = atlas.train.Preprocessed.read
+
+    def spy(*a, **kw):
+        files = lambda: sum(len(list(d.glob("*.npy"))) for d in _spill_dirs(tmp_path))
+        before = files()
+        pre = real(*a, **kw)
+        read.append(files() - before)
+        return pre
+
+    monkeypatch.setattr(atlas.train.Preprocessed, "read", spy)
+    resumed = atlas.fit(*args, iters=6, quiet=True, resume=True)
+    assert read == [5]  # two flows, two validity masks and the masks, each a file of the spill
+    assert not _spill_dirs(tmp_path)
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(x, y) for x, y in zip(whole.cache.tensors().values(), resumed.cache.tensors().values()))
+
+
 def test_an_interrupted_fit_removes_its_spill(tiny_video, tmp_path):
     import signal
     import subprocess
