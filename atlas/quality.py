@@ -50,13 +50,15 @@ class QualityStats:
         for i, (w, h) in enumerate(self.sizes):
             seen = fm.weights[..., i].reshape(-1) > 0.5
             uv = fm.uv[..., i, :].reshape(-1, 2)[seen]
-            tx = (uv[:, 0] * w).floor().long().clamp(0, w - 1).numpy()
-            ty = (uv[:, 1] * h).floor().long().clamp(0, h - 1).numpy()
-            fe = flow_err[seen, i].numpy()
-            ok = np.isfinite(fe)
-            np.add.at(self.sums[i][0], (ty[ok], tx[ok]), fe[ok])
-            np.add.at(self.sums[i][1], (ty, tx), recon[seen].numpy())
-            np.add.at(self.counts[i], (ty, tx), 1)
+            tx = (uv[:, 0] * w).floor().long().clamp(0, w - 1)
+            texel = (uv[:, 1] * h).floor().long().clamp(0, h - 1) * w + tx
+            fe = flow_err[seen, i]
+            ok = torch.isfinite(fe)
+            # index_add_ in place: the same sums as np.add.at, a few times faster on a plate's pixels
+            torch.from_numpy(self.sums[i][0]).view(-1).index_add_(0, texel[ok], fe[ok])
+            torch.from_numpy(self.sums[i][1]).view(-1).index_add_(0, texel, recon[seen])
+            torch.from_numpy(self.counts[i]).view(-1).index_add_(0, texel, torch.ones(len(texel)))
+            fe, ok = fe.numpy(), ok.numpy()
             self.flow_sum[i] += float(fe[ok].sum(dtype=np.float64))
             self.flow_hist[i].add(fe[ok])
 
