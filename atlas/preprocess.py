@@ -247,11 +247,12 @@ def _camera_residual(flow: np.ndarray, valid: np.ndarray, prior: np.ndarray | No
     """
     h, w = flow.shape[:2]
     flow = flow.astype(np.float32, copy=False)
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
-    x, y = gx / w - 0.5, gy / h - 0.5
-    basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], -1)  # [H, W, 6]
+    x = (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
+    y = (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
     sel = valid[::step, ::step]
-    a, f = basis[::step, ::step][sel], flow[::step, ::step][sel]
+    xs, ys = np.broadcast_arrays(x[:, ::step], y[::step])
+    a = np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], -1)[sel]  # the samples' basis [N, 6]
+    f = flow[::step, ::step][sel]
     if len(a) < 12:
         return np.zeros((h, w), np.float32), np.ones((h, w), np.float32)
     start = np.ones(len(a), bool) if prior is None else prior[::step, ::step][sel] > 0.5
@@ -266,7 +267,9 @@ def _camera_residual(flow: np.ndarray, valid: np.ndarray, prior: np.ndarray | No
         coef, *_ = np.linalg.lstsq(a * weights[:, None], f * weights[:, None], rcond=None)
         start = weights > 0
     r = np.linalg.norm(a @ coef - f, axis=1)
-    res = np.linalg.norm(basis @ coef - flow, axis=-1).astype(np.float32)
+    terms = (x, y, x * x, x * y, y * y)  # [1, W], [H, 1], ...: the basis at every pixel, never stacked to [H, W, 6]
+    camera = coef[0] + sum(c * t[..., None] for c, t in zip(coef[1:], terms))
+    res = np.linalg.norm(camera - flow, axis=-1).astype(np.float32)
     return res, _tukey(res, start, r).astype(np.float32)
 
 
