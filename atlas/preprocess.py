@@ -249,9 +249,9 @@ def _camera_residual(flow: np.ndarray, valid: np.ndarray, prior: np.ndarray | No
     flow = flow.astype(np.float32, copy=False)
     x = (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
     y = (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
+    terms = (x, y, x * x, x * y, y * y)  # [1, W], [H, 1], [1, W], [H, W], [H, 1]: never stacked to [H, W, 6]
     sel = valid[::step, ::step]
-    xs, ys = np.broadcast_arrays(x[:, ::step], y[::step])
-    a = np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], -1)[sel]  # the samples' basis [N, 6]
+    a = np.stack([np.ones(sel.shape, np.float32)] + [np.broadcast_to(t, (h, w))[::step, ::step] for t in terms], -1)[sel]
     f = flow[::step, ::step][sel]
     if len(a) < 12:
         return np.zeros((h, w), np.float32), np.ones((h, w), np.float32)
@@ -267,7 +267,6 @@ def _camera_residual(flow: np.ndarray, valid: np.ndarray, prior: np.ndarray | No
         coef, *_ = np.linalg.lstsq(a * weights[:, None], f * weights[:, None], rcond=None)
         start = weights > 0
     r = np.linalg.norm(a @ coef - f, axis=1)
-    terms = (x, y, x * x, x * y, y * y)  # [1, W], [H, 1], ...: the basis at every pixel, never stacked to [H, W, 6]
     camera = coef[0] + sum(c * t[..., None] for c, t in zip(coef[1:], terms))
     res = np.linalg.norm(camera - flow, axis=-1).astype(np.float32)
     return res, _tukey(res, start, r).astype(np.float32)

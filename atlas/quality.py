@@ -58,9 +58,9 @@ class QualityStats:
             torch.from_numpy(self.sums[i][0]).view(-1).index_add_(0, texel[ok], fe[ok])
             torch.from_numpy(self.sums[i][1]).view(-1).index_add_(0, texel, recon[seen])
             torch.from_numpy(self.counts[i]).view(-1).index_add_(0, texel, torch.ones(len(texel)))
-            fe, ok = fe.numpy(), ok.numpy()
-            self.flow_sum[i] += float(fe[ok].sum(dtype=np.float64))
-            self.flow_hist[i].add(fe[ok])
+            err = fe[ok].numpy()
+            self.flow_sum[i] += float(err.sum(dtype=np.float64))
+            self.flow_hist[i].add(err)
 
     def result(self) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
         """({layer: [h, w] unreliability in [0, 1]}, {layer: summary numbers}), after the last frame."""
