@@ -15,6 +15,7 @@ import yaml
 from cuda_ext import BACKENDS
 
 from .errors import AtlasInputError, first_line
+from .io import FRAME_DEPTHS
 
 # the presets: configs/ beside the packages in a checkout (and an editable install), or
 # the copy a regular `pip install` puts inside the package (setup.py maps it to atlas/configs)
@@ -134,6 +135,10 @@ class TrainConfig:
 
 @dataclass
 class PreprocessConfig:
+    frame_depth: str = field(default="source", metadata=choices(*FRAME_DEPTHS))
+    """How the shot's frames are kept: source (8-bit footage as uint8; 16-bit plates as
+    uint16 and EXR/float plates as float16, 6 bytes a pixel) | 8 (any plate as uint8, 3
+    bytes a pixel: half the frames' memory, at the cost of 8-bit reconstruction targets)."""
     flow: str = field(default="auto", metadata=choices(*FLOW_METHODS))
     """Optical flow: auto (RAFT if weights are local, else DIS) | raft | dis."""
     motion_threshold: float = field(default=0.0, metadata=limits(0.0))

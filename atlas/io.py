@@ -1,7 +1,9 @@
 """Reading and writing videos: movie files, image sequences (PNG/JPG/EXR), atomic writes.
 
-Frames are float32 tensors (T, H, W, 3) in [0, 1]. EXR plates are read as stored and
-clipped to [0, 1] (the fitter works on display-referred values).
+A :class:`Video` keeps its frames in the source's own depth, compactly: 8-bit footage as
+uint8, 16-bit plates as uint16, EXR and float images as float16 clipped to [0, 1] (the
+fitter works on display-referred values); `frame_depth="8"` stores any of them as uint8.
+:func:`unit_float` turns any of these into float32 in [0, 1].
 """
 from __future__ import annotations
 
@@ -25,13 +27,15 @@ from .spill import Alloc
 MOVIE_EXTS = {".mp4", ".mov", ".gif", ".avi", ".mkv", ".webm", ".m4v"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".exr", ".tif", ".tiff", ".bmp"}
 DEFAULT_FPS = 24.0
+CV2_EXTS = {".png", ".tif", ".tiff"}  # decoded by OpenCV (16-bit RGB, LZW), the rest by imageio
+FRAME_DEPTHS = ("source", "8")
 
 
 @dataclass
 class Video:
     """Decoded frames plus where they came from."""
 
-    frames: torch.Tensor  # [T, H, W, 3] uint8, or float32 in [0, 1] (io.unit_float converts either)
+    frames: torch.Tensor  # [T, H, W, 3] uint8, uint16 or float16 in [0, 1] (io.unit_float converts any)
     fps: float
     source: str
     frame_range: tuple[int, int]  # [start, stop) indices into the source
@@ -42,12 +46,14 @@ class Video:
         """(width, height)."""
         return int(self.frames.shape[2]), int(self.frames.shape[1])
 
-    def resized(self, size: tuple[int, int] | None, alloc: Alloc = np.empty) -> "Video":
+    def resized(self, size: tuple[int, int] | None, alloc: Alloc = np.empty, depth: str = "source") -> "Video":
         """The shot at `size` (width, height), area-filtered, remembering the size it had
-        before; itself when `size` is None or its own."""
-        if size is None or tuple(size) == self.size:
+        before, its frames stored as `depth` asks (:func:`store_dtype`); itself when that
+        changes nothing."""
+        same_size = size is None or tuple(size) == self.size
+        if same_size and store_dtype(self.frames.numpy().dtype, depth) == self.frames.numpy().dtype:
             return self
-        arr, _ = _fill(iter(self.frames.numpy()), len(self.frames), self.source, tuple(size), alloc)
+        arr, _ = _fill(iter(self.frames.numpy()), len(self.frames), self.source, None if same_size else tuple(size), alloc, depth)
         return Video(torch.from_numpy(arr), self.fps, self.source, self.frame_range, self.source_size or self.size)
 
 
@@ -96,7 +102,7 @@ def decode_image(path: str | Path) -> np.ndarray:
     try:
         if path.suffix.lower() == ".exr":
             arr = _read_exr(path)
-        else:
+        elif path.suffix.lower() not in CV2_EXTS or (arr := _read_cv2(path)) is None:
             import imageio.v3 as iio
 
             with warnings.catch_warnings():  # imageio probes its legacy plugins on files it cannot read, with warnings
@@ -117,6 +123,18 @@ def decode_image(path: str | Path) -> np.ndarray:
     if arr.shape[2] == 2:  # grey + alpha
         arr = np.concatenate([arr[:, :, :1]] * 3 + [arr[:, :, 1:]], axis=2)
     return arr
+
+
+def _read_cv2(path: Path) -> np.ndarray | None:
+    """An image as OpenCV decodes it, in its own depth (imageio's Pillow reads 16-bit RGB
+    PNGs as 8-bit, and its tifffile needs an extra codec package for LZW TIFFs), in RGB(A)
+    order; None where OpenCV cannot."""
+    import cv2
+
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim == 2:
+        return arr
+    return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB) if arr.shape[2] in (3, 4) else arr
 
 
 def _read_exr(path: Path) -> np.ndarray:
@@ -234,26 +252,48 @@ def _read_movie(path: Path, start: int, stop: int | None) -> tuple[list[np.ndarr
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
-    """A decoded frame (grey, RGB or RGBA) as (H, W, 3): uint8 as it is, any other depth as
-    float32 in [0, 1]."""
-    if image.dtype != np.uint8:
+    """A decoded frame (grey, RGB or RGBA) as (H, W, 3): uint8 and uint16 as they are, any
+    other depth as float32 in [0, 1]."""
+    if image.dtype not in (np.uint8, np.uint16):
         image = _unit(image)
     if image.ndim == 2:
         image = image[:, :, None]
     return _rgb(image)
 
 
+def store_dtype(decoded: np.dtype, depth: str = "source") -> np.dtype:
+    """The dtype a :class:`Video` keeps frames decoded as `decoded` in: uint8 for 8-bit
+    footage or `depth="8"`, uint16 for 16-bit plates, float16 for any other depth."""
+    if depth not in FRAME_DEPTHS:
+        raise AtlasInputError(f"frame depth must be one of {', '.join(FRAME_DEPTHS)}, got {depth!r}")
+    if depth == "8" or decoded == np.uint8:
+        return np.dtype(np.uint8)
+    return np.dtype(np.uint16) if decoded == np.uint16 else np.dtype(np.float16)
+
+
+def _to_store(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """An image (uint8, uint16 or float in [0, 1]) in the store's `dtype`, rounded and clipped."""
+    if image.dtype == dtype:
+        return image
+    if dtype == np.uint8:
+        return to_uint8(image)
+    unit = np.clip(_unit(image), 0.0, 1.0)
+    return (unit * 65535.0 + 0.5).astype(np.uint16) if dtype == np.uint16 else unit.astype(np.float16)
+
+
 def unit_float(frames: torch.Tensor) -> torch.Tensor:
     """Frames (or pixels) as stored in a :class:`Video` -> float32 in [0, 1]."""
-    return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+    if frames.dtype in (torch.uint8, torch.uint16):
+        return frames.float() / (255.0 if frames.dtype == torch.uint8 else 65535.0)
+    return frames.float()
 
 
 def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int, int] | None,
-          alloc: Alloc = np.empty) -> tuple[np.ndarray, tuple[int, int]]:
+          alloc: Alloc = np.empty, depth: str = "source") -> tuple[np.ndarray, tuple[int, int]]:
     """Stack `count` frames into one [T, H, W, 3] array, allocated once and filled frame by
     frame (no list of frames, no stacked copy); and the frames' (width, height) before
-    resizing. 8-bit footage stays uint8 (3 bytes a pixel, the fit's largest array); any
-    other depth (16-bit, EXR, float arrays) becomes float32 in [0, 1]."""
+    resizing. The first frame's depth sets the array's (:func:`store_dtype`): 3 bytes a
+    pixel for 8-bit footage, 6 for any other (the fit's largest array)."""
     import cv2
 
     arr: np.ndarray | None = None
@@ -262,18 +302,13 @@ def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int,
         if arr is None:
             first = im.shape[:2]
             out_hw = (size[1], size[0]) if size is not None else first
-            arr = alloc((count, *out_hw, 3), im.dtype)
+            arr = alloc((count, *out_hw, 3), store_dtype(im.dtype, depth))
         elif im.shape[:2] != first:
             raise AtlasInputError(f"{spath}: frames have different sizes: frame {i} is {im.shape[1]}x{im.shape[0]}, the first "
                                   f"{first[1]}x{first[0]}; all frames must match")
-        if im.dtype != arr.dtype:  # a sequence mixing depths: the first frame's depth holds
-            im = to_uint8(im) if arr.dtype == np.uint8 else _unit(im)
         if size is not None:
             im = cv2.resize(im, size, interpolation=cv2.INTER_AREA)
-        if arr.dtype == np.uint8:
-            arr[i] = im
-        else:
-            np.clip(im, 0.0, 1.0, out=arr[i])
+        arr[i] = _to_store(im, arr.dtype)
     assert arr is not None
     return arr, (first[1], first[0])
 
@@ -288,6 +323,7 @@ def read_video(
     min_frames: int = 2,
     allow_gaps: bool = False,
     alloc: Alloc = np.empty,
+    depth: str = "source",
 ) -> Video:
     """Read a movie file or image sequence, optionally a frame range and resized to (W, H).
 
@@ -297,7 +333,8 @@ def read_video(
 
     Only the frames in the range are kept, and the result is filled in place, so reading
     costs about the result's own memory: 3 bytes per pixel for 8-bit footage (kept as
-    uint8), 12 for any other depth (float32). A range that ends past the
+    uint8) or `depth="8"`, 6 for any other depth (uint16 for 16-bit plates, float16 for
+    EXR and float images, clipped to [0, 1]). A range that ends past the
     clip is cut to it, with a warning; see :func:`sequence_files` for `allow_gaps`.
     `alloc(shape, dtype)` makes the frames' array (atlas.spill: a memory-mapped file).
 
@@ -327,7 +364,7 @@ def read_video(
         raise AtlasInputError(f"{spath}: no frames" + (f" in range {start}:{stop if stop is not None else ''}" if frames else ""))
     if count < min_frames:
         raise AtlasInputError(f"{spath}: only {count} frame(s); fitting needs at least {min_frames}")
-    arr, native = _fill(images, count, spath, size, alloc)
+    arr, native = _fill(images, count, spath, size, alloc, depth)
     return Video(torch.from_numpy(arr), fps, spath, (start, start + count), native)
 
 
@@ -353,6 +390,20 @@ def probe_video(path: str | Path | np.ndarray | torch.Tensor, frames: tuple[int,
     if size is not None:
         w, h = size
     return count, int(w), int(h)
+
+
+def probe_itemsize(path: str | Path | np.ndarray | torch.Tensor, depth: str = "source", allow_gaps: bool = False) -> int:
+    """Bytes per channel of the frames :func:`read_video` would keep (1 or 2), from the
+    first image of a sequence (movies decode to 8 bits), for the memory check."""
+    if isinstance(path, torch.Tensor):
+        path = path[:1].detach().cpu().numpy()
+    if isinstance(path, np.ndarray):
+        decoded = path.dtype if path.dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
+    else:
+        p = Path(path)
+        seq = p.is_dir() or ((p.exists() or "%" in p.name or "#" in p.name) and not p.is_file())
+        decoded = _as_rgb(decode_image(sequence_files(str(p), allow_gaps)[0])).dtype if seq else np.dtype(np.uint8)
+    return store_dtype(decoded, depth).itemsize
 
 
 def _probe_movie(p: Path, start: int, stop: int | None) -> tuple[int, int, int]:
@@ -405,11 +456,11 @@ def _open_frames(p: Path, start: int, stop: int | None, allow_gaps: bool = False
 
 
 def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Frames or an image (uint8, or float in [0, 1]) as uint8, rounded."""
+    """Frames or an image (uint8, uint16, or float in [0, 1]) as uint8, rounded."""
     arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if arr.dtype == np.uint8:
         return arr
-    return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return (np.clip(_unit(arr), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def output_path(text: str | Path, flag: str = "-o") -> Path:

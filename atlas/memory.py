@@ -29,7 +29,7 @@ from .model import ALPHA_BASE, COLOUR_BASE, RESIDUAL_BASE, FrameGeometry, frame_
 from .spill import SPILLED_BYTES_PER_PIXEL
 
 # Host memory of `atlas fit` per pixel of the shot, counted from what it holds: the frames
-# (3 bytes as uint8), both flows (8, float16), their validity (2) and the masks (1). While
+# (3 bytes as uint8; FRAME_CHANNEL_BYTES more per byte of depth above 8 bits), both flows (8, float16), their validity (2) and the masks (1). While
 # preprocessing, the camera residuals (2, float16) are held besides; training adds the
 # tables four times over (values, gradients, two Adam moments); after training, every frame
 # is evaluated for the PSNR, the atlases and the quality statistics, keeping up to
@@ -40,6 +40,7 @@ from .spill import SPILLED_BYTES_PER_PIXEL
 HOST_BYTES_PER_PIXEL_TRAINING = 16.0
 HOST_BYTES_PER_PIXEL = 20.0
 HOST_BASE_BYTES = 0.8e9  # the interpreter, torch, OpenCV
+FRAME_CHANNEL_BYTES = 3.0  # the frames' share of the counts above, per byte of each channel
 # per texel of each layer's atlas after training: the baked RGBA texture (16 bytes, float32),
 # the quality statistics' sums and counts (12) and the coverage (1); an atlas is taken as
 # ATLAS_FRAMES frames' area (up to the texture cap), as for the colour tables
@@ -51,7 +52,8 @@ MAP_BYTES_PER_PIXEL_PER_LAYER = 12.0
 TABLE_COPIES_TRAINING = 4
 ACTIVATION_COPIES = 3  # an activation, its saved copy for backward, its gradient
 DEFAULT_BATCH = TrainConfig.batch
-# On a GPU the step reads the frames (3 bytes per pixel as uint8), forward flow (4, float16),
+# On a GPU the step reads the frames (3 bytes per pixel as uint8, 6 as float16 for deeper
+# plates), forward flow (4, float16),
 # its validity (1) and masks (1) from device memory: counted from those dtypes, not measured
 # on a GPU.
 DEVICE_BYTES_PER_PIXEL = 9.0
@@ -160,21 +162,31 @@ def network_bytes(model: ModelConfig, batch: int) -> int:
     return int(4 * (TABLE_COPIES_TRAINING * weights + ACTIVATION_COPIES * batch * per_point))
 
 
+def _deeper_frames(channel_bytes: int) -> float:
+    """Bytes per pixel that frames of `channel_bytes` per channel add to the 8-bit frames
+    the per-pixel counts hold."""
+    return FRAME_CHANNEL_BYTES * (channel_bytes - 1)
+
+
 def estimate(num_frames: int, height: int, width: int, model: ModelConfig, map_cache: int = MAP_CACHE_BYTES,
-             batch: int = DEFAULT_BATCH, spill: bool = False) -> tuple[float, float]:
+             batch: int = DEFAULT_BATCH, spill: bool = False, channel_bytes: int = 1) -> tuple[float, float]:
     """(host bytes, GPU bytes when fitting on a GPU) at the fit's peak. `map_cache` caps
     the frame maps the fit keeps for the bundle; `batch` is train.batch; with `spill` the
-    shot's arrays are on disk (:func:`spill_bytes`), not in RAM."""
+    shot's arrays are on disk (:func:`spill_bytes`), not in RAM; `channel_bytes` is the
+    stored frames' (io.probe_itemsize: 2 for 16-bit and EXR plates)."""
     px = num_frames * height * width
-    spilled = px * SPILLED_BYTES_PER_PIXEL if spill else 0.0
+    deeper = px * _deeper_frames(channel_bytes)
+    spilled = spill_bytes(num_frames, height, width, channel_bytes) if spill else 0.0
     layers = 1 + model.num_foregrounds
     tables = table_bytes(num_frames, height, width, model)
-    training = TABLE_COPIES_TRAINING * tables + max(px * HOST_BYTES_PER_PIXEL_TRAINING - spilled, 0.0) + network_bytes(model, batch)
+    training = (TABLE_COPIES_TRAINING * tables + max(px * HOST_BYTES_PER_PIXEL_TRAINING + deeper - spilled, 0.0)
+                + network_bytes(model, batch))
     maps = min(map_cache, px * (MAP_BYTES_PER_PIXEL + MAP_BYTES_PER_PIXEL_PER_LAYER * layers))
     atlases = layers * min(ATLAS_FRAMES * height * width, MAX_TEXELS) * ATLAS_BYTES_PER_TEXEL
-    after = tables + px * HOST_BYTES_PER_PIXEL - spilled + maps + atlases
+    after = tables + px * HOST_BYTES_PER_PIXEL + deeper - spilled + maps + atlases
     host = HOST_BASE_BYTES + max(training, after)
-    gpu = DEVICE_BASE_BYTES + TABLE_COPIES_TRAINING * tables + px * DEVICE_BYTES_PER_PIXEL + network_bytes(model, batch)
+    gpu = (DEVICE_BASE_BYTES + TABLE_COPIES_TRAINING * tables + px * DEVICE_BYTES_PER_PIXEL + deeper
+           + network_bytes(model, batch))
     return host, gpu
 
 
@@ -195,37 +207,43 @@ def _advice(fits: Callable[[int, int, int], bool], num_frames: int, height: int,
     return f"fit {fewer}a smaller size (--size {w}x{h}), or set {SKIP_ENV}=1 to try anyway"
 
 
-def spill_bytes(num_frames: int, height: int, width: int) -> float:
-    """Disk bytes of a spilled shot's arrays (atlas.spill)."""
-    return num_frames * height * width * SPILLED_BYTES_PER_PIXEL
+def spill_bytes(num_frames: int, height: int, width: int, channel_bytes: int = 1) -> float:
+    """Disk bytes of a spilled shot's arrays (atlas.spill), frames of `channel_bytes` per channel."""
+    return num_frames * height * width * (SPILLED_BYTES_PER_PIXEL + _deeper_frames(channel_bytes))
 
 
 def check_fit_memory(num_frames: int, height: int, width: int, model: ModelConfig, device: torch.device,
-                     batch: int = DEFAULT_BATCH, spill: str = "never", spill_dir: Path | None = None) -> bool:
+                     batch: int = DEFAULT_BATCH, spill: str = "never", spill_dir: Path | None = None,
+                     channel_bytes: int = 1) -> bool:
     """Whether to spill the shot's arrays to disk (`spill`: auto, always or never; the
     spill goes in `spill_dir`); raises AtlasInputError when the fit would clearly not fit
-    in host memory (and, spilling, on the disk) or in GPU memory."""
+    in host memory (and, spilling, on the disk) or in GPU memory. `channel_bytes`: the
+    stored frames' bytes per channel (io.probe_itemsize)."""
     shot = f"{num_frames} frames at {width}x{height}, {1 + model.num_foregrounds} layers"
     if os.environ.get(SKIP_ENV):
         return spill == "always"
+
+    def est(t: int, h: int, w: int, spilled: bool = False) -> tuple[float, float]:
+        return estimate(t, h, w, model, batch=batch, spill=spilled, channel_bytes=channel_bytes)
+
     have = available_host_memory()
-    host = estimate(num_frames, height, width, model, batch=batch)[0]
+    host = est(num_frames, height, width)[0]
     spilling = spill == "always" or (spill == "auto" and have is not None and host > have)
     if spilling:
-        host = estimate(num_frames, height, width, model, batch=batch, spill=True)[0]
-        need, free = spill_bytes(num_frames, height, width), shutil.disk_usage(spill_dir or Path.cwd()).free
+        host = est(num_frames, height, width, True)[0]
+        need, free = spill_bytes(num_frames, height, width, channel_bytes), shutil.disk_usage(spill_dir or Path.cwd()).free
         if need > free:
             raise AtlasInputError(f"this shot's arrays need about {need / 1e9:.1f} GB of disk to spill beside the output ({shot}) "
                                   f"but {free / 1e9:.1f} GB is free; free some, or fit fewer frames (--frames) or a smaller --size")
     if have is not None and host > have:
-        advice = _advice(lambda t, h, w: estimate(t, h, w, model, batch=batch, spill=spilling)[0] <= have, num_frames, height, width)
+        advice = _advice(lambda t, h, w: est(t, h, w, spilling)[0] <= have, num_frames, height, width)
         raise AtlasInputError(f"this shot needs about {host / 1e9:.1f} GB of memory to fit ({shot}) but {have / 1e9:.1f} GB is "
                               f"available; {advice}")
     if device.type == "cuda":
-        gpu = estimate(num_frames, height, width, model, batch=batch)[1]
+        gpu = est(num_frames, height, width)[1]
         free = torch.cuda.mem_get_info(device)[0]
         if gpu > free:
-            advice = _advice(lambda t, h, w: estimate(t, h, w, model, batch=batch)[1] <= free, num_frames, height, width)
+            advice = _advice(lambda t, h, w: est(t, h, w)[1] <= free, num_frames, height, width)
             raise AtlasInputError(f"this shot needs about {gpu / 1e9:.1f} GB of GPU memory to fit ({shot}) but {free / 1e9:.1f} GB "
                                   f"is free; {advice}")
     return spilling

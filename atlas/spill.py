@@ -21,7 +21,7 @@ import numpy as np
 
 Alloc = Callable[..., np.ndarray]  # (shape, dtype) -> an empty array: np.empty, or Spill.empty
 
-SPILLED_BYTES_PER_PIXEL = 16.0  # frames (3), flows (8), validity (2), masks (1), camera residuals (2)
+SPILLED_BYTES_PER_PIXEL = 16.0  # 8-bit frames (3), flows (8), validity (2), masks (1), camera residuals (2)
 
 
 class Spill:

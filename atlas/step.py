@@ -26,11 +26,18 @@ from .preprocess import Preprocessed
 
 def step_data(frames: torch.Tensor, pre: Preprocessed, device: torch.device) -> dict[str, torch.Tensor]:
     """What :func:`step_loss` reads, flattened per pixel and moved to `device` once, in the
-    dtypes they are stored in (frames uint8 or float32, flow float16, masks uint8): a step
-    converts only its batch, so the shot costs its compact bytes, on a GPU too."""
+    dtypes they are stored in (frames uint8, uint16 or float16, flow float16, masks uint8): a
+    step converts only its batch, so the shot costs its compact bytes, on a GPU too (16-bit
+    frames go there as float16, converted here: torch's CUDA support of uint16 is partial)."""
     long = pre.pairs[pre.pairs[:, 3] - pre.pairs[:, 0] > 1]  # stride 1 is the flow term's
+    rgb = frames.reshape(-1, 3)
+    if rgb.dtype == torch.uint16 and device.type != "cpu":
+        out = torch.empty(rgb.shape, dtype=torch.float16, device=device)
+        for start in range(0, len(rgb), 1 << 22):
+            out[start:start + (1 << 22)] = unit_float(rgb[start:start + (1 << 22)]).half()
+        rgb = out
     return {
-        "rgb": frames.reshape(-1, 3).to(device),
+        "rgb": rgb.to(device),
         "flow": pre.flow_fwd.reshape(-1, 2).to(device),
         "valid": pre.valid_fwd.reshape(-1).to(device),
         "masks": pre.masks.reshape(-1).to(device),

@@ -31,8 +31,8 @@ from .diagnose import layer_health
 from .errors import AtlasInputError, first_line
 from .evaluate import evaluate_frame, psnr
 from .initialise import initial_layout
-from .io import (Video, check_not_input, check_writable, output_lock, output_path, parse_frame_range, parse_size, probe_video, read_video,
-                 unit_float)
+from .io import (Video, check_not_input, check_writable, output_lock, output_path, parse_frame_range, parse_size, probe_itemsize,
+                 probe_video, read_video, unit_float)
 from .memory import check_fit_memory
 from .spill import Alloc, Spill
 from .meta import BundleCorrupt, BundleMeta, LayerInfo, SourceInfo
@@ -241,9 +241,12 @@ def fit(
         if frame_range is not None:
             raise AtlasInputError("frames= picks frames from a path or an array; a Video is fitted whole (slice it instead)")
         count, (w, h) = len(video.frames), shot_size or video.size
+        channel_bytes = probe_itemsize(video.frames[:1], cfg.preprocess.frame_depth)
     else:
         count, w, h = probe_video(video, frame_range, shot_size, allow_gaps)
-    spill = check_fit_memory(count, h, w, cfg.model, dev, cfg.train.batch, cfg.train.spill, out.parent) if count else cfg.train.spill == "always"
+        channel_bytes = probe_itemsize(video, cfg.preprocess.frame_depth, allow_gaps) if count else 1
+    spill = (check_fit_memory(count, h, w, cfg.model, dev, cfg.train.batch, cfg.train.spill, out.parent, channel_bytes) if count
+             else cfg.train.spill == "always")
     with output_lock(out, "atlas fit"), Spill(out, spill) as spilled:
         return _fit(video, out, cfg, dev, masks, frame_range, shot_size, time_budget, seed, resume, quiet, raft_weights,
                     sam_checkpoint, sam_prompt, allow_gaps, spilled)
@@ -261,11 +264,13 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    vid = video.resized(size, spill.empty) if isinstance(video, Video) else read_video(video, frames, size, allow_gaps=allow_gaps,
-                                                                                         alloc=spill.empty)
+    depth = cfg.preprocess.frame_depth
+    vid = (video.resized(size, spill.empty, depth) if isinstance(video, Video)
+           else read_video(video, frames, size, allow_gaps=allow_gaps, alloc=spill.empty, depth=depth))
     timings["read_s"] = round(time.perf_counter() - t0, 2)
     T, H, W = vid.frames.shape[:3]
-    check_fit_memory(T, H, W, cfg.model, dev, cfg.train.batch, "always" if spill.enabled else "never", out.parent)
+    check_fit_memory(T, H, W, cfg.model, dev, cfg.train.batch, "always" if spill.enabled else "never", out.parent,
+                     vid.frames.element_size())
     geom = FrameGeometry(T, H, W)
     ckpt = _Checkpoint(out)
     # what a checkpoint must match to be resumed: the model layout (format), inputs,

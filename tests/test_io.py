@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from atlas.errors import AtlasInputError
-from atlas.io import read_image, read_video, unit_float, write_exr, write_png, write_video
+from atlas.io import probe_itemsize, read_image, read_video, to_uint8, unit_float, write_exr, write_png, write_video
 
 
 def _frames(t=5, h=24, w=32, seed=0) -> torch.Tensor:
@@ -86,7 +86,7 @@ def test_exr_sequence(tmp_path):
     for i, f in enumerate(frames):
         write_exr(tmp_path / f"p.{i:04d}.exr", {"RGB": f.numpy()})
     v = read_video(tmp_path / "p.####.exr")
-    assert torch.allclose(v.frames, frames, atol=1e-6)
+    assert v.frames.dtype == torch.float16 and torch.equal(v.frames, frames.half())  # kept at half precision
     assert read_image(tmp_path / "p.0000.exr").shape == (24, 32, 3)
 
 
@@ -159,10 +159,10 @@ def test_frames_in_memory():
     assert v.source == "<array>" and v.frame_range == (1, 4) and v.frames.dtype == torch.uint8
     assert torch.equal(v.frames, torch.from_numpy(u8[1:4]))
     as_float = torch.from_numpy(u8.astype(np.float32) / 255.0)
-    assert torch.equal(read_video(as_float).frames, as_float)  # a float tensor in [0, 1] is kept as is
+    assert torch.equal(read_video(as_float).frames, as_float.half())  # a float tensor in [0, 1]: float16
     assert torch.equal(unit_float(v.frames), as_float[1:4])
-    u16 = read_video(u8.astype(np.uint16) * 257).frames  # other depths: float32 in [0, 1]
-    assert u16.dtype == torch.float32 and torch.allclose(u16, as_float)
+    u16 = read_video(u8.astype(np.uint16) * 257).frames  # 16-bit: as it is
+    assert u16.dtype == torch.uint16 and torch.allclose(unit_float(u16), as_float)
     grey = read_video(u8[..., :1]).frames
     assert grey.shape == (5, 12, 16, 3) and torch.equal(grey[..., 0], grey[..., 2])
     assert read_video(np.concatenate([u8, u8[..., :1]], -1), size="10x8").frames.shape == (5, 8, 10, 3)  # RGBA, resized
@@ -170,3 +170,40 @@ def test_frames_in_memory():
                        (u8.astype(bool), "integer or float")]:
         with pytest.raises(AtlasInputError, match=match):
             read_video(bad)
+
+
+def _plate16(t=3, h=24, w=32, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 65536, (t, h, w, 3), dtype=np.uint16)
+
+
+@pytest.mark.parametrize("ext", ["png", "tif"])
+def test_sixteen_bit_plates_keep_their_depth(tmp_path, ext):
+    """A 16-bit RGB PNG (which imageio's Pillow reads as 8-bit) and an LZW TIFF (which its
+    tifffile cannot decode without an extra package) read bit for bit as uint16."""
+    import cv2
+
+    plate = _plate16()
+    for i, f in enumerate(plate):
+        cv2.imwrite(str(tmp_path / f"p.{i:04d}.{ext}"), f[..., ::-1])
+    v = read_video(tmp_path / f"p.####.{ext}")
+    assert v.frames.dtype == torch.uint16 and np.array_equal(v.frames.numpy(), plate)
+    assert torch.allclose(unit_float(v.frames), torch.from_numpy(plate.astype(np.float32) / 65535.0))
+    eight = read_video(tmp_path / f"p.####.{ext}", depth="8").frames  # asked for 8 bits: rounded
+    assert eight.dtype == torch.uint8 and np.array_equal(eight.numpy(), to_uint8(plate))
+    assert np.abs(to_uint8(plate).astype(np.float64) - plate / 257.0).max() <= 0.5
+    assert probe_itemsize(tmp_path / f"p.####.{ext}") == 2 and probe_itemsize(tmp_path / f"p.####.{ext}", "8") == 1
+    small = read_video(tmp_path / f"p.####.{ext}", size="16x12").frames  # resized at 16 bits
+    assert small.dtype == torch.uint16 and small.shape == (3, 12, 16, 3)
+    assert np.abs(small.numpy()[0, 0, 0].astype(np.float64) - plate[0, :2, :2].reshape(-1, 3).mean(0)).max() <= 1.0
+
+
+def test_a_mixed_depth_sequence_takes_the_first_frames_depth(tmp_path):
+    import cv2
+
+    plate = _plate16(t=2)
+    cv2.imwrite(str(tmp_path / "p.0000.png"), plate[0][..., ::-1])
+    cv2.imwrite(str(tmp_path / "p.0001.png"), to_uint8(plate[1])[..., ::-1])
+    v = read_video(tmp_path / "p.####.png").frames
+    assert v.dtype == torch.uint16 and np.array_equal(v[1].numpy(), to_uint8(plate[1]).astype(np.uint16) * 257)
+    with pytest.raises(AtlasInputError, match="frame depth must be one of source, 8"):
+        read_video(tmp_path / "p.####.png", depth="16")

@@ -42,6 +42,9 @@ def test_estimate_grows_with_pixels_layers_and_tables():
     assert memory.estimate(80, 480, 854, fast)[0] > base
     assert memory.estimate(40, 480, 854, one_layer)[0] < base
     assert memory.estimate(40, 480, 854, default)[0] > base
+    deep = memory.estimate(40, 480, 854, fast, channel_bytes=2)  # 16-bit and EXR plates: 3 more bytes a pixel
+    assert deep[0] - base == pytest.approx(3 * 40 * 480 * 854) and deep[1] > memory.estimate(40, 480, 854, fast)[1]
+    assert memory.spill_bytes(40, 480, 854, 2) - memory.spill_bytes(40, 480, 854) == pytest.approx(3 * 40 * 480 * 854)
 
 
 def test_available_memory_is_known_on_linux():
