@@ -8,6 +8,11 @@ sample of the surviving pixels of every (t, k) becomes a correspondence. They me
 whether a fitted layer drifts (atlas.diagnose), and with `loss.long_range` the fit asks
 both ends to land on the same atlas point (losses.flow_consistency).
 
+A plate larger than MAX_SIDE pixels on a side is matched at that size (its consecutive
+flows area-filtered down, the matches scaled back to the plate's pixels): a sample of a
+few thousand matches per (t, k) needs no dense flow at 4K, which would cost most of the
+preprocessing there. Stride 1 keeps the full-resolution consecutive flow.
+
 Correspondences are rows (t, x, y, t2, x2, y2), float32, in the model's pixel coordinates
 (pixel (i, j) is x = i, y = j).
 """
@@ -20,6 +25,7 @@ from tqdm.auto import tqdm
 from .preprocess import consistency, grey_u8, warp_sample
 
 COLUMNS = 6
+MAX_SIDE = 1024  # longest side (pixels) at which strides above 1 are matched
 
 
 def strides(num_frames: int, max_stride: int) -> list[int]:
@@ -57,7 +63,12 @@ def long_range_pairs(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid
     if not ks:
         return np.zeros((0, COLUMNS), np.float32)
     rows = [consecutive_pairs(fwd, valid_fwd, per_pair, rng)]
-    grey = [grey_u8(f) for f in frames]
+    H, W = frames.shape[1:3]
+    shrink = max(W, H) / MAX_SIDE
+    size = (W, H) if shrink <= 1 else (max(1, round(W / shrink)), max(1, round(H / shrink)))
+    scale = np.array([W / size[0], H / size[1]], np.float32)  # plate pixels per matched pixel
+    grey = [_resized(grey_u8(f), size) for f in frames]
+    flows = lambda t: (_resized_flow(fwd[t], size, scale), _resized_flow(bwd[t], size, scale))
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     # frames go from last to first; at frame t, stride k's flow (k = 2, 4, ...) is DIS
     # started from stride k/2's flows at t and t + k/2 composed, so each stride keeps only
@@ -66,7 +77,7 @@ def long_range_pairs(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid
     todo = sum(T - k for k in ks[1:])
     bar = tqdm(total=todo, desc="flow (long range)", unit="pair", disable=not progress or not todo, leave=False, dynamic_ncols=True)
     for t in range(T - 2, -1, -1):
-        kept[1][t] = (fwd[t], bwd[t])
+        kept[1][t] = flows(t)
         for k in ks[1:]:
             h = k // 2
             if t + k >= T:
@@ -79,12 +90,37 @@ def long_range_pairs(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid
             flow_b = dis.calc(grey[t + k], grey[t], np.ascontiguousarray(init_b))
             if k < ks[-1]:  # the longest stride starts no other
                 kept[k][t] = (flow_f.astype(np.float16), flow_b.astype(np.float16))
-            rows.append(sample_pairs(flow_f, consistency(flow_f, flow_b), t, k, per_pair, rng))
+            rows.append(_to_plate(sample_pairs(flow_f, consistency(flow_f, flow_b), t, k, per_pair, rng), scale, (W, H)))
             bar.update(1)
         for k in ks:
             kept[k].pop(t + k, None)  # stride 2k at t - 1 and before needs frames up to t - 1 + k
     bar.close()
     return np.concatenate(rows)
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` area-filtered to `size` (width, height); itself at its own size."""
+    return image if image.shape[1::-1] == size else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _resized_flow(flow: np.ndarray, size: tuple[int, int], scale: np.ndarray) -> np.ndarray:
+    """A flow (pixels of the plate) at `size`, in that size's pixels."""
+    if flow.shape[1::-1] == size:
+        return flow
+    return _resized(flow.astype(np.float32), size) / scale
+
+
+def _to_plate(rows: np.ndarray, scale: np.ndarray, plate: tuple[int, int]) -> np.ndarray:
+    """Correspondences matched at a smaller size, in the plate's pixels: each start at the
+    plate pixel nearest its matched pixel's centre, the end moved by the flow scaled up."""
+    if np.all(scale == 1):
+        return rows
+    out = rows.copy()
+    for start, end, axis in ((1, 4, 0), (2, 5, 1)):
+        s = scale[axis]
+        out[:, start] = np.clip(np.round((rows[:, start] + 0.5) * s - 0.5), 0, plate[axis] - 1)
+        out[:, end] = out[:, start] + (rows[:, end] - rows[:, start]) * s
+    return out
 
 
 def groups(pairs: np.ndarray) -> dict[tuple[int, int], np.ndarray]:

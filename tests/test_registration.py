@@ -37,6 +37,27 @@ def test_long_range_pairs_match_the_true_motion(pre_long, clip):
         assert sel.sum() > 100 and np.median(err[sel]) < 0.3, (k, np.median(err[sel]))
 
 
+def test_a_plate_above_the_matching_size_is_matched_smaller_and_scaled_back(clip, monkeypatch):
+    """Strides above 1 of a large plate are matched at longrange.MAX_SIDE: the matches
+    still follow the true motion, in the plate's own pixels, starting on whole pixels."""
+    from atlas import longrange
+
+    frames = clip.frames.numpy()
+    H, W = frames.shape[1:3]
+    monkeypatch.setattr(longrange, "MAX_SIDE", max(W, H) // 2)
+    pre = preprocess(clip.frames, flow="dis")
+    pairs = long_range_pairs(frames, pre.flow_fwd.float().numpy(), pre.flow_bwd.float().numpy(), pre.valid_fwd.numpy(), 4, 512)
+    t, t2 = pairs[:, 0].astype(int), pairs[:, 3].astype(int)
+    xy, xy2 = pairs[:, 1:3], pairs[:, 4:6]
+    assert np.array_equal(xy, np.round(xy)) and xy[:, 0].max() >= W - 4 and xy[:, 1].max() >= H - 4 and xy.min() >= 0
+    c, r = clip.sprite_centre, clip.sprite_radius
+    bg = (((xy + 0.5 - c[t]) ** 2).sum(1) > (r + 3) ** 2) & (((xy2 + 0.5 - c[t2]) ** 2).sum(1) > (r + 3) ** 2)
+    err = np.linalg.norm(xy2 - (xy + clip.camera[t] - clip.camera[t2]), axis=1)
+    for k in (2, 4):
+        sel = bg & (t2 - t == k)
+        assert sel.sum() > 100 and np.median(err[sel]) < 0.6, (k, np.median(err[sel]))
+
+
 def test_chain_follows_the_camera(pre_long, clip):
     g = FrameGeometry(*clip.frames.shape[:3])
     chain = robust_chain(pre_long, g, "homography", "outside")
