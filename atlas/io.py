@@ -50,10 +50,11 @@ class Video:
         """The shot at `size` (width, height), area-filtered, remembering the size it had
         before, its frames stored as `depth` asks (:func:`store_dtype`); itself when that
         changes nothing."""
+        frames = self.frames.numpy()
         same_size = size is None or tuple(size) == self.size
-        if same_size and store_dtype(self.frames.numpy().dtype, depth) == self.frames.numpy().dtype:
+        if same_size and store_dtype(frames.dtype, depth) == frames.dtype:
             return self
-        arr, _ = _fill(iter(self.frames.numpy()), len(self.frames), self.source, None if same_size else tuple(size), alloc, depth)
+        arr, _ = _fill(iter(frames), len(frames), self.source, None if same_size else tuple(size), alloc, depth)
         return Video(torch.from_numpy(arr), self.fps, self.source, self.frame_range, self.source_size or self.size)
 
 
@@ -381,7 +382,7 @@ def probe_video(path: str | Path | np.ndarray | torch.Tensor, frames: tuple[int,
         p = Path(path)
         if p.is_file() and p.suffix.lower() in MOVIE_EXTS:
             count, w, h = _probe_movie(p, start, stop)
-        elif p.is_dir() or ((p.exists() or "%" in p.name or "#" in p.name) and not p.is_file()):
+        elif _is_sequence(p):
             files = sequence_files(str(p), allow_gaps)
             count = len(files[start:stop])
             h, w = _image_size(files[0])
@@ -401,9 +402,13 @@ def probe_itemsize(path: str | Path | np.ndarray | torch.Tensor, depth: str = "s
         decoded = path.dtype if path.dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
     else:
         p = Path(path)
-        seq = p.is_dir() or ((p.exists() or "%" in p.name or "#" in p.name) and not p.is_file())
-        decoded = _as_rgb(decode_image(sequence_files(str(p), allow_gaps)[0])).dtype if seq else np.dtype(np.uint8)
+        decoded = _as_rgb(decode_image(sequence_files(str(p), allow_gaps)[0])).dtype if _is_sequence(p) else np.dtype(np.uint8)
     return store_dtype(decoded, depth).itemsize
+
+
+def _is_sequence(p: Path) -> bool:
+    """Whether `p` names an image sequence (a folder, or a pattern with % or #), not a file."""
+    return p.is_dir() or ((p.exists() or "%" in p.name or "#" in p.name) and not p.is_file())
 
 
 def _probe_movie(p: Path, start: int, stop: int | None) -> tuple[int, int, int]:

@@ -68,7 +68,6 @@ def long_range_pairs(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid
     size = (W, H) if shrink <= 1 else (max(1, round(W / shrink)), max(1, round(H / shrink)))
     scale = np.array([W / size[0], H / size[1]], np.float32)  # plate pixels per matched pixel
     grey = [_resized(grey_u8(f), size) for f in frames]
-    flows = lambda t: (_resized_flow(fwd[t], size, scale), _resized_flow(bwd[t], size, scale))
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     # frames go from last to first; at frame t, stride k's flow (k = 2, 4, ...) is DIS
     # started from stride k/2's flows at t and t + k/2 composed, so each stride keeps only
@@ -77,7 +76,7 @@ def long_range_pairs(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid
     todo = sum(T - k for k in ks[1:])
     bar = tqdm(total=todo, desc="flow (long range)", unit="pair", disable=not progress or not todo, leave=False, dynamic_ncols=True)
     for t in range(T - 2, -1, -1):
-        kept[1][t] = flows(t)
+        kept[1][t] = (_resized_flow(fwd[t], size, scale), _resized_flow(bwd[t], size, scale))
         for k in ks[1:]:
             h = k // 2
             if t + k >= T:

@@ -29,9 +29,10 @@ from .model import ALPHA_BASE, COLOUR_BASE, RESIDUAL_BASE, FrameGeometry, frame_
 from .spill import SPILLED_BYTES_PER_PIXEL
 
 # Host memory of `atlas fit` per pixel of the shot, counted from what it holds: the frames
-# (3 bytes as uint8; FRAME_CHANNEL_BYTES more per byte of depth above 8 bits), both flows (8, float16), their validity (2) and the masks (1). While
-# preprocessing, the camera residuals (2, float16) are held besides; training adds the
-# tables four times over (values, gradients, two Adam moments); after training, every frame
+# (3 bytes as uint8; FRAME_CHANNEL_BYTES more per byte of depth above 8 bits), both flows
+# (8, float16), their validity (2) and the masks (1). While preprocessing, the camera
+# residuals (2, float16) are held besides; training adds the tables four times over
+# (values, gradients, two Adam moments); after training, every frame
 # is evaluated for the PSNR, the atlases and the quality statistics, keeping up to
 # MAP_CACHE_BYTES of frame maps for the bundle, and saving the cache copies the masks (1);
 # measured after training (bench/plate_bench.py, 1920x1080x120), a little more than
@@ -53,9 +54,8 @@ TABLE_COPIES_TRAINING = 4
 ACTIVATION_COPIES = 3  # an activation, its saved copy for backward, its gradient
 DEFAULT_BATCH = TrainConfig.batch
 # On a GPU the step reads the frames (3 bytes per pixel as uint8, 6 as float16 for deeper
-# plates), forward flow (4, float16),
-# its validity (1) and masks (1) from device memory: counted from those dtypes, not measured
-# on a GPU.
+# plates), forward flow (4, float16), its validity (1) and masks (1) from device memory:
+# counted from those dtypes, not measured on a GPU.
 DEVICE_BYTES_PER_PIXEL = 9.0
 DEVICE_BASE_BYTES = 1.0e9  # CUDA context, kernels, activations
 SKIP_ENV = "ATLAS_SKIP_MEMORY_CHECK"

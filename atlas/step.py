@@ -33,8 +33,8 @@ def step_data(frames: torch.Tensor, pre: Preprocessed, device: torch.device) -> 
     rgb = frames.reshape(-1, 3)
     if rgb.dtype == torch.uint16 and device.type != "cpu":
         out = torch.empty(rgb.shape, dtype=torch.float16, device=device)
-        for start in range(0, len(rgb), 1 << 22):
-            out[start:start + (1 << 22)] = unit_float(rgb[start:start + (1 << 22)]).half()
+        for dst, src in zip(out.split(1 << 22), rgb.split(1 << 22)):
+            dst.copy_(unit_float(src).half())
         rgb = out
     return {
         "rgb": rgb.to(device),
