@@ -80,9 +80,10 @@ class AtlasBundle:
         return config_from_dict(self.meta.config)
 
     # ---- evaluation
-    def frame_maps(self, t: int, size: tuple[int, int] | None = None) -> FrameMaps:
+    def frame_maps(self, t: int, size: tuple[int, int] | None = None, colour: bool = True) -> FrameMaps:
         """Reconstruction, uv per layer and layer weights of frame t, at the fitted size or
-        at `size` (width, height; e.g. `source_size`, evaluated there, not upsampled).
+        at `size` (width, height; e.g. `source_size`, evaluated there, not upsampled);
+        without `colour`, maybe no reconstruction (rgb None: it is not evaluated).
 
         Maps at the fitted size are kept in memory (up to MAP_CACHE_BYTES) so repeated
         renders and edits only sample textures instead of re-running the model.
@@ -90,11 +91,12 @@ class AtlasBundle:
         if not 0 <= t < self.num_frames:
             raise AtlasInputError(f"frame index {t} out of range 0..{self.num_frames - 1}")
         if size is not None and tuple(size) != tuple(self.size):
-            return evaluate_frame(self.model, t, size=tuple(size))
+            return evaluate_frame(self.model, t, size=tuple(size), colour=colour)
         if t in self._maps:
             return self._maps[t]
-        maps = evaluate_frame(self.model, t)
-        self.remember_maps({t: maps})
+        maps = evaluate_frame(self.model, t, colour=colour)
+        if colour:
+            self.remember_maps({t: maps})
         return maps
 
     def remember_maps(self, maps: dict[int, FrameMaps]) -> None:

@@ -12,7 +12,7 @@ from .model import LayeredAtlas
 class FrameMaps:
     """Per-pixel results for one frame."""
 
-    rgb: torch.Tensor  # [H, W, 3] reconstruction
+    rgb: torch.Tensor | None  # [H, W, 3] reconstruction (None when evaluated without colour)
     uv: torch.Tensor  # [H, W, layers, 2] atlas coordinates
     weights: torch.Tensor  # [H, W, layers] compositing weight of each layer (background first)
 
@@ -33,23 +33,27 @@ def resampled_grid(size: tuple[int, int], fitted: tuple[int, int], device: torch
 
 
 @torch.no_grad()
-def evaluate_frame(model: LayeredAtlas, t: int, chunk: int = 1 << 16, size: tuple[int, int] | None = None) -> FrameMaps:
+def evaluate_frame(model: LayeredAtlas, t: int, chunk: int = 1 << 16, size: tuple[int, int] | None = None,
+                   colour: bool = True) -> FrameMaps:
     """Run the model on every pixel of frame t, in chunks to bound memory; with `size`
     (width, height), on the pixels of a frame of that size instead (atlas.evaluate.resampled_grid):
-    the mapping is continuous, so maps at the source's resolution are evaluated, not upsampled."""
+    the mapping is continuous, so maps at the source's resolution are evaluated, not upsampled.
+    Without `colour` only the mapping and the weights are evaluated (an export needs no
+    reconstruction) and rgb is None."""
     g = model.geom
     device = next(model.parameters()).device
     w, h = size or (g.width, g.height)
     xy = resampled_grid((w, h), (g.width, g.height), device)
-    parts: dict[str, list[torch.Tensor]] = {"rgb": [], "uv": [], "weights": []}
+    keys = ["rgb", "uv", "weights"] if colour else ["uv", "weights"]
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for start in range(0, xy.shape[0], chunk):
         p = xy[start : start + chunk]
-        out = model(p, torch.full((p.shape[0],), t, dtype=torch.long, device=device))
-        for k in parts:
+        out = model(p, torch.full((p.shape[0],), t, dtype=torch.long, device=device), colour_rows=None if colour else 0)
+        for k in keys:
             parts[k].append(out[k].cpu())
     n_layers = len(model.layer_names)
     return FrameMaps(
-        torch.cat(parts["rgb"]).reshape(h, w, 3),
+        torch.cat(parts["rgb"]).reshape(h, w, 3) if colour else None,
         torch.cat(parts["uv"]).reshape(h, w, n_layers, 2),
         torch.cat(parts["weights"]).reshape(h, w, n_layers),
     )

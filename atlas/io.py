@@ -7,6 +7,7 @@ fitter works on display-referred values); `frame_depth="8"` stores any of them a
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
@@ -138,10 +139,17 @@ def _read_cv2(path: Path) -> np.ndarray | None:
     return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB) if arr.shape[2] in (3, 4) else arr
 
 
-def _read_exr(path: Path) -> np.ndarray:
+@functools.cache
+def _openexr():
+    """OpenEXR, its (de)compression spread over this process's cores (by default it uses one)."""
     import OpenEXR
 
-    with OpenEXR.File(str(path)) as f:
+    OpenEXR.set_global_thread_count(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return OpenEXR
+
+
+def _read_exr(path: Path) -> np.ndarray:
+    with _openexr().File(str(path)) as f:
         channels = f.parts[0].channels
         if "RGBA" in channels:
             return np.asarray(channels["RGBA"].pixels, dtype=np.float32)
@@ -156,16 +164,13 @@ def _read_exr(path: Path) -> np.ndarray:
 
 def read_exr_channels(path: str | Path) -> dict[str, np.ndarray]:
     """Every channel (or channel group, e.g. 'RGBA') of an EXR's first part, as float32."""
-    import OpenEXR
-
-    with OpenEXR.File(str(path)) as f:
+    with _openexr().File(str(path)) as f:
         return {name: np.asarray(ch.pixels, dtype=np.float32) for name, ch in f.parts[0].channels.items()}
 
 
 def write_exr(path: str | Path, channels: dict[str, np.ndarray]) -> None:
     """Write float32 channels (each (H, W) or (H, W, C) under a name like 'RGB')."""
-    import OpenEXR
-
+    OpenEXR = _openexr()
     header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
     data = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in channels.items()}
     with OpenEXR.File(header, data) as f:

@@ -8,7 +8,7 @@ sample of the surviving pixels of every (t, k) becomes a correspondence. They me
 whether a fitted layer drifts (atlas.diagnose), and with `loss.long_range` the fit asks
 both ends to land on the same atlas point (losses.flow_consistency).
 
-A plate larger than MAX_SIDE pixels on a side is matched at that size (its consecutive
+A plate larger than ANALYSIS_SIDE pixels on a side is matched at that size (its consecutive
 flows area-filtered down, the matches scaled back to the plate's pixels): a sample of a
 few thousand matches per (t, k) needs no dense flow at 4K, which would cost most of the
 preprocessing there. Stride 1 keeps the full-resolution consecutive flow.
@@ -22,10 +22,9 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from .preprocess import consistency, grey_u8, warp_sample
+from .preprocess import ANALYSIS_SIDE, consistency, grey_u8, warp_sample
 
 COLUMNS = 6
-MAX_SIDE = 1024  # longest side (pixels) at which strides above 1 are matched
 
 
 def strides(num_frames: int, max_stride: int) -> list[int]:
@@ -64,7 +63,7 @@ def long_range_pairs(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid
         return np.zeros((0, COLUMNS), np.float32)
     rows = [consecutive_pairs(fwd, valid_fwd, per_pair, rng)]
     H, W = frames.shape[1:3]
-    shrink = max(W, H) / MAX_SIDE
+    shrink = max(W, H) / ANALYSIS_SIDE
     size = (W, H) if shrink <= 1 else (max(1, round(W / shrink)), max(1, round(H / shrink)))
     scale = np.array([W / size[0], H / size[1]], np.float32)  # plate pixels per matched pixel
     grey = [_resized(grey_u8(f), size) for f in frames]

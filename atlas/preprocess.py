@@ -27,6 +27,13 @@ from .weights import load_weights
 if TYPE_CHECKING:
     from .model import FrameGeometry
 
+ANALYSIS_SIDE = 1024  # longest side (pixels) beyond which shot-wide statistics are taken on a coarser grid
+
+
+def coarsening(height: int, width: int) -> int:
+    """The integer factor that brings a frame's longest side to ANALYSIS_SIDE or below (1 if it is)."""
+    return -(-max(height, width) // ANALYSIS_SIDE)
+
 
 @dataclass
 class Preprocessed:
@@ -243,9 +250,11 @@ def _camera_residual(flow: np.ndarray, valid: np.ndarray, prior: np.ndarray | No
     iteratively reweighted least squares with Tukey's biweight, so moving objects get
     zero weight after a few rounds. `prior` (a neighbouring frame's background weight,
     warped onto this frame) starts the reweighting where the background was, so an object
-    that comes to fill most of the frame is not mistaken for it.
+    that comes to fill most of the frame is not mistaken for it. The fit samples every
+    `step`-th pixel (coarser on a plate, by coarsening: six coefficients need no 4K sample).
     """
     h, w = flow.shape[:2]
+    step *= coarsening(h, w)
     flow = flow.astype(np.float32, copy=False)
     x = (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
     y = (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
@@ -289,8 +298,14 @@ def texture_confidence(frame: np.ndarray) -> np.ndarray:
     """
     h, w = frame.shape[:2]
     lam = cv2.cornerMinEigenVal(grey_u8(frame).astype(np.float32) / 255.0, 7, 3)
-    k = max(3, int(round(min(h, w) / 16)) | 1)
+    s = coarsening(h, w)  # a plate's neighbourhood is dilated on blocks' maxima: the kernel's cost grows with its area
+    k = max(3, int(round(min(h, w) / 16 / s)) | 1)
+    if s > 1:
+        ph, pw = -(-h // s) * s, -(-w // s) * s
+        lam = np.pad(lam, ((0, ph - h), (0, pw - w)), mode="edge").reshape(ph // s, s, pw // s, s).max(axis=(1, 3))
     lam = cv2.dilate(lam, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    if s > 1:
+        lam = cv2.resize(lam, (pw, ph), interpolation=cv2.INTER_NEAREST)[:h, :w]
     return np.minimum(1.0, lam / (0.5 * float(np.median(lam)) + 1e-9)).astype(np.float32)
 
 

@@ -26,7 +26,7 @@ def sample_map(uv: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     grid = torch.stack([xy[:, 0] * (2 / max(w - 1, 1)) - 1, xy[:, 1] * (2 / max(h - 1, 1)) - 1], -1)
     img = uv.reshape(h, w, n_layers * 2).permute(2, 0, 1)[None]
     out = torch.nn.functional.grid_sample(img, grid[None, None], mode="bilinear", padding_mode="border", align_corners=True)
-    return out[0, :, 0].T.reshape(-1, n_layers, 2)
+    return out[0, :, 0].T.contiguous().reshape(-1, n_layers, 2)  # contiguous: a transposed view makes later per-point reductions stride across the frame
 
 
 class QualityStats:

@@ -51,7 +51,7 @@ def export(bundle: AtlasBundle, out: str | Path, size: tuple[int, int] | None = 
         for name, tex in bundle.textures.items():
             write_png(tmp / "atlas" / f"{name}.png", tex)
         for t in range(bundle.num_frames):
-            maps = bundle.frame_maps(t, size)
+            maps = bundle.frame_maps(t, size, colour=False)
             write_png(tmp / "alpha" / f"{t:05d}.png", 1.0 - maps.weights[..., 0])
             for i, name in enumerate(names):
                 u, v = maps.uv[..., i, 0].numpy(), maps.uv[..., i, 1].numpy()

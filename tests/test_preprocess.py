@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from atlas import preprocess as preprocess_module
 from atlas.errors import AtlasInputError
 from atlas.initialise import chain_transforms
 from atlas.model import FrameGeometry
@@ -105,6 +106,22 @@ def test_texture_confidence_discounts_flat_regions():
     frame[:, :60] = rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)
     conf = texture_confidence(frame)
     assert conf[:, :50].min() > 0.9 and conf[:, 80:].max() < 0.1
+
+
+def test_plate_statistics_on_a_coarser_grid_match_full_resolution(monkeypatch):
+    """Past ANALYSIS_SIDE the camera fit samples a coarser grid and the texture
+    neighbourhood is dilated on block maxima: masks and confidence stay those of the
+    full-resolution computation."""
+    frames, fwd, bwd, valid, obj = _growing_object(h=240, w=320)
+    frames[:, :, 200:] = 128  # a flat region on the right
+    full_masks = motion_masks(frames, fwd, bwd, valid, valid) > 0
+    full_conf = texture_confidence(frames[0]) > 0.5
+    monkeypatch.setattr(preprocess_module, "ANALYSIS_SIDE", 80)  # coarsening 4
+    masks = motion_masks(frames, fwd, bwd, valid, valid) > 0
+    conf = texture_confidence(frames[0]) > 0.5
+    assert (masks != full_masks).mean() < 0.01
+    assert (masks & obj).sum() / (masks | obj).sum() > 0.7  # the object found (part of it sits in the flat region)
+    assert (conf != full_conf).mean() < 0.03 and conf[:, :180].all() and not conf[:, 240:].any()
 
 
 def test_background_transforms_follow_the_camera(pre, clip):

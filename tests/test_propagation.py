@@ -128,6 +128,15 @@ def test_export_stmap_round_trip(fitted, tmp_path):
     assert torch.allclose(frame.clamp(0, 1), expected, atol=1e-4)
 
 
+def test_maps_without_colour_hold_the_same_mapping(fitted):
+    """An export evaluates no reconstruction: the mapping and weights are those of a full evaluation."""
+    from atlas.evaluate import evaluate_frame
+
+    full, bare = evaluate_frame(fitted.model, 2), evaluate_frame(fitted.model, 2, colour=False)
+    assert bare.rgb is None and full.rgb is not None
+    assert torch.equal(bare.uv, full.uv) and torch.equal(bare.weights, full.weights)
+
+
 def test_export_of_a_reduced_fit_is_at_the_source_resolution(clip, tmp_path):
     """A fit made at half the source's size exports maps at the source's: the mapping is
     evaluated at the source's pixel centres, so the four that split a fitted pixel

@@ -38,13 +38,13 @@ def test_long_range_pairs_match_the_true_motion(pre_long, clip):
 
 
 def test_a_plate_above_the_matching_size_is_matched_smaller_and_scaled_back(clip, monkeypatch):
-    """Strides above 1 of a large plate are matched at longrange.MAX_SIDE: the matches
+    """Strides above 1 of a large plate are matched at longrange.ANALYSIS_SIDE: the matches
     still follow the true motion, in the plate's own pixels, starting on whole pixels."""
     from atlas import longrange
 
     frames = clip.frames.numpy()
     H, W = frames.shape[1:3]
-    monkeypatch.setattr(longrange, "MAX_SIDE", max(W, H) // 2)
+    monkeypatch.setattr(longrange, "ANALYSIS_SIDE", max(W, H) // 2)
     pre = preprocess(clip.frames, flow="dis")
     pairs = long_range_pairs(frames, pre.flow_fwd.float().numpy(), pre.flow_bwd.float().numpy(), pre.valid_fwd.numpy(), 4, 512)
     t, t2 = pairs[:, 0].astype(int), pairs[:, 3].astype(int)
