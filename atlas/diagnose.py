@@ -62,7 +62,7 @@ def layer_health(model: LayeredAtlas, pre: Preprocessed, chains: list[Chain], te
         m, chain = model.mappings[i], chains[i]
         extent = (m.pixels_per_uv / torch.tensor([g.width, g.height])).tolist()
         tex = textures[name].shape[:2]
-        bad_frame = first_degenerate(m.transforms.detach().double().cpu().numpy(), g)
+        bad_frame = first_degenerate(m.transforms.detach().double().cpu().numpy(), g, chain.ref)
         degenerate = extent[0] * extent[1] > MAX_EXTENT_FRAMES or bad_frame is not None
         full = full_texture_size(model, i)
         err = errors[i]

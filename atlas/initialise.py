@@ -1,15 +1,21 @@
 """Initial per-frame global transforms and atlas extents, from the flow.
 
 Background: a homography per consecutive frame pair (RANSAC on the flow outside the
-mask); foreground: a similarity inside it; chained so each frame maps into frame 0's plane.
+mask); foreground: a similarity inside it; chained so each frame maps into one
+reference frame's plane (frame 0's, unless that one cannot hold the shot: see below).
 
 Every pair's motion and every chained transform is checked for conditioning: a motion
 between two frames must be close to rigid (no fold, little change of area, shear or
 perspective), and a frame mapped into the canonical plane must stay a convex, finite,
 not too distorted quadrilateral. A pair that fails falls back to a simpler motion model
-(homography -> affine -> similarity -> translation); a chain that still degenerates is
-rebuilt with the simpler model for the whole shot, and the first frame where the richer
-model broke is reported (the camera turned too far for one atlas with that model).
+(homography -> affine -> similarity -> translation). A chain that degenerates in frame
+0's plane is referred to the frame nearest the shot's middle whose plane holds it (a
+camera turning through the shot turns half as far from there); where no frame's does,
+its outlier links (the few that depart far more than the others from the simpler model)
+get the simpler motion, as few as it takes; failing that, it is rebuilt with the
+simpler model for the whole shot, and the first frame where the
+richer model broke (from frame 0) is reported: the camera turned too far for one atlas
+with that model.
 
 The chain is only a start: each pair's error adds up along it. A joint refinement over
 the shot (a small bundle adjustment) then moves every frame's transform at once so the
@@ -36,11 +42,12 @@ MODELS = ("homography", "affine", "similarity", "translation")
 LINK_AREA = (0.6, 1.6)
 LINK_ANGLE_DEG = (55.0, 125.0)
 LINK_W_RATIO = 0.75
-# a chained transform, frame corners mapped into the canonical plane (area relative to frame 0's:
+# a chained transform, frame corners mapped into the canonical plane (area relative to the reference frame's:
 # an object that comes 8x closer is still one atlas)
 CHAIN_AREA = (1.0 / 64.0, 64.0)
 CHAIN_ANGLE_DEG = (30.0, 150.0)
 CHAIN_W_RATIO = 0.25
+OUTLIER_DEPARTURE = 3.0  # a link departing from its simpler model this many times more than the median link is an outlier
 # joint refinement: correspondences per (frame, stride), Cauchy scale (px), rounds of reweighting
 ADJUST_PER_GROUP = 256
 ADJUST_SCALE_PX = 1.5
@@ -50,13 +57,15 @@ ADJUST_ITERS = 60
 
 @dataclass
 class Chain:
-    """Transforms [T, 3, 3] of one layer (frame t's normalised coordinates -> frame 0's
-    plane), the motion model they use, and the first frame where a richer model broke."""
+    """Transforms [T, 3, 3] of one layer (frame t's normalised coordinates -> the plane of
+    frame `ref`, the canonical plane), the motion model they use, and the first frame
+    where a richer model broke."""
 
     transforms: np.ndarray
     model: str
     break_frame: int | None = None
     broken_model: str | None = None
+    ref: int = 0
 
 
 def _corners(geom: FrameGeometry) -> np.ndarray:
@@ -166,13 +175,32 @@ def _chain(links: dict[int, np.ndarray], num_frames: int) -> np.ndarray:
     return arr / arr[:, 2:3, 2:3]
 
 
-def first_degenerate(transforms: np.ndarray, geom: FrameGeometry) -> int | None:
+def first_degenerate(transforms: np.ndarray, geom: FrameGeometry, ref: int = 0) -> int | None:
     """The first frame whose transform into the canonical plane is not well conditioned
-    (areas relative to frame 0's, so a canonical plane at any density is judged alike)."""
-    unit = _area_ratio(_mapped_corners(transforms[0], geom)[0], geom) if np.all(np.isfinite(transforms[0])) else 1.0
+    (areas relative to the reference frame's, so a canonical plane at any density is judged alike)."""
+    unit = _area_ratio(_mapped_corners(transforms[ref], geom)[0], geom) if np.all(np.isfinite(transforms[ref])) else 1.0
     for t, h in enumerate(transforms):
         if not (unit > 0 and well_conditioned(h, geom, CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO, unit)):
             return t
+    return None
+
+
+def rereferenced(transforms: np.ndarray, ref: int) -> np.ndarray:
+    """The chain's transforms into frame `ref`'s plane instead of frame 0's."""
+    out = np.linalg.inv(transforms[ref]) @ transforms
+    return out / out[:, 2:3, 2:3]
+
+
+def steadiest_reference(transforms: np.ndarray, geom: FrameGeometry) -> int | None:
+    """A reference frame whose plane holds every frame well conditioned: frame 0 when it
+    does, else the frame nearest the middle of the shot that does (a camera that turns
+    through the shot turns half as far from its middle), None when no frame does."""
+    if first_degenerate(transforms, geom) is None:
+        return 0
+    middle = (len(transforms) - 1) / 2
+    for ref in sorted(range(1, len(transforms)), key=lambda r: (abs(r - middle), r)):
+        if np.all(np.isfinite(transforms[ref])) and first_degenerate(rereferenced(transforms, ref), geom, ref) is None:
+            return ref
     return None
 
 
@@ -184,7 +212,54 @@ def at_sharpest_view(chain: Chain, geom: FrameGeometry, shown: np.ndarray) -> Ch
     frames = np.nonzero(shown)[0] if shown.any() else np.arange(len(chain.transforms))
     magnification = max(_area_ratio(_mapped_corners(chain.transforms[t], geom)[0], geom) ** -0.5 for t in frames)
     scaled = np.diag([magnification, magnification, 1.0]) @ chain.transforms
-    return Chain(scaled, chain.model, chain.break_frame, chain.broken_model)
+    return Chain(scaled, chain.model, chain.break_frame, chain.broken_model, chain.ref)
+
+
+def _links(per_pair: list[np.ndarray], geom: FrameGeometry, models: tuple[str, ...], rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """{t: motion t -> t + 1} of the pairs with a reliable one (link_motion)."""
+    links = {}
+    for t, pairs in enumerate(per_pair):
+        m = link_motion(pairs[:, 1:3], pairs[:, 4:6], geom, models, rng)
+        if m is not None:
+            links[t] = m
+    return links
+
+
+def _held(links: dict[int, np.ndarray], geom: FrameGeometry) -> tuple[np.ndarray, int] | None:
+    """(transforms into the reference frame's plane, reference) of the chained links, or
+    None when no reference frame's plane holds them."""
+    transforms = _chain(links, geom.num_frames)
+    ref = steadiest_reference(transforms, geom)
+    return None if ref is None else (rereferenced(transforms, ref), ref)
+
+
+def _held_with_outlier_links_simpler(links: dict[int, np.ndarray], per_pair: list[np.ndarray], geom: FrameGeometry,
+                                     simpler: tuple[str, ...], rng: np.random.Generator) -> tuple[np.ndarray, int] | None:
+    """The chain held by giving the fewest outlier links a simpler motion, or None.
+
+    A few pairs' motions can be wrong while each passes the link checks (motion blur, an
+    object filling most of the frame), and their perspective then breaks the chain for the
+    whole shot. Outliers are links that depart from their simpler model's fit (frame
+    corners, pixels) by more than OUTLIER_DEPARTURE times the median link's; the most
+    departing are simplified first (as many as the chain needs, found by bisection). A
+    camera that really turns too far departs alike in every link: no outliers, and the
+    whole shot falls back to the simpler model instead. Under a pixel, no link is an outlier."""
+    fits = _links([per_pair[t] for t in links], geom, simpler, rng)
+    plain = {t: fits[j] for j, t in enumerate(links) if j in fits}
+    if not plain:
+        return None
+    departure = {t: float(np.abs(_mapped_corners(links[t], geom)[0] - _mapped_corners(m, geom)[0]).max()) * geom.scale for t, m in plain.items()}
+    typical = float(np.median(list(departure.values())))
+    order = sorted((t for t in plain if departure[t] > max(OUTLIER_DEPARTURE * typical, 1.0)), key=lambda t: -departure[t])
+    best, lo, hi = None, 1, len(order)
+    while lo <= hi:
+        k = (lo + hi) // 2
+        held = _held({**links, **{t: plain[t] for t in order[:k]}}, geom)
+        if held is not None:
+            best, hi = held, k - 1
+        else:
+            lo = k + 1
+    return best
 
 
 def robust_chain(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: str, seed: int = 0) -> Chain:
@@ -195,16 +270,14 @@ def robust_chain(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: st
     models = MODELS[MODELS.index(kind):]
     broke: tuple[int, str] | None = None
     for i, model in enumerate(models):
-        links = {}
-        for t, pairs in enumerate(per_pair):
-            m = link_motion(pairs[:, 1:3], pairs[:, 4:6], geom, models[i:], rng)
-            if m is not None:
-                links[t] = m
-        transforms = _chain(links, geom.num_frames)
-        bad = first_degenerate(transforms, geom)
-        if bad is None or model == models[-1]:
-            return Chain(transforms, model, *(broke or (None, None)))
-        broke = broke or (bad, model)
+        links = _links(per_pair, geom, models[i:], rng)
+        held = _held(links, geom)
+        if held is None and i + 1 < len(models):
+            held = _held_with_outlier_links_simpler(links, per_pair, geom, models[i + 1:], rng)
+        if held is not None or model == models[-1]:
+            transforms, ref = held or (_chain(links, geom.num_frames), 0)
+            return Chain(transforms, model, *(broke or (None, None)), ref)
+        broke = broke or (first_degenerate(_chain(links, geom.num_frames), geom), model)
     raise AssertionError("unreachable")
 
 
@@ -243,7 +316,7 @@ def _project(m: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def adjust(chain: Chain, pairs: np.ndarray, masks: np.ndarray, geom: FrameGeometry, use_mask: str, seed: int = 0) -> Chain:
-    """The chain with every frame's transform (frame 0's held) refined jointly so the
+    """The chain with every frame's transform (the reference frame's held) refined jointly so the
     layer's correspondences [M, 6] agree: symmetric transfer error in pixels, Cauchy-
     reweighted, L-BFGS, in the chain's motion model. Returned unchanged when there is
     nothing longer than consecutive pairs to learn from or the result is degenerate."""
@@ -256,11 +329,14 @@ def adjust(chain: Chain, pairs: np.ndarray, masks: np.ndarray, geom: FrameGeomet
     centre = np.array([geom.width / 2, geom.height / 2])
     qa, qb = (torch.from_numpy((pairs[:, c : c + 2] + 0.5 - centre) / geom.scale) for c in (1, 4))
     ta, tb = (torch.from_numpy(pairs[:, c].astype(np.int64)) for c in (0, 3))
-    first = torch.from_numpy(_to_params(np.eye(3)[None], chain.model))
-    free = torch.from_numpy(_to_params(chain.transforms[1:].astype(np.float64), chain.model)).requires_grad_(True)
+    ref = chain.ref
+    held = torch.from_numpy(_to_params(np.eye(3)[None], chain.model))
+    params = _to_params(chain.transforms.astype(np.float64), chain.model)
+    free = torch.from_numpy(np.delete(params, ref, axis=0)).requires_grad_(True)
+    every = lambda: torch.cat([free[:ref], held, free[ref:]])
 
     def error() -> torch.Tensor:  # [M] squared transfer error, both ways, in pixels^2
-        m = _to_matrices(torch.cat([first, free]), chain.model)
+        m = _to_matrices(every(), chain.model)
         inv = torch.linalg.inv(m)
         e = torch.cat([_project(inv[tb] @ m[ta], qa) - qb, _project(inv[ta] @ m[tb], qb) - qa], 1) * geom.scale
         return e.pow(2).sum(1)
@@ -278,15 +354,15 @@ def adjust(chain: Chain, pairs: np.ndarray, masks: np.ndarray, geom: FrameGeomet
 
         opt.step(closure)
     with torch.no_grad():
-        m = _to_matrices(torch.cat([first, free]), chain.model).numpy()
+        m = _to_matrices(every(), chain.model).numpy()
     m = m / m[:, 2:3, 2:3]
-    if not np.all(np.isfinite(m)) or first_degenerate(m, geom) is not None:
+    if not np.all(np.isfinite(m)) or first_degenerate(m, geom, ref) is not None:
         return chain
-    return Chain(m, chain.model, chain.break_frame, chain.broken_model)
+    return Chain(m, chain.model, chain.break_frame, chain.broken_model, ref)
 
 
 def chain_transforms(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: str, seed: int = 0) -> np.ndarray:
-    """[T, 3, 3] transforms taking frame t's normalised coords into frame 0's plane
+    """[T, 3, 3] transforms taking frame t's normalised coords into the canonical plane
     (`use_mask`: "outside" for the background, "inside" for a foreground, or "all")."""
     return robust_chain(pre, geom, kind, use_mask, seed).transforms
 

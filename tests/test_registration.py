@@ -90,19 +90,63 @@ def _flow_of(motion: np.ndarray, g: FrameGeometry) -> torch.Tensor:
     return torch.from_numpy((moved - np.stack([xs, ys], -1).reshape(-1, 2)).reshape(g.height, g.width, 2)).float()
 
 
-def test_a_chain_that_degenerates_falls_back_and_names_the_frame():
-    """A camera turning a little every frame: each link is a fine homography, but chained
-    over the shot its perspective runs off towards the horizon."""
-    T = 40
+TURN = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.12, 0.0, 1.0]])  # a camera turning a little every frame
+
+
+def _turning(T: int) -> tuple[Preprocessed, FrameGeometry]:
     g = FrameGeometry(T, 60, 80)
-    turn = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.12, 0.0, 1.0]])
-    flow = _flow_of(turn, g).expand(T - 1, -1, -1, -1).contiguous()
+    flow = _flow_of(TURN, g).expand(T - 1, -1, -1, -1).contiguous()
     valid = torch.ones(T - 1, 60, 80, dtype=torch.bool)
-    pre = Preprocessed(flow, -flow, valid, valid, torch.zeros(T, 60, 80), "dis", "motion")
+    return Preprocessed(flow, -flow, valid, valid, torch.zeros(T, 60, 80), "dis", "motion"), g
+
+
+def test_a_chain_that_degenerates_falls_back_and_names_the_frame():
+    """A camera turning through the whole shot: each link is a fine homography, but chained
+    its perspective runs off towards the horizon, in the plane of any frame."""
+    T = 40
+    pre, g = _turning(T)
     chain = robust_chain(pre, g, "homography", "all")
     assert chain.broken_model == "homography" and chain.model in ("affine", "similarity", "translation")
     assert 1 < chain.break_frame < T
     assert all(well_conditioned(h, g, CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO) for h in chain.transforms)
+
+
+def test_a_chain_that_breaks_in_frame_0s_plane_holds_in_the_middle_frames():
+    """The same camera over a shot whose turn from frame 0 is too far for one plane but
+    half of it (from the middle) is not: the homography chain holds, referred to a middle
+    frame, and is the true motion (from frame 0 it breaks at frame 11)."""
+    T = 20
+    pre, g = _turning(T)
+    chain = robust_chain(pre, g, "homography", "all")
+    assert chain.model == "homography" and chain.break_frame is None and T // 4 < chain.ref < 3 * T // 4
+    for t, h in enumerate(chain.transforms):  # frame t -> frame ref: the turn applied ref - t times
+        true = np.linalg.matrix_power(TURN, chain.ref) @ np.linalg.matrix_power(np.linalg.inv(TURN), t)
+        assert np.allclose(h, true / true[2, 2], atol=2e-3), t
+        assert well_conditioned(h, g, CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO)
+
+
+def test_a_few_links_with_spurious_perspective_are_simplified_and_the_chain_holds():
+    """A panning camera whose flow gives every third pair a spurious perspective (each
+    passing the link checks): chained as measured, no frame's plane holds the shot; with
+    those outlier links given an affine motion, the homography chain holds and keeps the
+    true pan on the other links."""
+    from atlas.initialise import _chain, steadiest_reference
+
+    T = 30
+    g = FrameGeometry(T, 60, 80)
+    pan = np.array([[1.0, 0.0, 0.02], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    spurious = np.array([[1.0, 0.0, 0.02], [0.0, 1.0, 0.0], [0.0, 0.37, 1.0]])
+    bad = set(range(2, T - 1, 3))
+    true = {t: spurious if t in bad else pan for t in range(T - 1)}
+    assert steadiest_reference(_chain(true, T), g) is None
+    flow = torch.stack([_flow_of(true[t], g) for t in range(T - 1)])
+    valid = torch.ones(T - 1, 60, 80, dtype=torch.bool)
+    chain = robust_chain(Preprocessed(flow, -flow, valid, valid, torch.zeros(T, 60, 80), "dis", "motion"), g, "homography", "all")
+    assert chain.model == "homography" and chain.break_frame is None
+    assert all(well_conditioned(h, g, CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO) for h in chain.transforms)
+    for t in set(range(T - 1)) - bad:
+        link = np.linalg.inv(chain.transforms[t + 1]) @ chain.transforms[t]
+        assert np.allclose(link / link[2, 2], pan, atol=2e-3), t
 
 
 def test_an_object_coming_closer_keeps_its_motion_and_its_atlas_holds_the_closest_view():
