@@ -82,8 +82,8 @@ class AtlasBundle:
     # ---- evaluation
     def frame_maps(self, t: int, size: tuple[int, int] | None = None, colour: bool = True) -> FrameMaps:
         """Reconstruction, uv per layer and layer weights of frame t, at the fitted size or
-        at `size` (width, height; e.g. `source_size`, evaluated there, not upsampled);
-        without `colour`, maybe no reconstruction (rgb None: it is not evaluated).
+        at `size` (width, height; e.g. `source_size`, evaluated there, not upsampled).
+        `colour=False` skips the reconstruction unless it is already cached (rgb is then None).
 
         Maps at the fitted size are kept in memory (up to MAP_CACHE_BYTES) so repeated
         renders and edits only sample textures instead of re-running the model.

@@ -215,25 +215,24 @@ def at_sharpest_view(chain: Chain, geom: FrameGeometry, shown: np.ndarray) -> Ch
     return Chain(scaled, chain.model, chain.break_frame, chain.broken_model, chain.ref)
 
 
-def _links(per_pair: list[np.ndarray], geom: FrameGeometry, models: tuple[str, ...], rng: np.random.Generator) -> dict[int, np.ndarray]:
-    """{t: motion t -> t + 1} of the pairs with a reliable one (link_motion)."""
+def _links(per_pair: dict[int, np.ndarray], geom: FrameGeometry, models: tuple[str, ...], rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """{t: motion t -> t + 1} of the pairs {t: correspondences} with a reliable one (link_motion)."""
     links = {}
-    for t, pairs in enumerate(per_pair):
+    for t, pairs in per_pair.items():
         m = link_motion(pairs[:, 1:3], pairs[:, 4:6], geom, models, rng)
         if m is not None:
             links[t] = m
     return links
 
 
-def _held(links: dict[int, np.ndarray], geom: FrameGeometry) -> tuple[np.ndarray, int] | None:
-    """(transforms into the reference frame's plane, reference) of the chained links, or
-    None when no reference frame's plane holds them."""
-    transforms = _chain(links, geom.num_frames)
+def _held(transforms: np.ndarray, geom: FrameGeometry) -> tuple[np.ndarray, int] | None:
+    """(transforms into the reference frame's plane, reference) of a chain, or None when
+    no reference frame's plane holds it."""
     ref = steadiest_reference(transforms, geom)
     return None if ref is None else (rereferenced(transforms, ref), ref)
 
 
-def _held_with_outlier_links_simpler(links: dict[int, np.ndarray], per_pair: list[np.ndarray], geom: FrameGeometry,
+def _held_with_outlier_links_simpler(links: dict[int, np.ndarray], per_pair: dict[int, np.ndarray], geom: FrameGeometry,
                                      simpler: tuple[str, ...], rng: np.random.Generator) -> tuple[np.ndarray, int] | None:
     """The chain held by giving the fewest outlier links a simpler motion, or None.
 
@@ -244,8 +243,7 @@ def _held_with_outlier_links_simpler(links: dict[int, np.ndarray], per_pair: lis
     departing are simplified first (as many as the chain needs, found by bisection). A
     camera that really turns too far departs alike in every link: no outliers, and the
     whole shot falls back to the simpler model instead. Under a pixel, no link is an outlier."""
-    fits = _links([per_pair[t] for t in links], geom, simpler, rng)
-    plain = {t: fits[j] for j, t in enumerate(links) if j in fits}
+    plain = _links({t: per_pair[t] for t in links}, geom, simpler, rng)
     if not plain:
         return None
     departure = {t: float(np.abs(_mapped_corners(links[t], geom)[0] - _mapped_corners(m, geom)[0]).max()) * geom.scale for t, m in plain.items()}
@@ -254,7 +252,7 @@ def _held_with_outlier_links_simpler(links: dict[int, np.ndarray], per_pair: lis
     best, lo, hi = None, 1, len(order)
     while lo <= hi:
         k = (lo + hi) // 2
-        held = _held({**links, **{t: plain[t] for t in order[:k]}}, geom)
+        held = _held(_chain({**links, **{t: plain[t] for t in order[:k]}}, geom.num_frames), geom)
         if held is not None:
             best, hi = held, k - 1
         else:
@@ -266,18 +264,19 @@ def robust_chain(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: st
     """Transforms of one layer with motion model `kind` (or a simpler one where `kind`
     degenerates); see the module docstring."""
     rng = np.random.default_rng(seed)
-    per_pair = _layer_pairs(pre, use_mask, rng)
+    per_pair = dict(enumerate(_layer_pairs(pre, use_mask, rng)))
     models = MODELS[MODELS.index(kind):]
     broke: tuple[int, str] | None = None
     for i, model in enumerate(models):
         links = _links(per_pair, geom, models[i:], rng)
-        held = _held(links, geom)
+        transforms = _chain(links, geom.num_frames)
+        held = _held(transforms, geom)
         if held is None and i + 1 < len(models):
             held = _held_with_outlier_links_simpler(links, per_pair, geom, models[i + 1:], rng)
         if held is not None or model == models[-1]:
-            transforms, ref = held or (_chain(links, geom.num_frames), 0)
+            transforms, ref = held or (transforms, 0)
             return Chain(transforms, model, *(broke or (None, None)), ref)
-        broke = broke or (first_degenerate(_chain(links, geom.num_frames), geom), model)
+        broke = broke or (first_degenerate(transforms, geom), model)
     raise AssertionError("unreachable")
 
 
