@@ -143,6 +143,10 @@ class PreprocessConfig:
     """Optical flow: auto (RAFT if weights are local, else DIS) | raft | dis."""
     motion_threshold: float = field(default=0.0, metadata=limits(0.0))
     """Motion-bootstrap mask: flow deviation (pixels) from the camera motion; 0 = automatic (atlas.preprocess.motion_masks)."""
+    colour_refine: bool = False
+    """Re-cut each motion-bootstrap mask by colour (atlas.preprocess.colour_refined). Off by
+    default: the masks come closer to the objects, but tracks through the atlas get worse
+    on most shots (bench/track_bench.py --set preprocess.colour_refine=true measures both)."""
     long_range_stride: int = field(default=16, metadata=limits(0, 256))
     """Longest stride (frames) of the long-range correspondences (flow between frames t and
     t + k for k = 1, 2, 4, ... up to this; atlas.longrange); 0 turns them off."""

@@ -327,6 +327,42 @@ def _clean_mask(mask: np.ndarray, min_area_frac: float = 0.002) -> np.ndarray:
     return filled
 
 
+COLOUR_KEEP = 0.6  # least share of the motion mask a colour refinement must keep to replace it
+
+
+def colour_refined(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The motion mask [H, W] uint8 re-cut by colour (OpenCV GrabCut seeded with it, free
+    to move its edge within a band around it), or the mask itself where the cut keeps
+    less than COLOUR_KEEP of it.
+
+    Flow spills past an object's edge and fills in the flat background between its
+    parts; the object's colours tell those pixels off. Where object and background share
+    their colours the cut eats into the object instead, and keeping most of the motion
+    mask is what tells a trim from that. Plates are cut on the analysis grid.
+    """
+    if not mask.any():
+        return mask
+    h, w = mask.shape
+    s = coarsening(h, w)
+    img, m = to_uint8(frame), mask
+    if s > 1:
+        img = cv2.resize(img, (w // s, h // s), interpolation=cv2.INTER_AREA)
+        m = (cv2.resize(mask.astype(np.float32), (w // s, h // s), interpolation=cv2.INTER_AREA) > 0.5).astype(np.uint8)
+    band = max(3, int(round(min(m.shape) / 16)))
+    cut = np.full(m.shape, cv2.GC_BGD, np.uint8)
+    cut[cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))) > 0] = cv2.GC_PR_BGD
+    cut[m > 0] = cv2.GC_PR_FGD
+    cv2.setRNGSeed(0)  # GrabCut's k-means draws from OpenCV's RNG: the same mask for the same frame, in any order
+    try:
+        cv2.grabCut(np.ascontiguousarray(img), cut, None, np.zeros((1, 65)), np.zeros((1, 65)), 3, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # too few pixels on one side for a colour model
+        return mask
+    fg = ((cut == cv2.GC_FGD) | (cut == cv2.GC_PR_FGD)).astype(np.uint8)
+    if s > 1:
+        fg = (cv2.resize(fg.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) > 0.5).astype(np.uint8)
+    return fg if np.count_nonzero(fg & mask) >= COLOUR_KEEP * np.count_nonzero(mask) else mask
+
+
 FOLLOW_FRACTION = 1 / 3  # of the mask threshold: where an object seen in a neighbouring frame is followed
 SWAP_AGREEMENT = 0.5  # below this share of pixels keeping their side, the background's identity swapped between two pairs
 
@@ -401,7 +437,7 @@ def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, v
 
 
 def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray,
-                 threshold: float = 0.0, alloc: Alloc = np.empty) -> np.ndarray:
+                 threshold: float = 0.0, alloc: Alloc = np.empty, colour_refine: bool = False) -> np.ndarray:
     """Foreground guess per frame [T, H, W] uint8 (1: foreground) from flow that disagrees
     with the camera motion (the background's identity carried through the shot), where the
     frame has the texture to tell.
@@ -412,8 +448,9 @@ def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd
     vanish between frames: where a frame's mask holds less than half of its neighbour's,
     carried along the flow, the object moves too slowly there for the shot's threshold,
     and it is followed where it still deviates by FOLLOW_FRACTION of it (one pass
-    forwards through the shot, one backwards). bench/bootstrap_bench.py scores the masks
-    against ground truth.
+    forwards through the shot, one backwards). `colour_refine` then re-cuts each frame's
+    mask by colour (colour_refined). bench/bootstrap_bench.py scores the masks against
+    ground truth.
     """
     res, taken = _camera_residuals(fwd, bwd, valid_fwd, valid_bwd, alloc)
     hist = LogHistogram()  # the 95th percentile without a sorted copy of the shot's residuals
@@ -434,6 +471,9 @@ def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd
             carried = warp_sample(masks[src], flow) > 0.5
             if area[dst] < 0.5 * np.count_nonzero(carried):
                 masks[dst] = _clean_mask(masks[dst].astype(bool) | (carried & (res[dst] > float(follow[dst]))))
+    if colour_refine:
+        for i, frame in enumerate(frames):
+            masks[i] = colour_refined(frame, masks[i])
     return masks
 
 
@@ -517,6 +557,7 @@ def preprocess(
     masks_dir: str | None = None,
     frame_range: tuple[int, int] | None = None,
     motion_threshold: float = 0.0,
+    colour_refine: bool = False,
     raft_weights: str | None = None,
     sam_checkpoint: str | None = None,
     sam_prompt: str | None = None,
@@ -547,7 +588,7 @@ def preprocess(
             raise AtlasInputError("--sam-checkpoint needs --sam-prompt x,y or x0,y0,x1,y1 on the first frame")
         masks, source = sam_masks(arr, sam_checkpoint, sam_prompt, device), "sam"
     else:
-        masks, source = motion_masks(arr, fwd, bwd, valid_fwd, valid_bwd, motion_threshold, alloc), "motion"
+        masks, source = motion_masks(arr, fwd, bwd, valid_fwd, valid_bwd, motion_threshold, alloc, colour_refine), "motion"
     pairs = long_range_pairs(arr, fwd, bwd, valid_fwd, long_range_stride, long_range_samples, seed, progress)
     return Preprocessed(
         torch.from_numpy(fwd), torch.from_numpy(bwd), torch.from_numpy(valid_fwd), torch.from_numpy(valid_bwd),

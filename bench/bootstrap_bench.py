@@ -1,6 +1,6 @@
 """Motion bootstrap (the foreground guess made without masks) against ground-truth masks.
 
-    python bench/bootstrap_bench.py [--size 427x240] [--frames 32] [--clips ...]
+    python bench/bootstrap_bench.py [--size 427x240] [--frames 32] [--clips ...] [--colour-refine]
 
 For the shared DAVIS clips, the real-texture synthetic clips (bench/scenes.py) and the
 procedural synthetic clip, computes DIS flow and `atlas.preprocess.motion_masks`, and
@@ -53,13 +53,14 @@ def main() -> int:
     p.add_argument("--size", default="427x240")
     p.add_argument("--frames", type=int, default=32, help="first frames of each clip (a large number: whole clips)")
     p.add_argument("--clips", nargs="+", default=CLIPS + list(SCENES) + [SYNTHETIC])
+    p.add_argument("--colour-refine", action="store_true", help="re-cut the masks by colour (preprocess.colour_refine)")
     a = p.parse_args()
     from atlas.io import parse_size
     from atlas.preprocess import consistency, dis_flow, motion_masks
 
     w, h = parse_size(a.size)
     clips = available(a.clips)
-    print(f"motion bootstrap, {a.size}, first {a.frames} frames")
+    print(f"motion bootstrap, {a.size}, first {a.frames} frames" + (", colour-refined" if a.colour_refine else ""))
     head = f"{'clip':<20}{'precision':>10}{'recall':>8}{'IoU':>7}{'thin recall':>12}{'s':>6}"
     print(head + "\n" + "-" * len(head))
     rows = []
@@ -69,7 +70,7 @@ def main() -> int:
         vf = np.stack([consistency(fwd[i], bwd[i]) for i in range(len(fwd))])
         vb = np.stack([consistency(bwd[i], fwd[i]) for i in range(len(fwd))])
         t0 = time.perf_counter()
-        s = scores(motion_masks(frames, fwd, bwd, vf, vb) > 0.5, gt)
+        s = scores(motion_masks(frames, fwd, bwd, vf, vb, colour_refine=a.colour_refine) > 0.5, gt)
         s["s"] = time.perf_counter() - t0
         rows.append((clip, s))
         print(f"{clip:<20}{s['precision']:>10.2f}{s['recall']:>8.2f}{s['iou']:>7.2f}{s['edge_recall']:>12.2f}{s['s']:>6.1f}", flush=True)

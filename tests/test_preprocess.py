@@ -1,6 +1,7 @@
 """Flow, consistency, masks and the initial transforms against the synthetic ground truth."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ from atlas import preprocess as preprocess_module
 from atlas.errors import AtlasInputError
 from atlas.initialise import chain_transforms
 from atlas.model import FrameGeometry
-from atlas.preprocess import compute_flow, consistency, load_raft, motion_masks, preprocess, texture_confidence
+from atlas.preprocess import colour_refined, compute_flow, consistency, load_raft, motion_masks, preprocess, texture_confidence
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,55 @@ def test_motion_bootstrap_follows_an_object_through_frames_where_it_moves_slowly
     masks = motion_masks(frames, fwd, bwd, valid, valid) > 0
     iou = [(masks[i] & obj[i]).sum() / (masks[i] | obj[i]).sum() for i in range(t)]
     assert min(iou) > 0.8, np.round(iou, 2)
+
+
+def _disc_frame(h: int = 120, w: int = 160, r: int = 25):
+    """A noisy red disc on a noisy blue-grey background; the disc's mask."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:h, :w]
+    disc = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < r**2
+    frame = np.where(disc[..., None], [200, 40, 40], [70, 90, 120]) + rng.normal(0, 12, (h, w, 3))
+    return np.clip(frame, 0, 255).astype(np.uint8), disc
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_colour_refinement_trims_flow_spill_off_the_object():
+    """A motion mask that spills 4 px past the object's edge (a quarter of it) is cut back
+    to the object by its colours."""
+    frame, disc = _disc_frame()
+    spilled = cv2.dilate(disc.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9)))
+    refined = colour_refined(frame, spilled)
+    assert _iou(spilled > 0, disc) < 0.8 and _iou(refined > 0, disc) > 0.95
+
+
+def test_colour_refined_motion_bootstrap_on_request(pre, clip):
+    """preprocess.colour_refine re-cuts the bootstrap's masks: the synthetic sprite's
+    (whose colours differ from the background's) come closer to it."""
+    refined = preprocess(clip.frames, flow="dis", colour_refine=True, long_range_stride=0)
+    true = clip.masks > 0.5
+    plain, cut = pre.masks > 0, refined.masks > 0
+    assert not torch.equal(plain, cut)
+    assert _iou(cut.numpy(), true.numpy()) > max(0.9, _iou(plain.numpy(), true.numpy()))
+
+
+def test_colour_refinement_keeps_a_mask_it_would_mostly_remove():
+    """Where most of the motion mask has the background's colours (an object coloured like
+    its surroundings), the cut would eat it: the motion mask stays as it is."""
+    frame, disc = _disc_frame(r=12)
+    mask = np.zeros(disc.shape, np.uint8)
+    mask[30:90, 40:120] = 1  # the disc is a sixth of it
+    assert np.array_equal(colour_refined(frame, mask), mask)
+
+
+def test_colour_refinement_of_a_plate_on_the_analysis_grid(monkeypatch):
+    frame, disc = _disc_frame(240, 320, 50)
+    spilled = cv2.dilate(disc.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (17, 17)))
+    monkeypatch.setattr(preprocess_module, "ANALYSIS_SIDE", 160)  # coarsening 2
+    refined = colour_refined(frame, spilled)
+    assert refined.shape == disc.shape and _iou(refined > 0, disc) > 0.95
 
 
 def test_texture_confidence_discounts_flat_regions():
