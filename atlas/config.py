@@ -22,6 +22,7 @@ from .io import FRAME_DEPTHS
 _HERE = Path(__file__).resolve().parent
 CONFIG_DIR = next((d for d in (_HERE.parent / "configs", _HERE / "configs") if d.is_dir()), _HERE.parent / "configs")
 FLOW_METHODS = ("auto", "raft", "dis")
+COLOUR_REFINES = ("off", "grow", "trim")  # how the motion bootstrap's masks are re-cut by colour (atlas.preprocess.colour_refined)
 
 
 def limits(lo: float, hi: float | None = None, exclusive: bool = False) -> dict[str, Any]:
@@ -143,10 +144,11 @@ class PreprocessConfig:
     """Optical flow: auto (RAFT if weights are local, else DIS) | raft | dis."""
     motion_threshold: float = field(default=0.0, metadata=limits(0.0))
     """Motion-bootstrap mask: flow deviation (pixels) from the camera motion; 0 = automatic (atlas.preprocess.motion_masks)."""
-    colour_refine: bool = False
-    """Re-cut each motion-bootstrap mask by colour (atlas.preprocess.colour_refined). Off by
-    default: the masks come closer to the objects, but tracks through the atlas get worse
-    on most shots (bench/track_bench.py --set preprocess.colour_refine=true measures both)."""
+    colour_refine: str = field(default="off", metadata=choices(*COLOUR_REFINES))
+    """Re-cut each motion-bootstrap mask by colour (atlas.preprocess.colour_refined): off |
+    grow (add what the object's colours claim near the mask: parts whose flow looked like
+    the camera's) | trim (also remove what they disown: flow spilled past the edge; loses
+    thin parts). Measure on your shots with bench/bootstrap_bench.py and bench/track_bench.py."""
     long_range_stride: int = field(default=16, metadata=limits(0, 256))
     """Longest stride (frames) of the long-range correspondences (flow between frames t and
     t + k for k = 1, 2, 4, ... up to this; atlas.longrange); 0 turns them off."""

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from .config import FLOW_METHODS
+from .config import COLOUR_REFINES, FLOW_METHODS
 from .errors import AtlasInputError, first_line
 from .histogram import LogHistogram
 from .io import read_image, sequence_files, to_uint8, unit_float
@@ -327,20 +327,24 @@ def _clean_mask(mask: np.ndarray, min_area_frac: float = 0.002) -> np.ndarray:
     return filled
 
 
-COLOUR_KEEP = 0.6  # least share of the motion mask a colour refinement must keep to replace it
+COLOUR_KEEP = 0.6  # least share of the motion mask a trim must keep to replace it
 
 
-def colour_refined(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The motion mask [H, W] uint8 re-cut by colour (OpenCV GrabCut seeded with it, free
-    to move its edge within a band around it), or the mask itself where the cut keeps
-    less than COLOUR_KEEP of it.
+def colour_refined(frame: np.ndarray, mask: np.ndarray, mode: str = "trim") -> np.ndarray:
+    """The motion mask [H, W] uint8 re-cut by colour: OpenCV GrabCut seeded with it, free
+    to move its edge within a band around it. `mode` (COLOUR_REFINES) grow: the mask and
+    what the cut adds; trim: the cut, or the mask itself where the cut keeps less than
+    COLOUR_KEEP of it; off: the mask.
 
-    Flow spills past an object's edge and fills in the flat background between its
-    parts; the object's colours tell those pixels off. Where object and background share
-    their colours the cut eats into the object instead, and keeping most of the motion
-    mask is what tells a trim from that. Plates are cut on the analysis grid.
+    Flow agrees with the camera on parts of an object that barely move against it (a
+    small object at the start of a shot), and spills past its edge into flat background;
+    the object's colours claim the first and disown the second. Where object and
+    background share their colours the cut eats into the object instead: keeping most of
+    the motion mask is what tells a trim from that. Plates are cut on the analysis grid.
     """
-    if not mask.any():
+    if mode not in COLOUR_REFINES:
+        raise ValueError(f"colour refinement {mode!r}; known: {', '.join(COLOUR_REFINES)}")
+    if mode == "off" or not mask.any():
         return mask
     h, w = mask.shape
     s = coarsening(h, w)
@@ -360,6 +364,8 @@ def colour_refined(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
     fg = ((cut == cv2.GC_FGD) | (cut == cv2.GC_PR_FGD)).astype(np.uint8)
     if s > 1:
         fg = (cv2.resize(fg.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) > 0.5).astype(np.uint8)
+    if mode == "grow":
+        return fg | mask
     return fg if np.count_nonzero(fg & mask) >= COLOUR_KEEP * np.count_nonzero(mask) else mask
 
 
@@ -437,7 +443,7 @@ def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, v
 
 
 def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray,
-                 threshold: float = 0.0, alloc: Alloc = np.empty, colour_refine: bool = False) -> np.ndarray:
+                 threshold: float = 0.0, alloc: Alloc = np.empty, colour_refine: str = "off") -> np.ndarray:
     """Foreground guess per frame [T, H, W] uint8 (1: foreground) from flow that disagrees
     with the camera motion (the background's identity carried through the shot), where the
     frame has the texture to tell.
@@ -448,8 +454,8 @@ def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd
     vanish between frames: where a frame's mask holds less than half of its neighbour's,
     carried along the flow, the object moves too slowly there for the shot's threshold,
     and it is followed where it still deviates by FOLLOW_FRACTION of it (one pass
-    forwards through the shot, one backwards). `colour_refine` then re-cuts each frame's
-    mask by colour (colour_refined). bench/bootstrap_bench.py scores the masks against
+    forwards through the shot, one backwards). `colour_refine` (COLOUR_REFINES) then
+    re-cuts each frame's mask by colour (colour_refined). bench/bootstrap_bench.py scores the masks against
     ground truth.
     """
     res, taken = _camera_residuals(fwd, bwd, valid_fwd, valid_bwd, alloc)
@@ -471,9 +477,9 @@ def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd
             carried = warp_sample(masks[src], flow) > 0.5
             if area[dst] < 0.5 * np.count_nonzero(carried):
                 masks[dst] = _clean_mask(masks[dst].astype(bool) | (carried & (res[dst] > float(follow[dst]))))
-    if colour_refine:
+    if colour_refine != "off":
         for i, frame in enumerate(frames):
-            masks[i] = colour_refined(frame, masks[i])
+            masks[i] = colour_refined(frame, masks[i], colour_refine)
     return masks
 
 
@@ -557,7 +563,7 @@ def preprocess(
     masks_dir: str | None = None,
     frame_range: tuple[int, int] | None = None,
     motion_threshold: float = 0.0,
-    colour_refine: bool = False,
+    colour_refine: str = "off",
     raft_weights: str | None = None,
     sam_checkpoint: str | None = None,
     sam_prompt: str | None = None,

@@ -1,6 +1,6 @@
 """Motion bootstrap (the foreground guess made without masks) against ground-truth masks.
 
-    python bench/bootstrap_bench.py [--size 427x240] [--frames 32] [--clips ...] [--colour-refine]
+    python bench/bootstrap_bench.py [--size 427x240] [--frames 32] [--clips ...] [--colour-refine off|grow|trim]
 
 For the shared DAVIS clips, the real-texture synthetic clips (bench/scenes.py) and the
 procedural synthetic clip, computes DIS flow and `atlas.preprocess.motion_masks`, and
@@ -49,18 +49,20 @@ def scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 
 def main() -> int:
+    from atlas.config import COLOUR_REFINES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="427x240")
     p.add_argument("--frames", type=int, default=32, help="first frames of each clip (a large number: whole clips)")
     p.add_argument("--clips", nargs="+", default=CLIPS + list(SCENES) + [SYNTHETIC])
-    p.add_argument("--colour-refine", action="store_true", help="re-cut the masks by colour (preprocess.colour_refine)")
+    p.add_argument("--colour-refine", default="off", choices=COLOUR_REFINES, help="re-cut the masks by colour (preprocess.colour_refine)")
     a = p.parse_args()
     from atlas.io import parse_size
     from atlas.preprocess import consistency, dis_flow, motion_masks
 
     w, h = parse_size(a.size)
     clips = available(a.clips)
-    print(f"motion bootstrap, {a.size}, first {a.frames} frames" + (", colour-refined" if a.colour_refine else ""))
+    print(f"motion bootstrap, {a.size}, first {a.frames} frames" + f", colour refinement {a.colour_refine}")
     head = f"{'clip':<20}{'precision':>10}{'recall':>8}{'IoU':>7}{'thin recall':>12}{'s':>6}"
     print(head + "\n" + "-" * len(head))
     rows = []
