@@ -22,7 +22,7 @@ from .io import FRAME_DEPTHS
 _HERE = Path(__file__).resolve().parent
 CONFIG_DIR = next((d for d in (_HERE.parent / "configs", _HERE / "configs") if d.is_dir()), _HERE.parent / "configs")
 FLOW_METHODS = ("auto", "raft", "dis")
-COLOUR_REFINES = ("off", "grow", "trim")  # how the motion bootstrap's masks are re-cut by colour (atlas.preprocess.colour_refined)
+COLOUR_REFINES = ("none", "grow", "trim")  # atlas.preprocess.colour_refined (not "off": YAML reads it as false)
 
 
 def limits(lo: float, hi: float | None = None, exclusive: bool = False) -> dict[str, Any]:
@@ -144,8 +144,8 @@ class PreprocessConfig:
     """Optical flow: auto (RAFT if weights are local, else DIS) | raft | dis."""
     motion_threshold: float = field(default=0.0, metadata=limits(0.0))
     """Motion-bootstrap mask: flow deviation (pixels) from the camera motion; 0 = automatic (atlas.preprocess.motion_masks)."""
-    colour_refine: str = field(default="off", metadata=choices(*COLOUR_REFINES))
-    """Re-cut each motion-bootstrap mask by colour (atlas.preprocess.colour_refined): off |
+    colour_refine: str = field(default="none", metadata=choices(*COLOUR_REFINES))
+    """Re-cut each motion-bootstrap mask by colour (atlas.preprocess.colour_refined): none |
     grow (add what the object's colours claim near the mask: parts whose flow looked like
     the camera's) | trim (also remove what they disown: flow spilled past the edge; loses
     thin parts). Measure on your shots with bench/bootstrap_bench.py and bench/track_bench.py."""
@@ -182,6 +182,8 @@ def update_config(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
         typ = type(current)
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # YAML reads frame_depth=8 as a number
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise AtlasInputError(f"config key {prefix}{key} expects {typ.__name__}, got {value!r}")
         _check_value(f"{prefix}{key}", value, names[key].metadata)

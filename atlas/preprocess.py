@@ -334,7 +334,7 @@ def colour_refined(frame: np.ndarray, mask: np.ndarray, mode: str = "trim") -> n
     """The motion mask [H, W] uint8 re-cut by colour: OpenCV GrabCut seeded with it, free
     to move its edge within a band around it. `mode` (COLOUR_REFINES) grow: the mask and
     what the cut adds; trim: the cut, or the mask itself where the cut keeps less than
-    COLOUR_KEEP of it; off: the mask.
+    COLOUR_KEEP of it; none: the mask.
 
     Flow agrees with the camera on parts of an object that barely move against it (a
     small object at the start of a shot), and spills past its edge into flat background;
@@ -344,7 +344,7 @@ def colour_refined(frame: np.ndarray, mask: np.ndarray, mode: str = "trim") -> n
     """
     if mode not in COLOUR_REFINES:
         raise ValueError(f"colour refinement {mode!r}; known: {', '.join(COLOUR_REFINES)}")
-    if mode == "off" or not mask.any():
+    if mode == "none" or not mask.any():
         return mask
     h, w = mask.shape
     s = coarsening(h, w)
@@ -443,7 +443,7 @@ def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, v
 
 
 def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray,
-                 threshold: float = 0.0, alloc: Alloc = np.empty, colour_refine: str = "off") -> np.ndarray:
+                 threshold: float = 0.0, alloc: Alloc = np.empty, colour_refine: str = "none") -> np.ndarray:
     """Foreground guess per frame [T, H, W] uint8 (1: foreground) from flow that disagrees
     with the camera motion (the background's identity carried through the shot), where the
     frame has the texture to tell.
@@ -477,7 +477,7 @@ def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd
             carried = warp_sample(masks[src], flow) > 0.5
             if area[dst] < 0.5 * np.count_nonzero(carried):
                 masks[dst] = _clean_mask(masks[dst].astype(bool) | (carried & (res[dst] > float(follow[dst]))))
-    if colour_refine != "off":
+    if colour_refine != "none":
         for i, frame in enumerate(frames):
             masks[i] = colour_refined(frame, masks[i], colour_refine)
     return masks
@@ -563,7 +563,7 @@ def preprocess(
     masks_dir: str | None = None,
     frame_range: tuple[int, int] | None = None,
     motion_threshold: float = 0.0,
-    colour_refine: str = "off",
+    colour_refine: str = "none",
     raft_weights: str | None = None,
     sam_checkpoint: str | None = None,
     sam_prompt: str | None = None,

@@ -55,7 +55,7 @@ def main() -> int:
     p.add_argument("--size", default="427x240")
     p.add_argument("--frames", type=int, default=32, help="first frames of each clip (a large number: whole clips)")
     p.add_argument("--clips", nargs="+", default=CLIPS + list(SCENES) + [SYNTHETIC])
-    p.add_argument("--colour-refine", default="off", choices=COLOUR_REFINES, help="re-cut the masks by colour (preprocess.colour_refine)")
+    p.add_argument("--colour-refine", default="none", choices=COLOUR_REFINES, help="re-cut the masks by colour (preprocess.colour_refine)")
     a = p.parse_args()
     from atlas.io import parse_size
     from atlas.preprocess import consistency, dis_flow, motion_masks

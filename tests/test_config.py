@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from atlas.config import load_config, preset_names
+from atlas.config import FitConfig, load_config, preset_names
 from atlas.errors import AtlasInputError
 
 
@@ -47,6 +49,17 @@ def test_limits_are_inclusive_where_documented():
     cfg = load_config("fast", ["model.num_foregrounds=0", "model.num_foregrounds=8", "loss.flow=0", "loss.mask_anneal=1",
                                "train.batch=16", "model.log2_table_size=24"])
     assert (cfg.model.num_foregrounds, cfg.loss.flow, cfg.train.batch) == (8, 0.0, 16)
+
+
+def test_every_choice_can_be_set():
+    """Each allowed value of every field with choices survives `--set` (parsed as YAML,
+    where a choice named off, on, yes or no would arrive as a boolean)."""
+    cfg = FitConfig()
+    for section in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            for value in f.metadata.get("choices", ()):
+                key = f"{section.name}.{f.name}"
+                assert getattr(getattr(load_config("fast", [f"{key}={value}"]), section.name), f.name) == value, key
 
 
 def test_yaml_file_preset(tmp_path):
