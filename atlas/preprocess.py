@@ -455,8 +455,8 @@ def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd
     carried along the flow, the object moves too slowly there for the shot's threshold,
     and it is followed where it still deviates by FOLLOW_FRACTION of it (one pass
     forwards through the shot, one backwards). `colour_refine` (COLOUR_REFINES) then
-    re-cuts each frame's mask by colour (colour_refined). bench/bootstrap_bench.py scores the masks against
-    ground truth.
+    re-cuts each frame's mask by colour (colour_refined). bench/bootstrap_bench.py scores
+    the masks against ground truth.
     """
     res, taken = _camera_residuals(fwd, bwd, valid_fwd, valid_bwd, alloc)
     hist = LogHistogram()  # the 95th percentile without a sorted copy of the shot's residuals
@@ -563,7 +563,6 @@ def preprocess(
     masks_dir: str | None = None,
     frame_range: tuple[int, int] | None = None,
     motion_threshold: float = 0.0,
-    colour_refine: str = "none",
     raft_weights: str | None = None,
     sam_checkpoint: str | None = None,
     sam_prompt: str | None = None,
@@ -574,10 +573,12 @@ def preprocess(
     long_range_samples: int = 2048,
     seed: int = 0,
     alloc: Alloc = np.empty,
+    colour_refine: str = "none",
 ) -> Preprocessed:
     """Flow + consistency + masks for frames [T, H, W, 3] (uint8 or float), and long-range correspondences
     up to `long_range_stride` frames apart (atlas.longrange; 0: none); `progress` shows
-    the flows' bars; `alloc(shape, dtype)` makes the shot-sized arrays (atlas.spill)."""
+    the flows' bars; `alloc(shape, dtype)` makes the shot-sized arrays (atlas.spill);
+    `colour_refine` re-cuts motion-bootstrap masks by colour (motion_masks)."""
     from .longrange import long_range_pairs
 
     arr = frames.numpy()

@@ -282,9 +282,9 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
     t0 = time.perf_counter()
     if pre is None:
         pre = preprocess(vid.frames, cfg.preprocess.flow, masks, vid.frame_range, cfg.preprocess.motion_threshold,
-                         cfg.preprocess.colour_refine, raft_weights, sam_checkpoint, sam_prompt, dev, progress=not quiet, allow_gaps=allow_gaps,
+                         raft_weights, sam_checkpoint, sam_prompt, dev, progress=not quiet, allow_gaps=allow_gaps,
                          long_range_stride=cfg.preprocess.long_range_stride, long_range_samples=cfg.preprocess.long_range_samples,
-                         seed=seed, alloc=spill.empty)
+                         seed=seed, alloc=spill.empty, colour_refine=cfg.preprocess.colour_refine)
         ckpt.save_preprocess(pre, {"key": key, "flow": pre.flow_method, "masks": pre.mask_source})
     timings["preprocess_s"] = round(time.perf_counter() - t0, 2)
 

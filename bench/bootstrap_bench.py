@@ -1,6 +1,6 @@
 """Motion bootstrap (the foreground guess made without masks) against ground-truth masks.
 
-    python bench/bootstrap_bench.py [--size 427x240] [--frames 32] [--clips ...] [--colour-refine off|grow|trim]
+    python bench/bootstrap_bench.py [--size 427x240] [--frames 32] [--clips ...] [--colour-refine none|grow|trim]
 
 For the shared DAVIS clips, the real-texture synthetic clips (bench/scenes.py) and the
 procedural synthetic clip, computes DIS flow and `atlas.preprocess.motion_masks`, and
@@ -62,7 +62,7 @@ def main() -> int:
 
     w, h = parse_size(a.size)
     clips = available(a.clips)
-    print(f"motion bootstrap, {a.size}, first {a.frames} frames" + f", colour refinement {a.colour_refine}")
+    print(f"motion bootstrap, {a.size}, first {a.frames} frames, colour refinement {a.colour_refine}")
     head = f"{'clip':<20}{'precision':>10}{'recall':>8}{'IoU':>7}{'thin recall':>12}{'s':>6}"
     print(head + "\n" + "-" * len(head))
     rows = []
