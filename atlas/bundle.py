@@ -145,15 +145,17 @@ class AtlasBundle:
             >>> tracks = bundle.track([(120.5, 80.0, 0)])
             >>> tracks.positions.shape   # [N, T, 2]
         """
-        from .track import track_points
+        from .track import FlowField, track_points
 
         q = np.array(points, dtype=np.float64).reshape(-1, 3) if len(points) else np.zeros((0, 3))
+        c = self.cache
+        flow = FlowField(c.flow_fwd.numpy(), c.flow_bwd.numpy(), c.valid_fwd.numpy(), c.valid_bwd.numpy()) if c is not None else None
         if not source_size:
-            return track_points(self.model, q, layer)
+            return track_points(self.model, q, layer, flow)
         (w, h), (sw, sh) = self.size, self.source_size
         q[:, 0] *= w / sw
         q[:, 1] *= h / sh
-        return track_points(self.model, q, layer).scaled(sw / w, sh / h)
+        return track_points(self.model, q, layer, flow).scaled(sw / w, sh / h)
 
     def info(self) -> dict[str, Any]:
         """Summary for `atlas info`."""

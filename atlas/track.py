@@ -1,14 +1,22 @@
 """Point tracks through the atlas: a query pixel's atlas address, found again in every frame.
 
-A query (x, y, t) takes the (u, v) of one layer there (by default the layer with the
-largest compositing weight) and, in every frame t', solves mapping(x', y', t') = (u, v)
-for (x', y'):
+A query (x, y, t) takes the (u, v) of one layer there and, in every frame t', solves
+mapping(x', y', t') = (u, v) for (x', y'):
   * seed: the layer's global transform inverted in closed form (the residual is small
     where the mapping is healthy); where that does not converge, the nearest sample of a
     coarse grid of the frame's uv map;
   * Newton steps on the full mapping (global transform + residual), its 2x2 Jacobian by
     central differences of a quarter pixel (the hash grid is piecewise linear, so a
     difference sees more of it than the local derivative does), steps capped in length.
+
+The layer a query follows (unless one is asked for) is the one with the largest
+compositing weight at the query, except where the fit's optical flow says otherwise: the
+query is carried by the flow FLOW_CHECK_FRAMES frames each way (as far as the flow is
+forward-backward consistent), and when another layer's
+track stays with it and the weighted layer's departs by more than SWITCH_RATIO times as far
+(and SWITCH_FRAC of the frame), the point moves with that other layer. A motion bootstrap
+that missed an object in a few frames leaves it painted into the background there; its
+pixels then belong to the foreground's motion all the same.
 
 Coordinates are continuous pixels of the fitted frames: the top-left pixel spans 0..1 in
 x and y (so its centre is (0.5, 0.5)). A point is *visible* in a frame when it lies inside
@@ -19,6 +27,7 @@ that weight times exp(-residual in atlas pixels).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +42,9 @@ MAX_STEP_PX = 32.0
 DIFF_PX = 0.25
 GRID_SAMPLES = 96  # coarse uv grid for seeds: this many samples along the frame's long side
 CHUNK = 1 << 16
+FLOW_CHECK_FRAMES = 8
+SWITCH_RATIO = 2.0
+SWITCH_FRAC = 0.005  # of the frame's longer side (2 px at 427x240)
 
 
 @dataclass
@@ -51,6 +63,72 @@ class Tracks:
         q = self.queries.copy()
         q[:, :2] *= s
         return Tracks(q, list(self.layers), self.positions * s, self.visible.copy(), self.confidence.copy())
+
+
+class FlowField(NamedTuple):
+    """The fit's optical flow between consecutive frames [T-1, H, W, 2] and where it is
+    forward-backward consistent [T-1, H, W] (a bundle's cache)."""
+
+    fwd: np.ndarray
+    bwd: np.ndarray
+    valid_fwd: np.ndarray
+    valid_bwd: np.ndarray
+
+
+def bilinear(field: np.ndarray, t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """field [T, H, W, C] of frames t [N] at continuous pixel positions p [N, 2] (pixel
+    centres at +0.5), bilinear, clamped to the border, as float64 (the field may be half
+    precision or memory-mapped: only the four neighbours of each point are read)."""
+    h, w = field.shape[1:3]
+    x = np.clip(p[:, 0] - 0.5, 0, w - 1)
+    y = np.clip(p[:, 1] - 0.5, 0, h - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    at = lambda yy, xx: field[t, yy, xx].astype(np.float64)
+    return at(y0, x0) * (1 - fx) * (1 - fy) + at(y0, x1) * fx * (1 - fy) + at(y1, x0) * (1 - fx) * fy + at(y1, x1) * fx * fy
+
+
+def carried_by_flow(flow: "FlowField", queries: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Queries (x, y, t) [N, 3] carried frame to frame by the optical flow (forward and
+    backward), up to `frames` frames each way, while it is reliable (forward-backward
+    consistent where the point stands): positions [N, T, 2] and where they are reached
+    [N, T] (within reach, inside the frame, reliable flow all the way; not the query's own frame)."""
+    n, T = len(queries), flow.fwd.shape[0] + 1
+    h, w = flow.fwd.shape[1:3]
+    pos = np.zeros((n, T, 2))
+    reached = np.zeros((n, T), bool)
+    rows = np.arange(n)
+    for step, field, valid, offset in ((1, flow.fwd, flow.valid_fwd, 0), (-1, flow.bwd, flow.valid_bwd, -1)):
+        p, t, alive = queries[:, :2].astype(np.float64), queries[:, 2].astype(int), np.ones(n, bool)
+        for _ in range(frames):
+            alive &= (t + step >= 0) & (t + step < T)
+            sel = rows[alive]
+            px = np.clip(p[sel].astype(int), 0, [w - 1, h - 1])
+            alive[sel] &= valid[t[sel] + offset, px[:, 1], px[:, 0]]
+            if not alive.any():
+                break
+            sel = rows[alive]
+            p[sel] = p[sel] + bilinear(field, t[sel] + offset, p[sel])
+            t[sel] += step
+            alive[sel] &= (p[sel, 0] >= 0) & (p[sel, 0] <= w) & (p[sel, 1] >= 0) & (p[sel, 1] <= h)
+            sel = rows[alive]
+            pos[sel, t[sel]], reached[sel, t[sel]] = p[sel], True
+    return pos, reached
+
+
+def _switched_by_flow(chosen: torch.Tensor, positions: np.ndarray, carried: np.ndarray, reached: np.ndarray, scale: float) -> torch.Tensor:
+    """The layer each query moves with: `chosen` [N], unless the flow-carried positions
+    [N, T, 2] (where `reached`) stay with another layer's track (positions [layers, N, T, 2])
+    and depart from the chosen one's by SWITCH_RATIO times as far and SWITCH_FRAC * scale more."""
+    dist = np.linalg.norm(positions - carried[None], axis=-1)  # [layers, N, T]
+    count = reached.sum(1)
+    mean = (dist * reached[None]).sum(-1) / np.maximum(count, 1)[None]  # [layers, N]
+    best = mean.argmin(0)
+    rows = np.arange(len(best))
+    mine, theirs = mean[chosen.numpy(), rows], mean[best, rows]
+    switch = (count > 0) & (mine > SWITCH_RATIO * theirs) & (mine - theirs > SWITCH_FRAC * scale)
+    return torch.from_numpy(np.where(switch, best, chosen.numpy()))
 
 
 def _layer_uv(mapping: LayerMapping, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -108,9 +186,26 @@ def _grid_seeds(mapping: LayerMapping, targets: torch.Tensor, frames: torch.Tens
     return seeds
 
 
+def _solve(mapping: LayerMapping, qp: torch.Tensor, qt: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions [n, T, 2] and residuals [n, T] (atlas px) of queries qp [n, 2] in frames qt [n]
+    on one layer, in every frame."""
+    n = len(qp)
+    target = _layer_uv(mapping, qp, qt).repeat_interleave(num_frames, dim=0)
+    t_all = torch.arange(num_frames).repeat(n)
+    p, res = _newton(mapping, _global_inverse(mapping, target, t_all), t_all, target)
+    retry = (res > MAX_RESIDUAL_PX).nonzero().squeeze(1)
+    if len(retry):
+        p2, res2 = _newton(mapping, _grid_seeds(mapping, target[retry], t_all[retry]), t_all[retry], target[retry])
+        better = res2 < res[retry]
+        p[retry[better]], res[retry[better]] = p2[better], res2[better]
+    return p.reshape(n, num_frames, 2), res.reshape(n, num_frames)
+
+
 @torch.no_grad()
-def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = None) -> Tracks:
-    """Tracks of `queries` [N, 3] (x, y, t) through every frame; see the module docstring."""
+def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = None,
+                 flow: FlowField | None = None) -> Tracks:
+    """Tracks of `queries` [N, 3] (x, y, t) through every frame; the fit's `flow` checks
+    which layer each query moves with; see the module docstring."""
     g = model.geom
     q = np.asarray(queries, np.float64).reshape(-1, 3)
     if not len(q):
@@ -133,20 +228,18 @@ def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = N
     chosen = torch.full((n,), model.layer_names.index(layer)) if layer else weights_q.argmax(dim=1)
     positions = torch.zeros(n, T, 2)
     residual = torch.full((n, T), float("inf"))
+    if layer is None and flow is not None and len(model.mappings) > 1 and T > 1:
+        solved = [_solve(m, qp, qt, T) for m in model.mappings]
+        carried, reached = carried_by_flow(flow, q, FLOW_CHECK_FRAMES)
+        chosen = _switched_by_flow(chosen, torch.stack([p for p, _ in solved]).numpy(), carried, reached, g.scale)
+        for li, (p, res) in enumerate(solved):
+            rows = chosen == li
+            positions[rows], residual[rows] = p[rows], res[rows]
+    else:
+        for li in chosen.unique().tolist():
+            rows = (chosen == li).nonzero().squeeze(1)
+            positions[rows], residual[rows] = _solve(model.mappings[li], qp[rows], qt[rows], T)
     frames = torch.arange(T).repeat(n)
-    for li in chosen.unique().tolist():
-        rows = (chosen == li).nonzero().squeeze(1)
-        mapping = model.mappings[li]
-        target = _layer_uv(mapping, qp[rows], qt[rows]).repeat_interleave(T, dim=0)
-        t_all = frames[: len(rows) * T]
-        p, res = _newton(mapping, _global_inverse(mapping, target, t_all), t_all, target)
-        retry = (res > MAX_RESIDUAL_PX).nonzero().squeeze(1)
-        if len(retry):
-            p2, res2 = _newton(mapping, _grid_seeds(mapping, target[retry], t_all[retry]), t_all[retry], target[retry])
-            better = res2 < res[retry]
-            p[retry[better]], res[retry[better]] = p2[better], res2[better]
-        positions[rows] = p.reshape(len(rows), T, 2)
-        residual[rows] = res.reshape(len(rows), T)
     flat = positions.reshape(-1, 2)
     w_all = torch.cat([model.layer_weights(model.alpha(flat[s : s + CHUNK] - 0.5, frames[s : s + CHUNK]))
                        for s in range(0, len(flat), CHUNK)])

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .track import bilinear
+
 THRESHOLDS = (1, 2, 4, 8, 16)
 SCALE_TO = 256.0
 
@@ -45,19 +47,6 @@ def tapvid_metrics(gt: np.ndarray, gt_occluded: np.ndarray, pred: np.ndarray, pr
     return {"delta_avg": 100.0 * float(np.mean(within_all)), "aj": 100.0 * float(np.mean(jaccard)), "oa": 100.0 * float(oa)}
 
 
-def _bilinear(field: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """field [H, W, C] at continuous pixel positions p [N, 2] (pixel centres at +0.5),
-    bilinear, clamped to the border."""
-    h, w = field.shape[:2]
-    x = np.clip(p[:, 0] - 0.5, 0, w - 1)
-    y = np.clip(p[:, 1] - 0.5, 0, h - 1)
-    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
-    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    return (field[y0, x0] * (1 - fx) * (1 - fy) + field[y0, x1] * fx * (1 - fy)
-            + field[y1, x0] * (1 - fx) * fy + field[y1, x1] * fx * fy)
-
-
 def chained_flow_tracks(flow_fwd: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """The chained-flow baseline: each query (x, y, t) [N, 3] moved frame to frame by the
     forward flow [T-1, H, W, 2] (bilinear), from its frame on; earlier frames hold the
@@ -68,5 +57,5 @@ def chained_flow_tracks(flow_fwd: np.ndarray, queries: np.ndarray) -> np.ndarray
     for t in range(T - 1):
         moving = start <= t
         if moving.any():
-            pos[moving, t + 1] = pos[moving, t] + _bilinear(flow_fwd[t], pos[moving, t])
+            pos[moving, t + 1] = pos[moving, t] + bilinear(flow_fwd, np.full(moving.sum(), t), pos[moving, t])
     return pos

@@ -15,6 +15,8 @@ beside two baselines on the same frames: chained OpenCV DIS flow (never occluded
 zero motion. `--gt-masks` fits the DAVIS clips with their ground-truth masks (the
 ceiling of a perfect foreground guess). Each fit runs in a fresh subprocess. Prints one
 table per preset with the means, and the time to track 1,000 points through the frames.
+`--json` rows also hold "atlas_by_weight": the same fit's tracks with each query's layer
+taken from the compositing weights alone (atlas.track without its flow check).
 """
 from __future__ import annotations
 
@@ -70,6 +72,7 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     import atlas
     from atlas.io import Video, parse_size, read_video
     from atlas.preprocess import dis_flow, read_masks
+    from atlas.track import track_points
     from atlas.track_metrics import chained_flow_tracks, query_first, tapvid_metrics
 
     w, h = parse_size(size)
@@ -114,8 +117,10 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     fwd, _ = dis_flow(frames)
     never = np.zeros_like(occluded)
     dis = chained_flow_tracks(fwd, queries)
+    by_weight = track_points(bundle.model, queries)  # each query's layer by its compositing weight alone, no flow check
     scores = {
         "atlas": tapvid_metrics(points, occluded, tracks.positions, ~tracks.visible, (w, h)),
+        "atlas_by_weight": tapvid_metrics(points, occluded, by_weight.positions, ~by_weight.visible, (w, h)),
         "dis": tapvid_metrics(points, occluded, dis, never, (w, h)),
         "zero": tapvid_metrics(points, occluded, np.repeat(queries[:, None, :2], FRAMES, 1), never, (w, h)),
     }

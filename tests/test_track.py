@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from atlas.cli import main
 from atlas.track_metrics import chained_flow_tracks, tapvid_metrics
@@ -173,3 +174,45 @@ def test_cli_track_bad_points_file_and_extension(bundle_path, tmp_path, capsys):
         assert main(["track", bundle_path, *argv, *out]) == 2
         err = capsys.readouterr().err.strip()
         assert match in err and len(err.splitlines()) == 1, err
+
+
+def test_carried_by_flow_steps_each_way_and_stops_at_the_border_and_unreliable_flow():
+    from atlas.track import FlowField, carried_by_flow
+
+    fwd = np.zeros((7, 10, 20, 2), np.float16)
+    fwd[..., 0] = 1.5  # everything moves 1.5 px right per frame
+    valid = np.ones((7, 10, 20), bool)
+    flow = FlowField(fwd, -fwd, valid, valid.copy())
+    pos, reached = carried_by_flow(flow, np.array([[5.0, 5.0, 3], [17.5, 5.0, 3]]), frames=2)
+    assert reached[0].tolist() == [False, True, True, False, True, True, False, False]
+    assert np.allclose(pos[0, [1, 2, 4, 5], 0], [2.0, 3.5, 6.5, 8.0]) and np.allclose(pos[0, reached[0], 1], 5.0)
+    # the second point leaves the 20-px frame after one step forward (19.0, then 20.5)
+    assert reached[1].tolist() == [False, True, True, False, True, False, False, False]
+    # forward flow not consistent where the first point stands in frame 4: carried no further forward
+    flow.valid_fwd[4, 5, 6] = False
+    _, reached = carried_by_flow(flow, np.array([[5.0, 5.0, 3]]), frames=2)
+    assert reached[0].tolist() == [False, True, True, False, True, False, False, False]
+
+
+def test_a_point_the_opacity_missed_follows_the_layer_it_moves_with(fitted, clip, monkeypatch):
+    """As if the motion bootstrap had missed the sprite in frame 0 (it is painted into the
+    background there): sprite queries on frame 0 then follow the background by their weight
+    alone, and the fit's flow puts them back on the foreground."""
+    from atlas.track import track_points
+
+    model = fitted.model
+    alpha = model.alpha
+    monkeypatch.setattr(model, "alpha", lambda xy, t: torch.where((t == 0)[:, None], torch.zeros(()), alpha(xy, t)))
+    rng = np.random.default_rng(1)
+    pts = rng.uniform([4, 4], [76, 56], (300, 2))
+    d = np.sqrt(((pts - clip.sprite_centre[0]) ** 2).sum(-1))
+    pts = pts[(d < clip.sprite_radius - 3) | (d > clip.sprite_radius + 3)]
+    truth, on_sprite, hidden = _truth(clip, pts)
+    queries = np.concatenate([pts, np.zeros((len(pts), 1))], 1)
+    assert on_sprite.sum() > 10
+    by_weight = track_points(model, queries)
+    assert all(name == "background" for name in by_weight.layers)
+    tracks = fitted.track(queries)
+    assert [name == "foreground" for name in tracks.layers] == list(on_sprite)
+    err = np.linalg.norm(tracks.positions - truth, axis=-1)[on_sprite][~hidden[on_sprite]]
+    assert np.median(err) < 1.5
