@@ -89,7 +89,7 @@ def bilinear(field: np.ndarray, t: np.ndarray, p: np.ndarray) -> np.ndarray:
     return at(y0, x0) * (1 - fx) * (1 - fy) + at(y0, x1) * fx * (1 - fy) + at(y1, x0) * (1 - fx) * fy + at(y1, x1) * fx * fy
 
 
-def carried_by_flow(flow: "FlowField", queries: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+def carried_by_flow(flow: FlowField, queries: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Queries (x, y, t) [N, 3] carried frame to frame by the optical flow (forward and
     backward), up to `frames` frames each way, while it is reliable (forward-backward
     consistent where the point stands): positions [N, T, 2] and where they are reached
