@@ -12,11 +12,11 @@ mapping(x', y', t') = (u, v) for (x', y'):
 The layer a query follows (unless one is asked for) is the one with the largest
 compositing weight at the query, except where the fit's optical flow says otherwise: the
 query is carried by the flow FLOW_CHECK_FRAMES frames each way (as far as the flow is
-forward-backward consistent), and when another layer's
-track stays with it and the weighted layer's departs by more than SWITCH_RATIO times as far
-(and SWITCH_FRAC of the frame), the point moves with that other layer. A motion bootstrap
-that missed an object in a few frames leaves it painted into the background there; its
-pixels then belong to the foreground's motion all the same.
+forward-backward consistent), and when another layer's track stays with it and the
+weighted layer's departs by more than SWITCH_RATIO times as far (and SWITCH_FRAC of the
+frame), the point moves with that other layer. A motion bootstrap that missed an object in
+a few frames leaves it painted into the background there; its pixels then belong to the
+foreground's motion all the same.
 
 Coordinates are continuous pixels of the fitted frames: the top-left pixel spans 0..1 in
 x and y (so its centre is (0.5, 0.5)). A point is *visible* in a frame when it lies inside
@@ -117,7 +117,7 @@ def carried_by_flow(flow: FlowField, queries: np.ndarray, frames: int) -> tuple[
     return pos, reached
 
 
-def _switched_by_flow(chosen: torch.Tensor, positions: np.ndarray, carried: np.ndarray, reached: np.ndarray, scale: float) -> torch.Tensor:
+def _switched_by_flow(chosen: np.ndarray, positions: np.ndarray, carried: np.ndarray, reached: np.ndarray, scale: float) -> np.ndarray:
     """The layer each query moves with: `chosen` [N], unless the flow-carried positions
     [N, T, 2] (where `reached`) stay with another layer's track (positions [layers, N, T, 2])
     and depart from the chosen one's by SWITCH_RATIO times as far and SWITCH_FRAC * scale more."""
@@ -126,9 +126,9 @@ def _switched_by_flow(chosen: torch.Tensor, positions: np.ndarray, carried: np.n
     mean = (dist * reached[None]).sum(-1) / np.maximum(count, 1)[None]  # [layers, N]
     best = mean.argmin(0)
     rows = np.arange(len(best))
-    mine, theirs = mean[chosen.numpy(), rows], mean[best, rows]
+    mine, theirs = mean[chosen, rows], mean[best, rows]
     switch = (count > 0) & (mine > SWITCH_RATIO * theirs) & (mine - theirs > SWITCH_FRAC * scale)
-    return torch.from_numpy(np.where(switch, best, chosen.numpy()))
+    return np.where(switch, best, chosen)
 
 
 def _layer_uv(mapping: LayerMapping, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -231,7 +231,7 @@ def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = N
     if layer is None and flow is not None and len(model.mappings) > 1 and T > 1:
         solved = [_solve(m, qp, qt, T) for m in model.mappings]
         carried, reached = carried_by_flow(flow, q, FLOW_CHECK_FRAMES)
-        chosen = _switched_by_flow(chosen, torch.stack([p for p, _ in solved]).numpy(), carried, reached, g.scale)
+        chosen = torch.from_numpy(_switched_by_flow(chosen.numpy(), torch.stack([p for p, _ in solved]).numpy(), carried, reached, g.scale))
         for li, (p, res) in enumerate(solved):
             rows = chosen == li
             positions[rows], residual[rows] = p[rows], res[rows]
