@@ -32,7 +32,7 @@ def worker(clip: str, masks: bool, preset: str, budget: float, frames: str, size
     video = read_video(folder / "frames", frames=frames, size=size)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = atlas.fit(video, Path(tmp) / "b", preset, overrides, masks=str(folder / "masks") if masks else None,
-                           time_budget=budget, iters=1_000_000 if budget else None, device=device, quiet=True)
+                           time_budget=budget or None, iters=1_000_000 if budget else None, device=device, quiet=True)
         gt = unit_float(read_video(folder / "masks", frames=frames, size=size).frames)[..., 0] > 0.5
         alpha = torch.stack([1.0 - bundle.frame_maps(t).weights[..., 0] for t in range(bundle.num_frames)]) > 0.5
         m, tm = bundle.meta.metrics, bundle.meta.timings

@@ -104,7 +104,7 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     qy = np.clip(queries[:, 1].astype(int), 0, h - 1)
     on_fg = masks[q, qy, qx] > 0.5  # the query lies on the ground-truth foreground
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = atlas.fit(video, Path(tmp) / "b", preset, overrides, masks=masks_dir, time_budget=budget, iters=1_000_000 if budget else None,
+        bundle = atlas.fit(video, Path(tmp) / "b", preset, overrides, masks=masks_dir, time_budget=budget or None, iters=1_000_000 if budget else None,
                            device=device, quiet=True)
     t0 = time.perf_counter()
     tracks = bundle.track(queries)
