@@ -3,10 +3,13 @@
 Consecutive flow alone lets errors add up along the chain of frames. Here, for each stride
 k (powers of two up to `max_stride`), OpenCV DIS computes the flow between frames t and
 t + k directly, started from the composition of the two stride-k/2 flows (so large
-displacements are found) and kept only where its forward and backward flows agree. A
-sample of the surviving pixels of every (t, k) becomes a correspondence. They measure
-whether a fitted layer drifts (atlas.diagnose), and with `loss.long_range` the fit asks
-both ends to land on the same atlas point (losses.flow_consistency).
+displacements are found) and kept only where its forward and backward flows agree and
+both stride-k/2 matches it was started from were kept (a cycle check down to the
+consecutive flow: forward-backward agreement alone passes wrong matches on flat sky or
+between frames that no longer overlap, and a wrong long-range match teaches the drift it
+should catch). A sample of the surviving pixels of every (t, k) becomes a correspondence.
+They measure whether a fitted layer drifts (atlas.diagnose), and with `loss.long_range`
+the fit asks both ends to land on the same atlas point (losses.correspondence).
 
 A plate larger than ANALYSIS_SIDE pixels on a side is matched at that size (its consecutive
 flows area-filtered down, the matches scaled back to the plate's pixels): a sample of a
@@ -71,24 +74,25 @@ def long_range_pairs(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid
     # frames go from last to first; at frame t, stride k's flow (k = 2, 4, ...) is DIS
     # started from stride k/2's flows at t and t + k/2 composed, so each stride keeps only
     # its last k/2 + 1 frames' flows: the memory of a few frames, not of the shot
-    kept: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {k: {} for k in ks}
+    kept: dict[int, dict[int, tuple[np.ndarray, ...]]] = {k: {} for k in ks}  # (forward, backward, forward kept)
     todo = sum(T - k for k in ks[1:])
     bar = tqdm(total=todo, desc="flow (long range)", unit="pair", disable=not progress or not todo, leave=False, dynamic_ncols=True)
     for t in range(T - 2, -1, -1):
-        kept[1][t] = (_resized_flow(fwd[t], size, scale), _resized_flow(bwd[t], size, scale))
+        kept[1][t] = (_resized_flow(fwd[t], size, scale), _resized_flow(bwd[t], size, scale), _resized_mask(valid_fwd[t], size))
         for k in ks[1:]:
             h = k // 2
             if t + k >= T:
                 break
-            (fa, ba), (fb, bb) = kept[h][t], kept[h][t + h]
+            (fa, ba, va), (fb, bb, vb) = kept[h][t], kept[h][t + h]
             # frame t -> t + h -> t + k, and back
             init_f = fa + warp_sample(fb, fa)
             init_b = bb + warp_sample(ba, bb)
             flow_f = dis.calc(grey[t], grey[t + k], np.ascontiguousarray(init_f))
             flow_b = dis.calc(grey[t + k], grey[t], np.ascontiguousarray(init_b))
+            valid = consistency(flow_f, flow_b) & _chained(va, vb, fa)
             if k < ks[-1]:  # the longest stride starts no other
-                kept[k][t] = (flow_f.astype(np.float16), flow_b.astype(np.float16))
-            rows.append(_to_plate(sample_pairs(flow_f, consistency(flow_f, flow_b), t, k, per_pair, rng), scale, (W, H)))
+                kept[k][t] = (flow_f.astype(np.float16), flow_b.astype(np.float16), valid)
+            rows.append(_to_plate(sample_pairs(flow_f, valid, t, k, per_pair, rng), scale, (W, H)))
             bar.update(1)
         for k in ks:
             kept[k].pop(t + k, None)  # stride 2k at t - 1 and before needs frames up to t - 1 + k
@@ -99,6 +103,19 @@ def long_range_pairs(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid
 def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """`image` area-filtered to `size` (width, height); itself at its own size."""
     return image if image.shape[1::-1] == size else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _chained(valid_a: np.ndarray, valid_b: np.ndarray, flow_a: np.ndarray) -> np.ndarray:
+    """Where a match p -> p + flow_a(p) was kept (valid_a) and the next one, from where it
+    lands, was too (valid_b there)."""
+    return valid_a & (warp_sample(valid_b.astype(np.float32), flow_a) >= 0.5)
+
+
+def _resized_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A boolean mask at `size`: true where most of the pixels it covers are."""
+    if mask.shape[1::-1] == size:
+        return mask
+    return _resized(mask.astype(np.float32), size) >= 0.5
 
 
 def _resized_flow(flow: np.ndarray, size: tuple[int, int], scale: np.ndarray) -> np.ndarray:

@@ -37,6 +37,23 @@ def test_long_range_pairs_match_the_true_motion(pre_long, clip):
         assert sel.sum() > 100 and np.median(err[sel]) < 0.3, (k, np.median(err[sel]))
 
 
+def test_long_range_pairs_need_a_kept_chain_of_shorter_matches(clip):
+    """A stride-k match is kept only where both stride-k/2 matches it was started from were:
+    where the consecutive flow is unreliable in the middle frame, frames 0 and 2 still match
+    directly (the same static texture, forward-backward consistent), but no pair starts there."""
+    frames = np.repeat(clip.frames.numpy()[:1], 3, axis=0)  # a still camera: every frame the same
+    T, H, W = frames.shape[:3]
+    fwd = np.zeros((T - 1, H, W, 2), np.float32)
+    valid = np.ones((T - 1, H, W), bool)
+    valid[1, 20:40, 30:60] = False  # frame 1 -> 2 unreliable here
+    pairs = long_range_pairs(frames, fwd, fwd, valid, 2, 10**6)
+    two = pairs[pairs[:, 3] - pairs[:, 0] == 2]
+    x, y = two[:, 1], two[:, 2]
+    in_hole = (x >= 30) & (x < 60) & (y >= 20) & (y < 40)
+    assert len(two) > 0.8 * (H * W - 20 * 30) and not in_hole.any()
+    assert np.abs(two[:, 4:6] - two[:, 1:3]).max() < 0.5  # and the kept ones are right
+
+
 def test_a_plate_above_the_matching_size_is_matched_smaller_and_scaled_back(clip, monkeypatch):
     """Strides above 1 of a large plate are matched at longrange.ANALYSIS_SIDE: the matches
     still follow the true motion, in the plate's own pixels, starting on whole pixels."""
