@@ -86,6 +86,10 @@ class LossConfig:
     weight tracks better than a heavy one (bench/track_bench.py) and 0 lets edits swim."""
     rigidity: float = field(default=0.01, metadata=limits(0.0))
     """Weight of the residual's finite-difference Jacobian (keeps the mapping close to its global transform)."""
+    residual_size: float = field(default=2e-4, metadata=limits(0.0))
+    """Weight of the residual's size (atlas px, losses.residual_size): rigidity leaves a
+    residual that shifts a whole layer frame by frame free, and a foreground's texture
+    then slides (its tracks and edits follow the reconstruction, not the object)."""
     mask: float = field(default=0.5, metadata=limits(0.0))
     """Initial weight of the mask bootstrapping BCE; decays linearly to 0."""
     mask_anneal: float = field(default=0.5, metadata=limits(0.0, 1.0))

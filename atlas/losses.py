@@ -48,6 +48,18 @@ def rigidity(res: torch.Tensor, res_dx: torch.Tensor, res_dy: torch.Tensor, px_p
     return (jx.square().sum(-1) + jy.square().sum(-1)).mean()
 
 
+def residual_size(res: torch.Tensor, px_per_uv: torch.Tensor) -> torch.Tensor:
+    """Mean size of the mapping residual in atlas px (Charbonnier: an L1 pull towards the
+    global transform).
+
+    Rigidity charges the residual's spatial derivatives only, so a residual that shifts a
+    whole layer by a different amount in each frame is free there: the layer's texture can
+    slide through the frames and still reconstruct them. This makes such a shift pay for
+    itself in reconstruction.
+    """
+    return charbonnier((res * px_per_uv).square().sum(dim=-1)).mean()
+
+
 def mask_bootstrap(alpha_union: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """BCE between total foreground opacity and the bootstrap mask."""
     return F.binary_cross_entropy(alpha_union.clamp(1e-5, 1 - 1e-5), mask)

@@ -90,12 +90,13 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
         loss = loss + mask_w * losses.mask_bootstrap(1.0 - weights[:B, 0], data["masks"][idx].float())
         loss = loss + lw.sparsity * losses.sparsity(alpha[:B])
         loss = loss + lw.alpha_flow * losses.alpha_flow(alpha[:half], alpha[B : B + half], has_flow)
-    # rigidity of each residual on a quarter of the batch: the pixel and its +x, +y neighbours
+    # rigidity and size of each residual on a quarter of the batch: the pixel and its +x, +y neighbours
     x, y = xy[:q].unbind(-1)
     stencil = torch.cat([xy[:q], torch.stack([x + 1.0, y], -1), torch.stack([x, y + 1.0], -1)])
     for i, m in enumerate(model.mappings):
         r0, rx, ry = m.residual(stencil, t[:q].repeat(3)).split(q)
         loss = loss + lw.rigidity * losses.rigidity(r0, rx, ry, px_per_uv[i : i + 1])
+        loss = loss + lw.residual_size * losses.residual_size(r0, px_per_uv[i : i + 1])
     return loss, mse
 
 

@@ -61,6 +61,7 @@ def _plain_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.T
         rx = m.residual(xy[:q] + torch.tensor([1.0, 0.0]), t[:q])
         ry = m.residual(xy[:q] + torch.tensor([0.0, 1.0]), t[:q])
         loss = loss + lw.rigidity * losses.rigidity(r0, rx, ry, px[i : i + 1])
+        loss = loss + lw.residual_size * (r0 * px[i]).norm(dim=-1).mean()
     return loss
 
 
@@ -115,6 +116,16 @@ def test_a_wrong_correspondence_pulls_less_than_a_near_one():
     uv_a.grad = None
     losses.correspondence(uv_a, uv_b, torch.tensor([[1.0], [0.0]]), px).backward()
     assert uv_a.grad[1].abs().sum() == 0
+
+
+def test_a_residual_that_shifts_a_whole_layer_costs_its_size():
+    """Rigidity sees no cost in a residual that moves every pixel of a layer alike (the
+    texture sliding through the frames); the size term charges it its length in atlas px."""
+    px = torch.tensor([[200.0, 100.0]])
+    shift = torch.tensor([0.03, -0.04]).expand(64, 2)  # 6 px right, 4 px up, everywhere
+    assert losses.rigidity(shift, shift, shift, px).item() == 0.0
+    assert abs(losses.residual_size(shift, px).item() - (6.0**2 + 4.0**2) ** 0.5) < 1e-3
+    assert losses.residual_size(torch.zeros(64, 2), px).item() < 1e-2
 
 
 # ops that make a GPU wait for the host: reading a value back, data-dependent shapes, and
