@@ -85,7 +85,7 @@ class LossConfig:
     reconstruction locks it onto the texture without the flow's errors, so a light flow
     weight tracks better than a heavy one (bench/track_bench.py) and 0 lets edits swim."""
     rigidity: float = field(default=0.01, metadata=limits(0.0))
-    """Weight of the residual's finite-difference Jacobian (keeps the mapping close to its global transform)."""
+    """Weight of the residual's finite-difference Jacobian (keeps the residual a smooth bend of the global transform)."""
     residual_size: float = field(default=2e-4, metadata=limits(0.0))
     """Weight of the residual's size (atlas px, losses.residual_size): rigidity leaves a
     residual that shifts a whole layer frame by frame free, and a foreground's texture
