@@ -4,6 +4,7 @@ Presets live in ``configs/<name>.yaml`` and only list what differs from these de
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -188,6 +189,9 @@ def update_config(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
             value = float(value)
         if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)  # YAML reads frame_depth=8 as a number
+        if typ is float and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise AtlasInputError(f"config key {prefix}{key} expects {typ.__name__}, got {value!r}")
         _check_value(f"{prefix}{key}", value, names[key].metadata)

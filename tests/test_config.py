@@ -17,9 +17,10 @@ def test_presets_load_and_differ():
 
 
 def test_overrides_are_typed():
-    cfg = load_config("fast", ["train.iters=12", "loss.flow=1", "model.encoding_backend=torch"])
+    cfg = load_config("fast", ["train.iters=12", "loss.flow=1", "model.encoding_backend=torch", "loss.rigidity=5e-4"])
     assert cfg.train.iters == 12 and cfg.loss.flow == 1.0 and isinstance(cfg.loss.flow, float)
-    for bad, match in [("train.nope=1", "unknown config key"), ("train.iters=abc", "expects int"),
+    assert cfg.loss.rigidity == 5e-4  # YAML 1.1 reads 5e-4 (no dot) as a string
+    for bad, match in [("train.nope=1", "unknown config key"), ("train.iters=abc", "expects int"), ("loss.flow=abc", "expects float"),
                        ("iters", "key=value"), ("train=3", "is a section")]:
         with pytest.raises(AtlasInputError, match=match):
             load_config("fast", [bad])
