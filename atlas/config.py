@@ -172,6 +172,21 @@ class FitConfig:
         return dataclasses.asdict(self)
 
 
+def _as_field_type(value: Any, typ: type) -> Any:
+    """A YAML value as the field's type where YAML's reading is only a matter of spelling:
+    1 for a float field, frame_depth=8 (a number) for a string field, 5e-4 (YAML 1.1 reads
+    an exponent without a dot as a string) for a float field. Anything else unchanged."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is float and number:
+        return float(value)
+    if typ is str and number:
+        return str(value)
+    if typ is float and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
+
+
 def update_config(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
     """Set the fields named in the nested dict `updates`, checking names, types and limits."""
     names = {f.name: f for f in dataclasses.fields(obj)}
@@ -185,13 +200,7 @@ def update_config(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
             update_config(current, value, f"{prefix}{key}.")
             continue
         typ = type(current)
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)  # YAML reads frame_depth=8 as a number
-        if typ is float and isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                value = float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
+        value = _as_field_type(value, typ)
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise AtlasInputError(f"config key {prefix}{key} expects {typ.__name__}, got {value!r}")
         _check_value(f"{prefix}{key}", value, names[key].metadata)
