@@ -16,7 +16,10 @@ zero motion. `--gt-masks` fits the DAVIS clips with their ground-truth masks (th
 ceiling of a perfect foreground guess). Each fit runs in a fresh subprocess. Prints one
 table per preset with the means, and the time to track 1,000 points through the frames.
 `--json` rows also hold "atlas_by_weight": the same fit's tracks with each query's layer
-taken from the compositing weights alone (atlas.track without its flow check).
+taken from the compositing weights alone (atlas.track without its flow check), and "step":
+the median error of one-frame steps (queried at every visible ground-truth point, predicted
+one frame on) of the atlas and of DIS, on the foreground and the background: per-step
+accuracy, apart from drift.
 """
 from __future__ import annotations
 
@@ -129,6 +132,7 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     for part, sel in (("fg", on_fg), ("bg", ~on_fg)):
         d_avg = lambda pred, hidden: tapvid_metrics(points[sel], occluded[sel], pred[sel], hidden[sel], (w, h))["delta_avg"] if sel.any() else float("nan")
         scores[part] = {"tracks": int(sel.sum()), "atlas": d_avg(tracks.positions, ~tracks.visible), "dis": d_avg(dis, never)}
+    scores["step"] = one_frame_steps(bundle, points, occluded, masks, fwd)
     followed_fg = np.array([name != "background" for name in tracks.layers])
     scores["layer_acc"] = 100.0 * float((followed_fg == on_fg).mean())
     # foreground IoU over the clip (fitted without masks): of the motion bootstrap, and of the fitted opacity
@@ -139,6 +143,27 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     m = bundle.meta
     return {"clip": clip, "psnr": m.metrics["psnr_mean"], "fit_s": m.timings["fit_s"], "tracks": len(queries), "track_s": track_s,
             "thousand_s": thousand_s, "atlas_size": [layer.atlas_size for layer in m.layers], **scores}
+
+
+def one_frame_steps(bundle, points: np.ndarray, occluded: np.ndarray, masks: np.ndarray, fwd: np.ndarray) -> dict:
+    """Median error (256x256 px) of one-frame steps: every ground-truth point visible in frames t
+    and t + 1, queried at t, predicted at t + 1 by the atlas and by the DIS flow, by where it lies
+    (ground-truth mask at t). Tells per-step inaccuracy from drift: a track can lose to chained
+    flow through either."""
+    from atlas.track import bilinear
+
+    h, w = masks.shape[1:3]
+    i, t = np.nonzero(~occluded[:, :-1] & ~occluded[:, 1:])
+    start = points[i, t]
+    queries = np.concatenate([start, t[:, None].astype(np.float32)], axis=1)
+    scale = 256.0 / np.array([w, h])
+    err = lambda pred: np.linalg.norm((pred - points[i, t + 1]) * scale, axis=1)
+    atlas_err = err(bundle.track(queries).positions[np.arange(len(i)), t + 1])
+    dis_err = err(start + bilinear(fwd, t, start))
+    on_fg = masks[t, np.clip(start[:, 1].astype(int), 0, h - 1), np.clip(start[:, 0].astype(int), 0, w - 1)] > 0.5
+    median = lambda e, sel: float(np.median(e[sel])) if sel.any() else float("nan")
+    return {part: {"steps": int(sel.sum()), "atlas": median(atlas_err, sel), "dis": median(dis_err, sel)}
+            for part, sel in (("fg", on_fg), ("bg", ~on_fg))}
 
 
 def nanmean(rows: list[dict], part: str, method: str) -> float:
