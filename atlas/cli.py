@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import AtlasInputError, first_line
+from .interrupt import recorded
 
 
 class _Parser(argparse.ArgumentParser):
@@ -353,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.environ.get("ATLAS_DEBUG"):  # warnings as one line each, like errors
         warnings.formatwarning = lambda message, *_, **__: f"atlas {args.command}: warning: {first_line(message)}\n"
     try:
-        return args.func(args)
+        with recorded():
+            return args.func(args)
     except AtlasInputError as exc:
         print(f"atlas {args.command}: error: {first_line(exc)}", file=sys.stderr)
         return 2

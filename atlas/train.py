@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 import cuda_ext
 
-from . import __version__
+from . import __version__, interrupt
 from .bake import Coverage, bake, texture_size
 from .bundle import FORMAT_VERSION, AtlasBundle, cache_has_room, check_output_dir, layer_names
 from .config import FitConfig, load_config, update_config
@@ -156,6 +156,7 @@ def _train(model: LayeredAtlas, video: Video, pre: Preprocessed, cfg: FitConfig,
     bar = tqdm(total=tc.iters, initial=start, disable=quiet, desc="fit", unit="it", dynamic_ncols=True)
     step = start
     for step in range(start, tc.iters):
+        interrupt.check()
         elapsed = elapsed0 + time.perf_counter() - t0
         if time_budget is not None and elapsed >= time_budget:
             break

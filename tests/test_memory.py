@@ -176,6 +176,32 @@ def test_a_resumed_spilled_fit_maps_its_checkpoint_into_the_spill(tiny_video, tm
     assert all(torch.equal(x, y) for x, y in zip(whole.cache.tensors().values(), resumed.cache.tensors().values()))
 
 
+def test_a_dropped_interrupt_still_stops_the_fit(tiny_video, tmp_path, monkeypatch):
+    """A KeyboardInterrupt that something drops must not leave `atlas fit` running: the
+    training loop sees the recorded SIGINT."""
+    import signal
+
+    import atlas.train
+
+    real = atlas.train.initial_layout
+
+    def layout(*args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+        except KeyboardInterrupt:
+            pass  # dropped
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(atlas.train, "initial_layout", layout)
+    clip = write_video(tiny_video.frames, tmp_path / "frames")
+    rc = main(["fit", str(clip), "-o", str(tmp_path / "b"), "--config", "fast", "--iters", "50", "--set", "train.spill=always", "--quiet"])
+    assert rc == 130
+    assert not (tmp_path / "b").exists() and not _spill_dirs(tmp_path)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command line puts Python's handler back
+
+
 def test_an_interrupted_fit_removes_its_spill(tiny_video, tmp_path):
     import signal
     import subprocess
