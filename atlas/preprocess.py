@@ -96,8 +96,14 @@ def grey_u8(frame: np.ndarray) -> np.ndarray:
 
 
 def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty) -> tuple[np.ndarray, np.ndarray]:
-    """OpenCV DIS flow between consecutive frames: (fwd, bwd), each [T-1, H, W, 2]."""
+    """OpenCV DIS flow between consecutive frames: (fwd, bwd), each [T-1, H, W, 2].
+
+    The medium preset stops its pyramid at half resolution; frames up to ANALYSIS_SIDE run it
+    down to full resolution, which roughly halves the one-frame error on small and thin moving
+    things (chained mappings accumulate it as drift). Plates keep half resolution, where
+    the cost is high and half resolution is still about ANALYSIS_SIDE or finer."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis.setFinestScale(0 if max(frames.shape[1:3]) <= ANALYSIS_SIDE else 1)
     grey = [grey_u8(f) for f in frames]
     fwd, bwd = _flow_arrays(frames.shape, alloc)
     for i in _pairs(len(grey), "flow (DIS)", progress):
