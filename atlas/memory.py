@@ -31,14 +31,14 @@ from .spill import SPILLED_BYTES_PER_PIXEL
 # Host memory of `atlas fit` per pixel of the shot, counted from what it holds: the frames
 # (3 bytes as uint8; FRAME_CHANNEL_BYTES more per byte of depth above 8 bits), both flows
 # (8, float16), their validity (2) and the masks (1). While preprocessing, the camera
-# residuals (2, float16) are held besides; training adds the tables four times over
+# residuals (2, float16) and their counts (1) are held besides; training adds the tables four times over
 # (values, gradients, two Adam moments); after training, every frame
 # is evaluated for the PSNR, the atlases and the quality statistics, keeping up to
 # MAP_CACHE_BYTES of frame maps for the bundle, and saving the cache copies the masks (1);
 # measured after training (bench/plate_bench.py, 1920x1080x120), a little more than
 # counted, hence 20. A spilled shot's arrays (SPILLED_BYTES_PER_PIXEL) are not in RAM.
 # bench/memory_bench.py measures small shots.
-HOST_BYTES_PER_PIXEL_TRAINING = 16.0
+HOST_BYTES_PER_PIXEL_TRAINING = 17.0
 HOST_BYTES_PER_PIXEL = 20.0
 HOST_BASE_BYTES = 0.8e9  # the interpreter, torch, OpenCV
 FRAME_CHANNEL_BYTES = 3.0  # the frames' share of the counts above, per byte of each channel

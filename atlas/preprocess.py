@@ -408,9 +408,14 @@ def _swapped_pairs(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray) -> t
 def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray,
                       alloc: Alloc = np.empty) -> tuple[np.ndarray, np.ndarray]:
     """(res [T, H, W] float16, taken [T] bool): each frame's deviation from the camera
-    motion, the mean over its forward and backward flows, the background carried through
-    the shot; where every pair of a frame took the object for the background (taken),
-    res holds instead 1 on that object (the pixels its own camera fit explains).
+    motion, the mean over those of its forward and backward flows that are consistent at
+    a pixel (0 where neither is), the background carried through the shot; where every
+    pair of a frame took the object for the background (taken), res holds instead 1 on
+    that object (the pixels its own camera fit explains).
+
+    A pixel about to be covered or just uncovered by a moving object has no consistent
+    flow on that side (it takes the object's motion there); left out, the mask does not
+    spread from the object onto the background ahead of it and behind it.
 
     The sweep starts at the pair whose camera fit explains the most pixels (where moving
     objects are smallest) and goes both ways from it; every other pair's fit starts from
@@ -424,15 +429,18 @@ def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, v
     uses[:-1] += ~swapped
     uses[1:] += ~swapped
     res = alloc((n + 1, h, w), np.float16)  # pixels of deviation: half precision is plenty
+    seen = alloc((n + 1, h, w), np.uint8)  # how many consistent flows measured each pixel
     res[:] = 0
+    seen[:] = 0
 
     def add(i: int, prior: np.ndarray | None) -> np.ndarray:
         """Add pair i's forward residual and its backward flow's (fitted from the forward
         background, warped onto frame i + 1 where bwd lives); returns the background weight."""
         r, weight = _camera_residual(fwd[i], valid_fwd[i], prior)
         r_back, _ = _camera_residual(bwd[i], valid_bwd[i], warp_sample(weight, bwd[i]))
-        res[i] += np.minimum(r, 6e4) / uses[i]
-        res[i + 1] += np.minimum(r_back, 6e4) / uses[i + 1]
+        for j, r_j, valid in ((i, r, valid_fwd[i]), (i + 1, r_back, valid_bwd[i])):
+            res[j] += np.where(valid, np.minimum(r_j, 3e4), 0)  # two of them stay within float16
+            seen[j] += valid
         return weight
 
     weight = anchor_weight = add(anchor, None)
@@ -441,6 +449,8 @@ def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, v
     weight = anchor_weight
     for i in range(anchor - 1, -1, -1):
         weight = None if swapped[i] else add(i, None if weight is None else warp_sample(weight, fwd[i]))
+    for i in range(n + 1):
+        res[i] = np.where(seen[i] > 0, res[i] / np.maximum(seen[i], 1), 0)
     taken = uses == 0
     for i in np.flatnonzero(taken):  # the object is what the pair's own fit calls background
         flow, valid = (fwd[i], valid_fwd[i]) if i < n else (bwd[n - 1], valid_bwd[n - 1])

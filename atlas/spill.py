@@ -1,7 +1,8 @@
 """Memory-mapped arrays for shots larger than RAM.
 
 A fit holds the shot's frames, flows, their validity and the masks for the whole
-optimisation: about 16 bytes a pixel, 4 GB for 1920x1080x120 and 32 GB for 4K x 240.
+optimisation, and the camera residuals while preprocessing: about 17 bytes a pixel,
+4.2 GB for 1920x1080x120 and 34 GB for 4K x 240.
 With spilling on, those arrays live in files in a folder beside the output instead of in
 the process's own memory: the kernel keeps the pages it can in its file cache and drops
 them under pressure, so RAM no longer bounds the shot, disk does. The arrays and the fit
@@ -21,7 +22,7 @@ import numpy as np
 
 Alloc = Callable[..., np.ndarray]  # (shape, dtype) -> an empty array: np.empty, or Spill.empty
 
-SPILLED_BYTES_PER_PIXEL = 16.0  # 8-bit frames (3), flows (8), validity (2), masks (1), camera residuals (2)
+SPILLED_BYTES_PER_PIXEL = 17.0  # 8-bit frames (3), flows (8), validity (2), masks (1), camera residuals (2) and their counts (1)
 
 
 class Spill:

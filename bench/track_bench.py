@@ -71,7 +71,8 @@ def warped_truth(clip, n: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return points, occluded
 
 
-def worker(clip: str, preset: str, budget: float, size: str, device: str, overrides: list[str], gt_masks: bool = False) -> dict:
+def worker(clip: str, preset: str, budget: float, size: str, device: str, overrides: list[str], gt_masks: bool = False,
+           seed: int = 0) -> dict:
     import atlas
     from atlas.io import Video, parse_size, read_video
     from atlas.preprocess import dis_flow, read_masks
@@ -108,7 +109,7 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     on_fg = masks[q, qy, qx] > 0.5  # the query lies on the ground-truth foreground
     with tempfile.TemporaryDirectory() as tmp:
         bundle = atlas.fit(video, Path(tmp) / "b", preset, overrides, masks=masks_dir, time_budget=budget or None, iters=1_000_000 if budget else None,
-                           device=device, quiet=True)
+                           device=device, seed=seed, quiet=True)
     t0 = time.perf_counter()
     tracks = bundle.track(queries)
     track_s = time.perf_counter() - t0
@@ -181,16 +182,17 @@ def main() -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--json", help="also write every row to this JSON file")
+    p.add_argument("--seed", type=int, default=0, help="the fits' seed (another seed shows how much a clip's row moves by chance)")
     p.add_argument("--gt-masks", action="store_true", help="fit the DAVIS clips with their ground-truth masks (the ceiling of a perfect foreground guess)")
     p.add_argument("--worker", nargs=2, metavar=("CLIP", "PRESET"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker[0], a.worker[1], a.budget, a.size, a.device, a.overrides, a.gt_masks)))
+        print(json.dumps(worker(a.worker[0], a.worker[1], a.budget, a.size, a.device, a.overrides, a.gt_masks, a.seed)))
         return 0
     clips = available(a.clips)
     rows = []
     for preset in a.presets:
-        print(f"\npreset {preset}, {a.size}, first {FRAMES} frames, fit budget {a.budget:g} s, device {a.device}"
+        print(f"\npreset {preset}, {a.size}, first {FRAMES} frames, fit budget {a.budget:g} s, device {a.device}, seed {a.seed}"
               + (", ground-truth masks" if a.gt_masks else ""))
         head = (f"{'clip':<20}{'PSNR':>7}{'fit s':>7}{'d_avg':>7}{'AJ':>7}{'OA':>7}{'DIS d':>7}{'DIS AJ':>7}{'zero d':>7}"
                 f"{'fg d':>7}{'DIS':>6}{'bg d':>7}{'DIS':>6}{'layer%':>7}{'IoU0':>6}{'IoU':>6}  bg atlas")
@@ -198,7 +200,7 @@ def main() -> int:
         print("-" * len(head))
         done = []
         for clip in clips:
-            cmd = [sys.executable, __file__, "--worker", clip, preset, "--budget", str(a.budget), "--size", a.size, "--device", a.device]
+            cmd = [sys.executable, __file__, "--worker", clip, preset, "--budget", str(a.budget), "--size", a.size, "--device", a.device, "--seed", str(a.seed)]
             for o in a.overrides:
                 cmd += ["--set", o]
             cmd += ["--gt-masks"] if a.gt_masks else []

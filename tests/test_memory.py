@@ -129,7 +129,7 @@ def test_a_spilled_fit_is_the_same_fit_and_its_spill_is_removed(tiny_video, tmp_
     in_ram = atlas.fit(clip, tmp_path / "a", "fast", ["train.spill=never"], iters=6, quiet=True)
     assert not seen
     spilled = atlas.fit(clip, tmp_path / "b", "fast", ["train.spill=always"], iters=6, quiet=True)
-    assert len(seen) == 7  # frames, two flows, two validity masks, the camera residuals, the masks
+    assert len(seen) == 8  # frames, two flows, two validity masks, the camera residuals and their counts, the masks
     assert not _spill_dirs(tmp_path)
     a, b = in_ram.model.state_dict(), spilled.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
