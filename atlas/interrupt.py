@@ -6,7 +6,8 @@ line: something on the step's path drops it without a word, and the fit goes on 
 its steps. The command line installs a handler that also records the request, and the
 training loop checks the record every step, so a dropped interrupt still ends the fit
 one step later (its spill and lock released on the way out). The Python API leaves the
-process's handlers alone.
+process's handlers alone, and so does the command line where SIGINT is not Python's own
+(ignored under nohup or in a background job, or handled by an embedding program).
 """
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 def recorded() -> Iterator[None]:
     """Within: every SIGINT is recorded (and raises KeyboardInterrupt, as Python's own
     handler does). After: the previous handler is back and the record cleared (the
-    command line may run again in the same process, as the tests do)."""
+    command line may run again in the same process, as the tests do). A handler other
+    than Python's is left in place."""
     global _requested
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+    # only the main thread may set handlers
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
     previous = signal.signal(signal.SIGINT, _handler)

@@ -196,10 +196,29 @@ def test_a_dropped_interrupt_still_stops_the_fit(tiny_video, tmp_path, monkeypat
 
     monkeypatch.setattr(atlas.train, "initial_layout", layout)
     clip = write_video(tiny_video.frames, tmp_path / "frames")
-    rc = main(["fit", str(clip), "-o", str(tmp_path / "b"), "--config", "fast", "--iters", "50", "--set", "train.spill=always", "--quiet"])
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores SIGINT)
+    try:
+        rc = main(["fit", str(clip), "-o", str(tmp_path / "b"), "--config", "fast", "--iters", "50", "--set", "train.spill=always", "--quiet"])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command line puts Python's handler back
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert rc == 130
     assert not (tmp_path / "b").exists() and not _spill_dirs(tmp_path)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command line puts Python's handler back
+
+
+def test_an_ignored_interrupt_stays_ignored():
+    """Under nohup or in a background job SIGINT is ignored on purpose: the command line
+    does not take it over."""
+    import signal
+
+    from atlas import interrupt
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupt.recorded():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_an_interrupted_fit_removes_its_spill(tiny_video, tmp_path):
@@ -211,7 +230,9 @@ def test_an_interrupted_fit_removes_its_spill(tiny_video, tmp_path):
     clip = write_video(tiny_video.frames, tmp_path / "frames")
     cmd = [sys.executable, "-m", "atlas", "fit", str(clip), "-o", str(tmp_path / "b"), "--config", "fast", "--iters", "1000000",
            "--set", "train.spill=always", "--set", "train.checkpoint_every=0", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT as in a terminal, even where the tests run as a background job (which ignores it)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not any(d.glob("*.npy") for d in _spill_dirs(tmp_path)):
