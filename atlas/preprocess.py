@@ -425,9 +425,8 @@ def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, v
     n, h, w = fwd.shape[:3]
     share, swapped = _swapped_pairs(fwd, bwd, valid_fwd)
     anchor = int(np.argmax(share))
-    uses = np.zeros(n + 1)  # how many unswapped pairs measure each frame
-    uses[:-1] += ~swapped
-    uses[1:] += ~swapped
+    # frames that every pair measuring them took the wrong way round
+    taken = np.append(swapped, True) & np.insert(swapped, 0, True)
     res = alloc((n + 1, h, w), np.float16)  # pixels of deviation: half precision is plenty
     seen = alloc((n + 1, h, w), np.uint8)  # how many consistent flows measured each pixel
     res[:] = 0
@@ -451,7 +450,6 @@ def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, v
         weight = None if swapped[i] else add(i, None if weight is None else warp_sample(weight, fwd[i]))
     for i in range(n + 1):
         res[i] = np.where(seen[i] > 0, res[i] / np.maximum(seen[i], 1), 0)
-    taken = uses == 0
     for i in np.flatnonzero(taken):  # the object is what the pair's own fit calls background
         flow, valid = (fwd[i], valid_fwd[i]) if i < n else (bwd[n - 1], valid_bwd[n - 1])
         res[i] = (_camera_residual(flow, valid)[1] > 0.5) & valid
