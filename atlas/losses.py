@@ -37,27 +37,29 @@ def correspondence(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tensor
     return (err * weights).sum() / weights.sum().clamp_min(1.0)
 
 
-def rigidity(res: torch.Tensor, res_dx: torch.Tensor, res_dy: torch.Tensor, px_per_uv: torch.Tensor) -> torch.Tensor:
-    """Squared finite-difference Jacobian (atlas px per frame px) of the mapping residual.
+def rigidity(res: torch.Tensor, res_dx: torch.Tensor, res_dy: torch.Tensor, px_per_uv: torch.Tensor,
+             weights: torch.Tensor) -> torch.Tensor:
+    """Squared finite-difference Jacobian (atlas px per frame px) of the mapping residual,
+    each pixel counted by `weights` [N] (the layer's visibility there, see step_loss).
 
     The global transform carries the camera/object motion; the residual may only bend
     it smoothly, which keeps the atlas undistorted (the role of LNA's rigidity term).
     """
     jx = (res_dx - res) * px_per_uv[None]
     jy = (res_dy - res) * px_per_uv[None]
-    return (jx.square().sum(-1) + jy.square().sum(-1)).mean()
+    return ((jx.square().sum(-1) + jy.square().sum(-1)) * weights).mean()
 
 
-def residual_size(res: torch.Tensor, px_per_uv: torch.Tensor) -> torch.Tensor:
+def residual_size(res: torch.Tensor, px_per_uv: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Mean size of the mapping residual in atlas px (Charbonnier: an L1 pull towards the
-    global transform).
+    global transform), each pixel counted by `weights` [N] as in :func:`rigidity`.
 
     Rigidity charges the residual's spatial derivatives only, so a residual that shifts a
     whole layer by a different amount in each frame is free there: the layer's texture can
     slide through the frames and still reconstruct them. This makes such a shift pay for
     itself in reconstruction.
     """
-    return charbonnier((res * px_per_uv).square().sum(dim=-1)).mean()
+    return (charbonnier((res * px_per_uv).square().sum(dim=-1)) * weights).mean()
 
 
 def mask_bootstrap(alpha_union: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

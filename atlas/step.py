@@ -23,6 +23,8 @@ from .io import unit_float
 from .model import LayeredAtlas
 from .preprocess import Preprocessed
 
+HIDDEN_RESIDUAL_WEIGHT = 0.05  # how much a foreground's residual regularisers count where it is hidden
+
 
 def step_data(frames: torch.Tensor, pre: Preprocessed, device: torch.device) -> dict[str, torch.Tensor]:
     """What :func:`step_loss` reads, flattened per pixel and moved to `device` once, in the
@@ -90,13 +92,19 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
         loss = loss + mask_w * losses.mask_bootstrap(1.0 - weights[:B, 0], data["masks"][idx].float())
         loss = loss + lw.sparsity * losses.sparsity(alpha[:B])
         loss = loss + lw.alpha_flow * losses.alpha_flow(alpha[:half], alpha[B : B + half], has_flow)
-    # rigidity and size of each residual on a quarter of the batch: the pixel and its +x, +y neighbours
+    # rigidity and size of each residual on a quarter of the batch: the pixel and its +x, +y
+    # neighbours. A foreground's pixels count by its weight there (floored, so the residual
+    # stays defined): off the object its residual is free to bend, and the object's own
+    # deformation is not held to the smoothness of the empty frame around it. The background
+    # shows nearly everywhere over the shot; its pixels count alike.
     x, y = xy[:q].unbind(-1)
     stencil = torch.cat([xy[:q], torch.stack([x + 1.0, y], -1), torch.stack([x, y + 1.0], -1)])
+    everywhere = torch.ones_like(x)
     for i, m in enumerate(model.mappings):
         r0, rx, ry = m.residual(stencil, t[:q].repeat(3)).split(q)
-        loss = loss + lw.rigidity * losses.rigidity(r0, rx, ry, px_per_uv[i : i + 1])
-        loss = loss + lw.residual_size * losses.residual_size(r0, px_per_uv[i : i + 1])
+        seen = weights[:q, i].detach().clamp_min(HIDDEN_RESIDUAL_WEIGHT) if i else everywhere
+        loss = loss + lw.rigidity * losses.rigidity(r0, rx, ry, px_per_uv[i : i + 1], seen)
+        loss = loss + lw.residual_size * losses.residual_size(r0, px_per_uv[i : i + 1], seen)
     return loss, mse
 
 

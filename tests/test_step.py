@@ -8,7 +8,7 @@ import torch
 from atlas import losses
 from atlas.config import FitConfig
 from atlas.model import FrameGeometry, LayeredAtlas
-from atlas.step import Stepper, step_loss
+from atlas.step import HIDDEN_RESIDUAL_WEIGHT, Stepper, step_loss
 
 GEOM = FrameGeometry(num_frames=5, height=24, width=32)
 
@@ -60,8 +60,10 @@ def _plain_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.T
         r0 = m.residual(xy[:q], t[:q])
         rx = m.residual(xy[:q] + torch.tensor([1.0, 0.0]), t[:q])
         ry = m.residual(xy[:q] + torch.tensor([0.0, 1.0]), t[:q])
-        loss = loss + lw.rigidity * losses.rigidity(r0, rx, ry, px[i : i + 1])
-        loss = loss + lw.residual_size * (r0 * px[i]).norm(dim=-1).mean()
+        seen = out["weights"][:q, i].detach().clamp_min(0.05) if i else torch.ones(q)
+        jac = (torch.cat([rx - r0, ry - r0], -1) * px[i].repeat(2)).square().sum(-1)
+        loss = loss + lw.rigidity * (jac * seen).mean()
+        loss = loss + lw.residual_size * ((r0 * px[i]).norm(dim=-1) * seen).mean()
     return loss
 
 
@@ -123,9 +125,33 @@ def test_a_residual_that_shifts_a_whole_layer_costs_its_size():
     texture sliding through the frames); the size term charges it its length in atlas px."""
     px = torch.tensor([[200.0, 100.0]])
     shift = torch.tensor([0.03, -0.04]).expand(64, 2)  # 6 px right, 4 px up, everywhere
-    assert losses.rigidity(shift, shift, shift, px).item() == 0.0
-    assert abs(losses.residual_size(shift, px).item() - (6.0**2 + 4.0**2) ** 0.5) < 1e-3
-    assert losses.residual_size(torch.zeros(64, 2), px).item() < 1e-2
+    ones = torch.ones(64)
+    assert losses.rigidity(shift, shift, shift, px, ones).item() == 0.0
+    assert abs(losses.residual_size(shift, px, ones).item() - (6.0**2 + 4.0**2) ** 0.5) < 1e-3
+    assert losses.residual_size(torch.zeros(64, 2), px, ones).item() < 1e-2
+
+
+def test_a_foreground_residual_bends_almost_freely_off_its_object():
+    """A foreground's residual regularisers count each pixel by the layer's compositing
+    weight, floored: where the layer is not seen, its residual is pulled by the floor's
+    share of what pulls it where it shows. The background's count everywhere alike."""
+    model, data, cfg = _setup()
+    cfg.loss.recon = cfg.loss.flow = cfg.loss.sparsity = cfg.loss.alpha_flow = 0.0
+    px = torch.stack([m.pixels_per_uv for m in model.mappings])
+    HW = GEOM.height * GEOM.width
+    idx = torch.randint(0, GEOM.num_frames * HW, (512,), generator=torch.Generator().manual_seed(3))
+    tables = [model.mappings[i].grid.table for i in (0, 1)]  # background, front foreground
+
+    def pulls(fg_opacity: float) -> list[float]:
+        with torch.no_grad():
+            model.alpha_net[-1].weight.zero_()
+            model.alpha_net[-1].bias.fill_(torch.logit(torch.tensor(fg_opacity)).item())
+        grads = torch.autograd.grad(step_loss(model, data, idx, torch.tensor(0.0), cfg.loss, px)[0], tables)
+        return [g.norm().item() for g in grads]
+
+    (bg_hidden, fg_seen), (bg_shown, fg_unseen) = pulls(0.999), pulls(0.001)
+    assert abs(fg_unseen / fg_seen - HIDDEN_RESIDUAL_WEIGHT) < 0.01, (fg_unseen, fg_seen)
+    assert bg_hidden == pytest.approx(bg_shown, rel=1e-5)
 
 
 # ops that make a GPU wait for the host: reading a value back, data-dependent shapes, and
