@@ -448,8 +448,8 @@ def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, v
     weight = anchor_weight
     for i in range(anchor - 1, -1, -1):
         weight = None if swapped[i] else add(i, None if weight is None else warp_sample(weight, fwd[i]))
-    for i in range(n + 1):
-        res[i] = np.where(seen[i] > 0, res[i] / np.maximum(seen[i], 1), 0)
+    for i in range(n + 1):  # a pixel no consistent flow measured holds 0 already
+        res[i] /= np.maximum(seen[i], 1)
     for i in np.flatnonzero(taken):  # the object is what the pair's own fit calls background
         flow, valid = (fwd[i], valid_fwd[i]) if i < n else (bwd[n - 1], valid_bwd[n - 1])
         res[i] = (_camera_residual(flow, valid)[1] > 0.5) & valid
