@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+FLOW_TOLERANCE_PX = 0.5  # atlas px of a foreground's disagreement with the flow that cost nothing (flow_consistency)
+
 
 def charbonnier(sq_norm: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """sqrt(|d|^2 + eps^2) from |d|^2: a smooth L1, robust to the flow's outliers, with a
@@ -19,12 +21,25 @@ def reconstruction(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def flow_consistency(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tensor, px_per_uv: torch.Tensor) -> torch.Tensor:
     """A pixel and its flow target must land on the same atlas point, per layer.
 
+    The background's term is a mean over the frame. A foreground's is normalised by the
+    geometric mean of its own visibility and the frame's, so an object on a share s of the
+    frame is held 1/sqrt(s) times as hard as a frame-wide mean would hold it: its flow
+    keeps a blurred, deforming figure from sliding where its texture cannot, without
+    overriding the texture of a rigid, sharp one (a mean over the object alone, 1/s, did).
+    Within FLOW_TOLERANCE_PX a foreground's flow is no better than its noise at an
+    object's edges and the texture places it; only the distance beyond pays. The
+    background keeps the whole pull: on flat ground its flow alone holds it.
+
     uv_a, uv_b: [N, layers, 2]; weights: [N, layers] (layer visibility at the source
     pixel, detached; 0 where the flow is unreliable); px_per_uv: [layers, 2] converts uv
     to atlas pixels.
     """
-    err = charbonnier(((uv_a - uv_b) * px_per_uv[None]).square().sum(dim=-1))
-    return (err * weights).sum() / weights.sum().clamp_min(1.0)
+    dist = charbonnier(((uv_a - uv_b) * px_per_uv[None]).square().sum(dim=-1))
+    err = torch.cat([dist[:, :1], torch.relu(dist[:, 1:] - FLOW_TOLERANCE_PX)], dim=1)
+    frame = weights.sum().clamp_min(1.0)
+    own = weights[:, 1:].sum(dim=0).clamp_min(1.0)
+    norm = torch.cat([frame.reshape(1), (own * frame).sqrt()])
+    return ((err * weights).sum(dim=0) / norm).sum()
 
 
 def correspondence(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tensor, px_per_uv: torch.Tensor,

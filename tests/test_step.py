@@ -54,7 +54,10 @@ def _plain_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.T
     t2 = t[:half][sel] + 1
     d = ((out["uv"][:half][sel] - model.uv(xy2, t2)) * px[None]).norm(dim=-1)
     w = out["weights"][:half][sel].detach()
-    loss = loss + lw.flow * (torch.sqrt(d * d + 1e-6) * w).sum() / w.sum()
+    dist = torch.sqrt(d * d + 1e-6)
+    loss = loss + lw.flow * (dist[:, 0] * w[:, 0]).sum() / w.sum()  # the background: a mean over the frame
+    for i in range(1, len(model.mappings)):  # a foreground: past the tolerance, by the geometric mean
+        loss = loss + lw.flow * ((dist[:, i] - losses.FLOW_TOLERANCE_PX).clamp_min(0) * w[:, i]).sum() / (w.sum() * w[:, i].sum()).sqrt()
     loss = loss + lw.alpha_flow * (out["alpha"][:half][sel] - model.alpha(xy2, t2)).abs().mean()
     for i, m in enumerate(model.mappings):
         r0 = m.residual(xy[:q], t[:q])
@@ -152,6 +155,30 @@ def test_a_foreground_residual_bends_almost_freely_off_its_object():
     (bg_hidden, fg_seen), (bg_shown, fg_unseen) = pulls(0.999), pulls(0.001)
     assert abs(fg_unseen / fg_seen - HIDDEN_RESIDUAL_WEIGHT) < 0.01, (fg_unseen, fg_seen)
     assert bg_hidden == pytest.approx(bg_shown, rel=1e-5)
+
+
+def test_flow_consistency_holds_a_small_object_and_forgives_its_flows_noise():
+    """A foreground on 4% of the pixels is held 1/sqrt(0.04) = 5 times as hard as a mean
+    over the frame would hold it, past FLOW_TOLERANCE_PX; within it, it is not pulled at
+    all. The background is that mean, at any distance."""
+    px = torch.full((2, 2), 100.0)
+    weights = torch.zeros(100, 2)
+    weights[:4, 1] = 1.0  # the object
+    weights[4:, 0] = 1.0
+    uv_a = torch.zeros(100, 2, 2, requires_grad=True)
+
+    def loss(shift_px: float) -> torch.Tensor:
+        return losses.flow_consistency(uv_a, torch.full((100, 2, 2), shift_px / 100.0 / 2**0.5), weights, px)
+
+    small = 0.9 * losses.FLOW_TOLERANCE_PX
+    within = loss(small)
+    assert within.item() == pytest.approx(small * 96 / 100, rel=1e-4)
+    pull = torch.autograd.grad(within, uv_a)[0]
+    assert not pull[:4, 1].any() and pull[4:, 0].abs().min() > 0
+    # the background's 96 pixels by the frame's 100; the object's 4, 1.5 px past the
+    # tolerance, by sqrt(4 * 100) = 20 (a frame-wide mean would divide them by 100 too)
+    far = losses.FLOW_TOLERANCE_PX + 1.5
+    assert loss(far).item() == pytest.approx(far * 96 / 100 + 1.5 * 4 / 20, rel=1e-4)
 
 
 # ops that make a GPU wait for the host: reading a value back, data-dependent shapes, and
