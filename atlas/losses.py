@@ -35,11 +35,11 @@ def flow_consistency(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tens
     to atlas pixels.
     """
     dist = charbonnier(((uv_a - uv_b) * px_per_uv[None]).square().sum(dim=-1))
-    err = torch.cat([dist[:, :1], torch.relu(dist[:, 1:] - FLOW_TOLERANCE_PX)], dim=1)
     frame = weights.sum().clamp_min(1.0)
+    background = (dist[:, 0] * weights[:, 0]).sum() / frame
     own = weights[:, 1:].sum(dim=0).clamp_min(1.0)
-    norm = torch.cat([frame.reshape(1), (own * frame).sqrt()])
-    return ((err * weights).sum(dim=0) / norm).sum()
+    foregrounds = (torch.relu(dist[:, 1:] - FLOW_TOLERANCE_PX) * weights[:, 1:]).sum(dim=0) / (own * frame).sqrt()
+    return background + foregrounds.sum()
 
 
 def correspondence(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tensor, px_per_uv: torch.Tensor,
