@@ -16,7 +16,11 @@ forward-backward consistent), and when another layer's track stays with it and t
 weighted layer's departs by more than SWITCH_RATIO times as far (and SWITCH_FRAC of the
 frame), the point moves with that other layer. A motion bootstrap that missed an object in
 a few frames leaves it painted into the background there; its pixels then belong to the
-foreground's motion all the same.
+foreground's motion all the same. Only frames where the weighted layer's track shows the
+point count: once an object in front hides it, the flow there follows the object (next to
+a moving edge the consistency check passes it on), which says nothing about the point.
+Where that layer hides it in every frame the flow reaches, its opacity at the query is the
+odd one out (the missed object above) and all those frames count.
 
 Coordinates are continuous pixels of the fitted frames: the top-left pixel spans 0..1 in
 x and y (so its centre is (0.5, 0.5)). A point is *visible* in a frame when it lies inside
@@ -119,8 +123,9 @@ def carried_by_flow(flow: FlowField, queries: np.ndarray, frames: int) -> tuple[
 
 def _switched_by_flow(chosen: np.ndarray, positions: np.ndarray, carried: np.ndarray, reached: np.ndarray, scale: float) -> np.ndarray:
     """The layer each query moves with: `chosen` [N], unless the flow-carried positions
-    [N, T, 2] (where `reached`) stay with another layer's track (positions [layers, N, T, 2])
-    and depart from the chosen one's by SWITCH_RATIO times as far and SWITCH_FRAC * scale more."""
+    [N, T, 2] (in the frames `reached` [N, T]) stay with another
+    layer's track (positions [layers, N, T, 2]) and depart from the chosen one's by
+    SWITCH_RATIO times as far and SWITCH_FRAC * scale more."""
     dist = np.linalg.norm(positions - carried[None], axis=-1)  # [layers, N, T]
     count = reached.sum(1)
     mean = (dist * reached[None]).sum(-1) / np.maximum(count, 1)[None]  # [layers, N]
@@ -201,6 +206,16 @@ def _solve(mapping: LayerMapping, qp: torch.Tensor, qt: torch.Tensor, num_frames
     return p.reshape(n, num_frames, 2), res.reshape(n, num_frames)
 
 
+def _weight_along(model: LayeredAtlas, positions: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
+    """Compositing weight [n, T] of each track's layer `layers` [n] along its positions [n, T, 2]."""
+    n, T = positions.shape[:2]
+    frames = torch.arange(T).repeat(n)
+    flat = positions.reshape(-1, 2)
+    w_all = torch.cat([model.layer_weights(model.alpha(flat[s : s + CHUNK] - 0.5, frames[s : s + CHUNK]))
+                       for s in range(0, len(flat), CHUNK)])
+    return w_all.gather(1, layers.repeat_interleave(T)[:, None]).reshape(n, T)
+
+
 @torch.no_grad()
 def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = None,
                  flow: FlowField | None = None) -> Tracks:
@@ -230,8 +245,12 @@ def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = N
     residual = torch.full((n, T), float("inf"))
     if layer is None and flow is not None and len(model.mappings) > 1 and T > 1:
         solved = [_solve(m, qp, qt, T) for m in model.mappings]
+        tracks = torch.stack([p for p, _ in solved])  # [layers, n, T, 2]
+        shown = (_weight_along(model, tracks[chosen, torch.arange(n)], chosen) >= VISIBLE_WEIGHT).numpy()
         carried, reached = carried_by_flow(flow, q, FLOW_CHECK_FRAMES)
-        chosen = torch.from_numpy(_switched_by_flow(chosen.numpy(), torch.stack([p for p, _ in solved]).numpy(), carried, reached, g.scale))
+        in_view = reached & shown
+        compared = np.where(in_view.any(axis=1, keepdims=True), in_view, reached)
+        chosen = torch.from_numpy(_switched_by_flow(chosen.numpy(), tracks.numpy(), carried, compared, g.scale))
         for li, (p, res) in enumerate(solved):
             rows = chosen == li
             positions[rows], residual[rows] = p[rows], res[rows]
@@ -239,11 +258,7 @@ def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = N
         for li in chosen.unique().tolist():
             rows = (chosen == li).nonzero().squeeze(1)
             positions[rows], residual[rows] = _solve(model.mappings[li], qp[rows], qt[rows], T)
-    frames = torch.arange(T).repeat(n)
-    flat = positions.reshape(-1, 2)
-    w_all = torch.cat([model.layer_weights(model.alpha(flat[s : s + CHUNK] - 0.5, frames[s : s + CHUNK]))
-                       for s in range(0, len(flat), CHUNK)])
-    weight = w_all.gather(1, chosen.repeat_interleave(T)[:, None]).reshape(n, T)
+    weight = _weight_along(model, positions, chosen)
     inside = (positions[..., 0] >= 0) & (positions[..., 0] <= g.width) & (positions[..., 1] >= 0) & (positions[..., 1] <= g.height)
     visible = inside & (residual <= MAX_RESIDUAL_PX) & (weight >= VISIBLE_WEIGHT)
     confidence = torch.where(torch.isfinite(residual), weight * torch.exp(-residual), torch.zeros_like(weight))
