@@ -1,8 +1,10 @@
 """Initial per-frame global transforms and atlas extents, from the flow.
 
 Background: a homography per consecutive frame pair (RANSAC on the flow outside the
-mask); foreground: a similarity inside it; chained so each frame maps into one
-reference frame's plane (frame 0's, unless that one cannot hold the shot: see below).
+mask); foreground: an affine motion inside it (an object that turns, or comes closer at
+an angle, foreshortens on screen, which no similarity holds, and a homography of a small,
+deforming object is ill-conditioned); chained so each frame maps into one reference
+frame's plane (frame 0's, unless that one cannot hold the shot: see below).
 
 Every pair's motion and every chained transform is checked for conditioning: a motion
 between two frames must be close to rigid (no fold, little change of area, shear or
@@ -407,7 +409,7 @@ def initial_layout(pre: Preprocessed, geom: FrameGeometry, num_fg: int, seed: in
     lo, hi = uv_range(bg.transforms, geom, None, 0.02)
     los.append(lo), his.append(hi)
     if has_fg:
-        fg = adjust(robust_chain(pre, geom, "similarity", "inside", seed), pairs, masks, geom, "inside", seed)
+        fg = adjust(robust_chain(pre, geom, "affine", "inside", seed), pairs, masks, geom, "inside", seed)
         fg = at_sharpest_view(fg, geom, masks.reshape(geom.num_frames, -1).max(1) > 0.5)
     else:
         fg = bg

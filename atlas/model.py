@@ -4,7 +4,7 @@ Coordinates:
   * frame pixels (x, y) are normalised to q = ((x, y) + 0.5 - centre) / scale, with
     scale = max(W, H), so transforms are well conditioned;
   * each layer's per-frame 3x3 transform maps q into that layer's canonical plane
-    (frame 0's q for the background; a similarity-tracked plane for a foreground);
+    (the reference frame's q for the background; an affinely tracked plane for a foreground);
   * uv = (canonical - lo) / (hi - lo) puts the area the video covers into [0, 1]^2.
 A zero-initialised hash-grid residual (in uv units) corrects the global transform.
 Foreground layers are composited front to back over the background:
