@@ -123,9 +123,9 @@ def carried_by_flow(flow: FlowField, queries: np.ndarray, frames: int) -> tuple[
 
 def _switched_by_flow(chosen: np.ndarray, positions: np.ndarray, carried: np.ndarray, reached: np.ndarray, scale: float) -> np.ndarray:
     """The layer each query moves with: `chosen` [N], unless the flow-carried positions
-    [N, T, 2] (in the frames `reached` [N, T]) stay with another
-    layer's track (positions [layers, N, T, 2]) and depart from the chosen one's by
-    SWITCH_RATIO times as far and SWITCH_FRAC * scale more."""
+    [N, T, 2] (in the frames `reached` [N, T]) stay with another layer's track (positions
+    [layers, N, T, 2]) and depart from the chosen one's by SWITCH_RATIO times as far and
+    SWITCH_FRAC * scale more."""
     dist = np.linalg.norm(positions - carried[None], axis=-1)  # [layers, N, T]
     count = reached.sum(1)
     mean = (dist * reached[None]).sum(-1) / np.maximum(count, 1)[None]  # [layers, N]
