@@ -246,19 +246,23 @@ def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = N
     if layer is None and flow is not None and len(model.mappings) > 1 and T > 1:
         solved = [_solve(m, qp, qt, T) for m in model.mappings]
         tracks = torch.stack([p for p, _ in solved])  # [layers, n, T, 2]
-        shown = (_weight_along(model, tracks[chosen, torch.arange(n)], chosen) >= VISIBLE_WEIGHT).numpy()
+        weight = _weight_along(model, tracks[chosen, torch.arange(n)], chosen)
         carried, reached = carried_by_flow(flow, q, FLOW_CHECK_FRAMES)
-        in_view = reached & shown
+        in_view = reached & (weight >= VISIBLE_WEIGHT).numpy()
         compared = np.where(in_view.any(axis=1, keepdims=True), in_view, reached)
-        chosen = torch.from_numpy(_switched_by_flow(chosen.numpy(), tracks.numpy(), carried, compared, g.scale))
+        switched_to = torch.from_numpy(_switched_by_flow(chosen.numpy(), tracks.numpy(), carried, compared, g.scale))
         for li, (p, res) in enumerate(solved):
-            rows = chosen == li
+            rows = switched_to == li
             positions[rows], residual[rows] = p[rows], res[rows]
+        moved = switched_to != chosen  # only these need their weights along the new layer's track
+        chosen = switched_to
+        if moved.any():
+            weight[moved] = _weight_along(model, positions[moved], chosen[moved])
     else:
         for li in chosen.unique().tolist():
             rows = (chosen == li).nonzero().squeeze(1)
             positions[rows], residual[rows] = _solve(model.mappings[li], qp[rows], qt[rows], T)
-    weight = _weight_along(model, positions, chosen)
+        weight = _weight_along(model, positions, chosen)
     inside = (positions[..., 0] >= 0) & (positions[..., 0] <= g.width) & (positions[..., 1] >= 0) & (positions[..., 1] <= g.height)
     visible = inside & (residual <= MAX_RESIDUAL_PX) & (weight >= VISIBLE_WEIGHT)
     confidence = torch.where(torch.isfinite(residual), weight * torch.exp(-residual), torch.zeros_like(weight))

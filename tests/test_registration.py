@@ -166,6 +166,15 @@ def test_a_few_links_with_spurious_perspective_are_simplified_and_the_chain_hold
         assert np.allclose(link / link[2, 2], pan, atol=2e-3), t
 
 
+def _frame_filling_object(motion: np.ndarray, T: int) -> tuple[Preprocessed, FrameGeometry]:
+    """An 80x60 shot of T frames that a given foreground mask covers whole, moving by
+    `motion` every frame."""
+    g = FrameGeometry(T, 60, 80)
+    flow = _flow_of(motion, g).expand(T - 1, -1, -1, -1).contiguous()
+    valid = torch.ones(T - 1, 60, 80, dtype=torch.bool)
+    return Preprocessed(flow, -flow, valid, valid, torch.ones(T, 60, 80), "dis", "given"), g
+
+
 def test_an_object_coming_closer_keeps_its_motion_and_its_atlas_holds_the_closest_view():
     """An object that grows 5.4x on screen over the shot (1.06x a frame): the similarity
     chain holds (it used to be judged degenerate and fall back to translation), and the
@@ -173,10 +182,7 @@ def test_an_object_coming_closer_keeps_its_motion_and_its_atlas_holds_the_closes
     from atlas.initialise import initial_layout
 
     T = 30
-    g = FrameGeometry(T, 60, 80)
-    flow = _flow_of(np.diag([1.06, 1.06, 1.0]), g).expand(T - 1, -1, -1, -1).contiguous()
-    valid = torch.ones(T - 1, 60, 80, dtype=torch.bool)
-    pre = Preprocessed(flow, -flow, valid, valid, torch.ones(T, 60, 80), "dis", "given")
+    pre, g = _frame_filling_object(np.diag([1.06, 1.06, 1.0]), T)
     chain = robust_chain(pre, g, "similarity", "inside")
     assert chain.model == "similarity" and chain.break_frame is None
     transforms, lo, hi, chains = initial_layout(pre, g, 1)
@@ -195,11 +201,8 @@ def test_an_object_turning_away_keeps_its_foreshortening_in_the_global_motion():
     from atlas.initialise import initial_layout
 
     T = 16
-    g = FrameGeometry(T, 60, 80)
     turn = np.array([[0.97, 0.02, 0.004], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    flow = _flow_of(turn, g).expand(T - 1, -1, -1, -1).contiguous()
-    valid = torch.ones(T - 1, 60, 80, dtype=torch.bool)
-    pre = Preprocessed(flow, -flow, valid, valid, torch.ones(T, 60, 80), "dis", "given")
+    pre, g = _frame_filling_object(turn, T)
     transforms, _, _, chains = initial_layout(pre, g, 1)
     assert chains[1].model == "affine" and chains[1].break_frame is None
     fg = transforms[1].double().numpy()
