@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-FLOW_TOLERANCE_PX = 0.5  # atlas px of a foreground's disagreement with the flow that cost nothing (flow_consistency)
+FLOW_TOLERANCE_PX = 0.5  # atlas px of a foreground's disagreement with the flow that cost nothing at its edges (flow_consistency)
+INTERIOR_WEIGHT = 0.95  # a foreground's weight at both ends of a flow vector that makes it interior (flow_consistency)
 
 
 def charbonnier(sq_norm: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -18,7 +19,8 @@ def reconstruction(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred, target)
 
 
-def flow_consistency(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tensor, px_per_uv: torch.Tensor) -> torch.Tensor:
+def flow_consistency(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tensor, px_per_uv: torch.Tensor,
+                     weights_b: torch.Tensor) -> torch.Tensor:
     """A pixel and its flow target must land on the same atlas point, per layer.
 
     The background's term is a mean over the frame. A foreground's is normalised by the
@@ -26,19 +28,24 @@ def flow_consistency(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tens
     frame is held 1/sqrt(s) times as hard as a frame-wide mean would hold it: its flow
     keeps a blurred, deforming figure from sliding where its texture cannot, without
     overriding the texture of a rigid, sharp one (a mean over the object alone, 1/s, did).
-    Within FLOW_TOLERANCE_PX a foreground's flow is no better than its noise at an
-    object's edges and the texture places it; only the distance beyond pays. The
+    At a foreground's edges (its weight below INTERIOR_WEIGHT at either end of the flow
+    vector) the flow is no better than its noise and the texture places the object: there
+    the first FLOW_TOLERANCE_PX of disagreement are free. Inside the object they are not:
+    a free half pixel a frame lets anything else that pulls on the mapping (the residual's
+    size, a blurred texture) move it steadily, and over a shot that adds up to drift. The
     background keeps the whole pull: on flat ground its flow alone holds it.
 
     uv_a, uv_b: [N, layers, 2]; weights: [N, layers] (layer visibility at the source
     pixel, detached; 0 where the flow is unreliable); px_per_uv: [layers, 2] converts uv
-    to atlas pixels.
+    to atlas pixels; weights_b: [N, layers] layer visibility at the flow's target.
     """
     dist = charbonnier(((uv_a - uv_b) * px_per_uv[None]).square().sum(dim=-1))
     frame = weights.sum().clamp_min(1.0)
     background = (dist[:, 0] * weights[:, 0]).sum() / frame
     own = weights[:, 1:].sum(dim=0).clamp_min(1.0)
-    foregrounds = (torch.relu(dist[:, 1:] - FLOW_TOLERANCE_PX) * weights[:, 1:]).sum(dim=0) / (own * frame).sqrt()
+    edge = torch.minimum(weights[:, 1:], weights_b[:, 1:]) < INTERIOR_WEIGHT
+    beyond = torch.relu(dist[:, 1:] - FLOW_TOLERANCE_PX * edge)
+    foregrounds = (beyond * weights[:, 1:]).sum(dim=0) / (own * frame).sqrt()
     return background + foregrounds.sum()
 
 

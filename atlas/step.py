@@ -83,7 +83,7 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
     loss = lw.recon * mse
     uv, alpha, weights = out["uv"], out["alpha"], out["weights"]
     flow_w = weights[:half].detach() * has_flow[:, None]
-    loss = loss + lw.flow * losses.flow_consistency(uv[:half], uv[B : B + half], flow_w, px_per_uv)
+    loss = loss + lw.flow * losses.flow_consistency(uv[:half], uv[B : B + half], flow_w, px_per_uv, weights[B : B + half])
     if n_long:
         a0, a1 = B + half, B + half + n_long
         both = torch.minimum(weights[a0:a1], weights[a1:]).detach()  # the layer shows at both ends
