@@ -241,24 +241,24 @@ def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = N
     qt = torch.from_numpy(q[:, 2]).long()
     weights_q = model.layer_weights(model.alpha(qp - 0.5, qt))
     chosen = torch.full((n,), model.layer_names.index(layer)) if layer else weights_q.argmax(dim=1)
-    positions = torch.zeros(n, T, 2)
-    residual = torch.full((n, T), float("inf"))
     if layer is None and flow is not None and len(model.mappings) > 1 and T > 1:
         solved = [_solve(m, qp, qt, T) for m in model.mappings]
         tracks = torch.stack([p for p, _ in solved])  # [layers, n, T, 2]
-        weight = _weight_along(model, tracks[chosen, torch.arange(n)], chosen)
+        residuals = torch.stack([r for _, r in solved])  # [layers, n, T]
+        each = torch.arange(n)
+        weight = _weight_along(model, tracks[chosen, each], chosen)
         carried, reached = carried_by_flow(flow, q, FLOW_CHECK_FRAMES)
         in_view = reached & (weight >= VISIBLE_WEIGHT).numpy()
         compared = np.where(in_view.any(axis=1, keepdims=True), in_view, reached)
         switched_to = torch.from_numpy(_switched_by_flow(chosen.numpy(), tracks.numpy(), carried, compared, g.scale))
-        for li, (p, res) in enumerate(solved):
-            rows = switched_to == li
-            positions[rows], residual[rows] = p[rows], res[rows]
         moved = switched_to != chosen  # only these need their weights along the new layer's track
         chosen = switched_to
+        positions, residual = tracks[chosen, each], residuals[chosen, each]
         if moved.any():
             weight[moved] = _weight_along(model, positions[moved], chosen[moved])
     else:
+        positions = torch.zeros(n, T, 2)
+        residual = torch.full((n, T), float("inf"))
         for li in chosen.unique().tolist():
             rows = (chosen == li).nonzero().squeeze(1)
             positions[rows], residual[rows] = _solve(model.mappings[li], qp[rows], qt[rows], T)
