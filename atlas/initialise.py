@@ -3,8 +3,10 @@
 Background: a homography per consecutive frame pair (RANSAC on the flow outside the
 mask); foreground: an affine motion inside it (an object that turns, or comes closer at
 an angle, foreshortens on screen, which no similarity holds, and a homography of a small,
-deforming object is ill-conditioned); chained so each frame maps into one reference
-frame's plane (frame 0's, unless that one cannot hold the shot: see below).
+deforming object is ill-conditioned), fitted to the mask's pixels that the background's
+motion does not explain where the mask holds still things too (see STILL_SHARE); chained
+so each frame maps into one reference frame's plane (frame 0's, unless that one cannot
+hold the shot: see below).
 
 Every pair's motion and every chained transform is checked for conditioning: a motion
 between two frames must be close to rigid (no fold, little change of area, shear or
@@ -55,6 +57,17 @@ ADJUST_PER_GROUP = 256
 ADJUST_SCALE_PX = 1.5
 ADJUST_ROUNDS = 4
 ADJUST_ITERS = 60
+# A motion mask holds what moved against the camera, and may hold what its clean-up swept in with
+# it: smoke, a video screen, the still ground between an object's parts. Where the background's chain
+# carries at least STILL_SHARE of the mask's flow to within OBJECT_PX, a foreground's initial motion
+# is fitted to the rest: the pixels it does not carry to within OBJECT_PX (consecutive frames) or
+# OBJECT_PX_LONG (long-range correspondences, whose chain has been refined jointly), in each frame
+# where those are at least OBJECT_SHARE of the mask's (elsewhere the object moves with the camera).
+# Otherwise RANSAC takes the motion of the larger, still part.
+STILL_SHARE = 0.1
+OBJECT_PX = 1.0
+OBJECT_PX_LONG = 2.0
+OBJECT_SHARE = 0.25
 
 
 @dataclass
@@ -166,6 +179,36 @@ def _layer_pairs(pre: Preprocessed, use_mask: str, rng: np.random.Generator) -> 
     return rows
 
 
+def camera_explained(pairs: np.ndarray, camera: np.ndarray, geom: FrameGeometry, px: float) -> np.ndarray:
+    """[M] bool: correspondences [M, 6] that the camera's transforms [T, 3, 3] (a background
+    chain) carry to within `px` pixels."""
+    centre = np.array([geom.width / 2, geom.height / 2])
+    a = (pairs[:, 1:3] + 0.5 - centre) / geom.scale
+    b = (pairs[:, 4:6] + 0.5 - centre) / geom.scale
+    t, t2 = pairs[:, 0].astype(int), pairs[:, 3].astype(int)
+    canonical = np.einsum("nij,nj->ni", camera[t], np.concatenate([a, np.ones((len(a), 1))], 1))
+    p = np.einsum("nij,nj->ni", np.linalg.inv(camera)[t2], canonical)
+    return np.linalg.norm(p[:, :2] / p[:, 2:] - b, axis=1) * geom.scale < px
+
+
+def still_share(pre: Preprocessed, camera: np.ndarray, geom: FrameGeometry, seed: int = 0) -> float:
+    """Share of the mask's consecutive-frame flow that the camera's transforms carry to
+    within OBJECT_PX (see STILL_SHARE)."""
+    pairs = np.concatenate(_layer_pairs(pre, "inside", np.random.default_rng(seed)))
+    return float(camera_explained(pairs, camera, geom, OBJECT_PX).mean()) if len(pairs) else 0.0
+
+
+def object_pairs(pairs: np.ndarray, camera: np.ndarray, geom: FrameGeometry, px: float) -> np.ndarray:
+    """A foreground's correspondences [M, 6] less those the camera explains (see
+    STILL_SHARE), frame by frame: where fewer than OBJECT_SHARE of a frame's remain, the
+    object moves with the camera there and that frame's are all kept."""
+    keep = ~camera_explained(pairs, camera, geom, px)
+    t = pairs[:, 0].astype(int)
+    kept, total = np.bincount(t, keep, len(camera)), np.bincount(t, minlength=len(camera))
+    with_camera = kept < np.maximum(12, OBJECT_SHARE * total)
+    return pairs[keep | with_camera[t]]
+
+
 def _chain(links: dict[int, np.ndarray], num_frames: int) -> np.ndarray:
     """Transforms from the pair motions {t: motion t -> t + 1}; a pair without a reliable
     motion reuses the previous pair's."""
@@ -262,11 +305,17 @@ def _held_with_outlier_links_simpler(links: dict[int, np.ndarray], per_pair: dic
     return best
 
 
-def robust_chain(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: str, seed: int = 0) -> Chain:
+def robust_chain(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: str, seed: int = 0,
+                 camera: np.ndarray | None = None) -> Chain:
     """Transforms of one layer with motion model `kind` (or a simpler one where `kind`
-    degenerates); see the module docstring."""
+    degenerates); see the module docstring. With `camera` (the background's chained
+    transforms), a foreground's motion is fitted to its pixels the camera does not explain
+    (object_pairs)."""
     rng = np.random.default_rng(seed)
-    per_pair = dict(enumerate(_layer_pairs(pre, use_mask, rng)))
+    rows = _layer_pairs(pre, use_mask, rng)
+    if camera is not None:
+        rows = [object_pairs(r, camera, geom, OBJECT_PX) if len(r) else r for r in rows]
+    per_pair = dict(enumerate(rows))
     models = MODELS[MODELS.index(kind):]
     broke: tuple[int, str] | None = None
     for i, model in enumerate(models):
@@ -316,12 +365,16 @@ def _project(m: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return ph[:, :2] / ph[:, 2:]
 
 
-def adjust(chain: Chain, pairs: np.ndarray, masks: np.ndarray, geom: FrameGeometry, use_mask: str, seed: int = 0) -> Chain:
+def adjust(chain: Chain, pairs: np.ndarray, masks: np.ndarray, geom: FrameGeometry, use_mask: str, seed: int = 0,
+           camera: np.ndarray | None = None) -> Chain:
     """The chain with every frame's transform (the reference frame's held) refined jointly so the
     layer's correspondences [M, 6] agree: symmetric transfer error in pixels, Cauchy-
     reweighted, L-BFGS, in the chain's motion model. Returned unchanged when there is
-    nothing longer than consecutive pairs to learn from or the result is degenerate."""
+    nothing longer than consecutive pairs to learn from or the result is degenerate.
+    With `camera`, as in robust_chain."""
     pairs = pairs[_select(pairs, masks, use_mask)]
+    if camera is not None and len(pairs):
+        pairs = object_pairs(pairs, camera, geom, OBJECT_PX_LONG)
     if geom.num_frames < 3 or not np.any(pairs[:, 3] - pairs[:, 0] > 1):
         return chain
     rng = np.random.default_rng(seed)
@@ -403,13 +456,16 @@ def initial_layout(pre: Preprocessed, geom: FrameGeometry, num_fg: int, seed: in
     has_fg = num_fg > 0 and masks.sum() > 0
     pairs = pre.pairs.numpy()
     bg_mask = "outside" if has_fg else "all"
-    bg = adjust(robust_chain(pre, geom, "homography", bg_mask, seed), pairs, masks, geom, bg_mask, seed)
+    bg_chained = robust_chain(pre, geom, "homography", bg_mask, seed)
+    bg = adjust(bg_chained, pairs, masks, geom, bg_mask, seed)
     bg = at_sharpest_view(bg, geom, np.ones(geom.num_frames, bool))
     chains, los, his = [bg], [], []
     lo, hi = uv_range(bg.transforms, geom, None, 0.02)
     los.append(lo), his.append(hi)
     if has_fg:
-        fg = adjust(robust_chain(pre, geom, "affine", "inside", seed), pairs, masks, geom, "inside", seed)
+        swept_in = still_share(pre, bg_chained.transforms, geom, seed) >= STILL_SHARE
+        fg = robust_chain(pre, geom, "affine", "inside", seed, bg_chained.transforms if swept_in else None)
+        fg = adjust(fg, pairs, masks, geom, "inside", seed, bg.transforms if swept_in else None)
         fg = at_sharpest_view(fg, geom, masks.reshape(geom.num_frames, -1).max(1) > 0.5)
     else:
         fg = bg
