@@ -4,7 +4,7 @@ Background: a homography per consecutive frame pair (RANSAC on the flow outside 
 mask); foreground: an affine motion inside it (an object that turns, or comes closer at
 an angle, foreshortens on screen, which no similarity holds, and a homography of a small,
 deforming object is ill-conditioned), fitted to the mask's pixels that the background's
-motion does not explain where the mask holds still things too (see STILL_SHARE); chained
+motion does not explain where a motion mask holds still things too (see STILL_SHARE); chained
 so each frame maps into one reference frame's plane (frame 0's, unless that one cannot
 hold the shot: see below).
 
@@ -57,13 +57,14 @@ ADJUST_PER_GROUP = 256
 ADJUST_SCALE_PX = 1.5
 ADJUST_ROUNDS = 4
 ADJUST_ITERS = 60
-# A motion mask holds what moved against the camera, and may hold what its clean-up swept in with
-# it: smoke, a video screen, the still ground between an object's parts. Where the background's chain
-# carries at least STILL_SHARE of the mask's flow to within OBJECT_PX, a foreground's initial motion
-# is fitted to the rest: the pixels it does not carry to within OBJECT_PX (consecutive frames) or
-# OBJECT_PX_LONG (long-range correspondences, whose chain has been refined jointly), in each frame
-# where those are at least OBJECT_SHARE of the mask's (elsewhere the object moves with the camera).
-# Otherwise RANSAC takes the motion of the larger, still part.
+# A motion mask (the bootstrap's guess; a given or SAM mask is taken to be the object) holds what
+# moved against the camera, and may hold what its clean-up swept in with it: smoke, a video screen,
+# the still ground between an object's parts. Where the background's chain carries at least
+# STILL_SHARE of the mask's flow to within OBJECT_PX, a foreground's initial motion is fitted to the
+# rest: the pixels it does not carry to within OBJECT_PX (consecutive frames) or OBJECT_PX_LONG
+# (long-range correspondences, whose chain has been refined jointly), in each frame where those are
+# at least OBJECT_SHARE of the mask's (elsewhere the object moves with the camera). Otherwise RANSAC
+# takes the motion of the larger, still part.
 STILL_SHARE = 0.1
 OBJECT_PX = 1.0
 OBJECT_PX_LONG = 2.0
@@ -463,7 +464,7 @@ def initial_layout(pre: Preprocessed, geom: FrameGeometry, num_fg: int, seed: in
     lo, hi = uv_range(bg.transforms, geom, None, 0.02)
     los.append(lo), his.append(hi)
     if has_fg:
-        swept_in = still_share(pre, bg_chained.transforms, geom, seed) >= STILL_SHARE
+        swept_in = pre.mask_source == "motion" and still_share(pre, bg_chained.transforms, geom, seed) >= STILL_SHARE
         fg = robust_chain(pre, geom, "affine", "inside", seed, bg_chained.transforms if swept_in else None)
         fg = adjust(fg, pairs, masks, geom, "inside", seed, bg.transforms if swept_in else None)
         fg = at_sharpest_view(fg, geom, masks.reshape(geom.num_frames, -1).max(1) > 0.5)
