@@ -138,6 +138,12 @@ def _fit(a: np.ndarray, b: np.ndarray, kind: str, thr: float) -> np.ndarray | No
     return None if m2 is None else np.vstack([m2, [0.0, 0.0, 1.0]])
 
 
+def _normalised(px: np.ndarray, geom: FrameGeometry) -> np.ndarray:
+    """Pixel coordinates [N, 2] -> the normalised coordinates transforms act on (the
+    NumPy twin of FrameGeometry.normalise)."""
+    return (px + 0.5 - np.array([geom.width / 2, geom.height / 2])) / geom.scale
+
+
 def link_motion(src: np.ndarray, dst: np.ndarray, geom: FrameGeometry, models: tuple[str, ...], rng: np.random.Generator) -> np.ndarray | None:
     """Motion of normalised coordinates between two frames from pixel correspondences
     src -> dst [N, 2]: the first of `models` that RANSAC fits well conditioned, else None."""
@@ -146,9 +152,7 @@ def link_motion(src: np.ndarray, dst: np.ndarray, geom: FrameGeometry, models: t
     if len(src) > MAX_POINTS:
         pick = rng.choice(len(src), MAX_POINTS, replace=False)
         src, dst = src[pick], dst[pick]
-    centre = np.array([geom.width / 2, geom.height / 2])
-    a = ((src + 0.5 - centre) / geom.scale).astype(np.float32)
-    b = ((dst + 0.5 - centre) / geom.scale).astype(np.float32)
+    a, b = _normalised(src, geom).astype(np.float32), _normalised(dst, geom).astype(np.float32)
     for kind in models:
         m = _fit(a, b, kind, 1.0 / geom.scale)
         if m is not None and well_conditioned(m, geom, LINK_AREA, LINK_ANGLE_DEG, LINK_W_RATIO):
@@ -183,30 +187,20 @@ def _layer_pairs(pre: Preprocessed, use_mask: str, rng: np.random.Generator) -> 
 def camera_explained(pairs: np.ndarray, camera: np.ndarray, geom: FrameGeometry, px: float) -> np.ndarray:
     """[M] bool: correspondences [M, 6] that the camera's transforms [T, 3, 3] (a background
     chain) carry to within `px` pixels."""
-    centre = np.array([geom.width / 2, geom.height / 2])
-    a = (pairs[:, 1:3] + 0.5 - centre) / geom.scale
-    b = (pairs[:, 4:6] + 0.5 - centre) / geom.scale
+    a, b = _normalised(pairs[:, 1:3], geom), _normalised(pairs[:, 4:6], geom)
     t, t2 = pairs[:, 0].astype(int), pairs[:, 3].astype(int)
     canonical = np.einsum("nij,nj->ni", camera[t], np.concatenate([a, np.ones((len(a), 1))], 1))
     p = np.einsum("nij,nj->ni", np.linalg.inv(camera)[t2], canonical)
     return np.linalg.norm(p[:, :2] / p[:, 2:] - b, axis=1) * geom.scale < px
 
 
-def still_share(pre: Preprocessed, camera: np.ndarray, geom: FrameGeometry, seed: int = 0) -> float:
-    """Share of the mask's consecutive-frame flow that the camera's transforms carry to
-    within OBJECT_PX (see STILL_SHARE)."""
-    pairs = np.concatenate(_layer_pairs(pre, "inside", np.random.default_rng(seed)))
-    return float(camera_explained(pairs, camera, geom, OBJECT_PX).mean()) if len(pairs) else 0.0
-
-
-def object_pairs(pairs: np.ndarray, camera: np.ndarray, geom: FrameGeometry, px: float) -> np.ndarray:
-    """A foreground's correspondences [M, 6] less those the camera explains (see
+def object_pairs(pairs: np.ndarray, explained: np.ndarray) -> np.ndarray:
+    """A foreground's correspondences [M, 6] less those the camera `explained` [M] (see
     STILL_SHARE), frame by frame: where fewer than OBJECT_SHARE of a frame's remain, the
     object moves with the camera there and that frame's are all kept."""
-    keep = ~camera_explained(pairs, camera, geom, px)
+    keep = ~explained
     t = pairs[:, 0].astype(int)
-    kept, total = np.bincount(t, keep, len(camera)), np.bincount(t, minlength=len(camera))
-    with_camera = kept < np.maximum(12, OBJECT_SHARE * total)
+    with_camera = np.bincount(t, keep) < np.maximum(12, OBJECT_SHARE * np.bincount(t))
     return pairs[keep | with_camera[t]]
 
 
@@ -306,16 +300,29 @@ def _held_with_outlier_links_simpler(links: dict[int, np.ndarray], per_pair: dic
     return best
 
 
-def robust_chain(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: str, seed: int = 0,
-                 camera: np.ndarray | None = None) -> Chain:
+def robust_chain(pre: Preprocessed, geom: FrameGeometry, kind: str, use_mask: str, seed: int = 0) -> Chain:
     """Transforms of one layer with motion model `kind` (or a simpler one where `kind`
-    degenerates); see the module docstring. With `camera` (the background's chained
-    transforms), a foreground's motion is fitted to its pixels the camera does not explain
-    (object_pairs)."""
+    degenerates); see the module docstring."""
     rng = np.random.default_rng(seed)
-    rows = _layer_pairs(pre, use_mask, rng)
-    if camera is not None:
-        rows = [object_pairs(r, camera, geom, OBJECT_PX) if len(r) else r for r in rows]
+    return _chained(_layer_pairs(pre, use_mask, rng), geom, kind, rng)
+
+
+def _foreground_chain(pre: Preprocessed, geom: FrameGeometry, camera: np.ndarray, seed: int = 0) -> tuple[Chain, bool]:
+    """(robust_chain of the foreground inside the mask, whether the mask swept in still
+    things): where it did, the chain is fitted to the pixels the background's chained
+    transforms `camera` do not explain (see STILL_SHARE)."""
+    rng = np.random.default_rng(seed)
+    rows = _layer_pairs(pre, "inside", rng)
+    explained = [camera_explained(r, camera, geom, OBJECT_PX) for r in rows]
+    still = sum(int(e.sum()) for e in explained) / max(sum(len(e) for e in explained), 1)
+    swept_in = pre.mask_source == "motion" and still >= STILL_SHARE
+    if swept_in:
+        rows = [object_pairs(r, e) for r, e in zip(rows, explained)]
+    return _chained(rows, geom, "affine", rng), swept_in
+
+
+def _chained(rows: list[np.ndarray], geom: FrameGeometry, kind: str, rng: np.random.Generator) -> Chain:
+    """robust_chain from each consecutive pair's correspondences."""
     per_pair = dict(enumerate(rows))
     models = MODELS[MODELS.index(kind):]
     broke: tuple[int, str] | None = None
@@ -372,17 +379,17 @@ def adjust(chain: Chain, pairs: np.ndarray, masks: np.ndarray, geom: FrameGeomet
     layer's correspondences [M, 6] agree: symmetric transfer error in pixels, Cauchy-
     reweighted, L-BFGS, in the chain's motion model. Returned unchanged when there is
     nothing longer than consecutive pairs to learn from or the result is degenerate.
-    With `camera`, as in robust_chain."""
+    With `camera` (the background's transforms), a foreground's correspondences that it
+    explains are left out (object_pairs)."""
     pairs = pairs[_select(pairs, masks, use_mask)]
-    if camera is not None and len(pairs):
-        pairs = object_pairs(pairs, camera, geom, OBJECT_PX_LONG)
+    if camera is not None:
+        pairs = object_pairs(pairs, camera_explained(pairs, camera, geom, OBJECT_PX_LONG))
     if geom.num_frames < 3 or not np.any(pairs[:, 3] - pairs[:, 0] > 1):
         return chain
     rng = np.random.default_rng(seed)
     rows = [r if len(r) <= ADJUST_PER_GROUP else rng.choice(r, ADJUST_PER_GROUP, replace=False) for r in groups(pairs).values()]
     pairs = pairs[np.sort(np.concatenate(rows))]
-    centre = np.array([geom.width / 2, geom.height / 2])
-    qa, qb = (torch.from_numpy((pairs[:, c : c + 2] + 0.5 - centre) / geom.scale) for c in (1, 4))
+    qa, qb = (torch.from_numpy(_normalised(pairs[:, c : c + 2], geom)) for c in (1, 4))
     ta, tb = (torch.from_numpy(pairs[:, c].astype(np.int64)) for c in (0, 3))
     ref = chain.ref
     held = torch.from_numpy(_to_params(np.eye(3)[None], chain.model))
@@ -440,7 +447,7 @@ def uv_range(transforms: np.ndarray, geom: FrameGeometry, masks: np.ndarray | No
             if len(gx) == 0:
                 continue
         p = np.stack([gx.ravel(), gy.ravel()], -1).astype(np.float64)
-        q = (p + 0.5 - np.array([geom.width / 2, geom.height / 2])) / geom.scale
+        q = _normalised(p, geom)
         pts.append(_apply(transforms[t], q))
     if not pts:  # no mask anywhere: cover the whole frame
         return uv_range(transforms, geom, None, margin)
@@ -464,8 +471,7 @@ def initial_layout(pre: Preprocessed, geom: FrameGeometry, num_fg: int, seed: in
     lo, hi = uv_range(bg.transforms, geom, None, 0.02)
     los.append(lo), his.append(hi)
     if has_fg:
-        swept_in = pre.mask_source == "motion" and still_share(pre, bg_chained.transforms, geom, seed) >= STILL_SHARE
-        fg = robust_chain(pre, geom, "affine", "inside", seed, bg_chained.transforms if swept_in else None)
+        fg, swept_in = _foreground_chain(pre, geom, bg_chained.transforms, seed)
         fg = adjust(fg, pairs, masks, geom, "inside", seed, bg.transforms if swept_in else None)
         fg = at_sharpest_view(fg, geom, masks.reshape(geom.num_frames, -1).max(1) > 0.5)
     else:
