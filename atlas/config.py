@@ -104,6 +104,10 @@ class LossConfig:
     (atlas.diagnose)."""
     alpha_flow: float = field(default=0.05, metadata=limits(0.0))
     """Weight of foreground opacity consistency along the flow."""
+    residual_change: float = field(default=0.01, metadata=limits(0.0))
+    """Weight of the mapping residual's change along the layer's global motion, where the
+    flow to the next frame is unreliable (losses.residual_change): keeps a part the flow
+    loses for a few frames from jumping to a second copy of itself in the atlas."""
     sparsity: float = field(default=0.002, metadata=limits(0.0))
     """Weight of the mean foreground opacity (keeps foregrounds from swallowing the background)."""
 

@@ -84,6 +84,19 @@ def residual_size(res: torch.Tensor, px_per_uv: torch.Tensor, weights: torch.Ten
     return (charbonnier((res * px_per_uv).square().sum(dim=-1)) * weights).mean()
 
 
+def residual_change(res: torch.Tensor, res_next: torch.Tensor, px_per_uv: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """How much the mapping residual changes (atlas px, Charbonnier) between a pixel and
+    where the layer's global transforms carry it in the next frame, counted by `weights`
+    [N] (step_loss: where the flow cannot say where the pixel went).
+
+    Without a reliable flow for a few frames (a dark, flat part of an object over a busy
+    background, motion blur) nothing ties the residual of one frame to the next, and a
+    part can jump to a second copy of itself in the atlas, where edits do not follow it.
+    There the deformation holds still in the layer's own frame instead.
+    """
+    return residual_size(res - res_next, px_per_uv, weights)
+
+
 def mask_bootstrap(alpha_union: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """BCE between total foreground opacity and the bootstrap mask."""
     return F.binary_cross_entropy(alpha_union.clamp(1e-5, 1 - 1e-5), mask)

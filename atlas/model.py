@@ -61,6 +61,10 @@ class FrameGeometry:
         """
         return torch.stack([xy[:, 0] + (0.5 - self.width / 2.0), xy[:, 1] + (0.5 - self.height / 2.0)], dim=-1) / self.scale
 
+    def pixels(self, q: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`normalise`: q [N, 2] -> pixel coordinates."""
+        return torch.stack([q[:, 0] * self.scale + (self.width / 2.0 - 0.5), q[:, 1] * self.scale + (self.height / 2.0 - 0.5)], dim=-1)
+
     def grid_input(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """[N, 3] in [0, 1]^3 for the 3-D grids: (x / W, y / H, t / (T - 1))."""
         tn = t.to(xy.dtype) / max(self.num_frames - 1, 1)
@@ -91,6 +95,16 @@ class LayerMapping(nn.Module):
         ph = torch.einsum("nij,nj->ni", h, torch.cat([q, torch.ones_like(q[:, :1])], dim=-1))
         canon = ph[:, :2] / ph[:, 2:].clamp_min(1e-6)
         return (canon - self.uv_lo) / (self.uv_hi - self.uv_lo)
+
+    def carried(self, xy: torch.Tensor, t: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+        """Where the layer's global transforms alone take pixels xy [N, 2] of frames t [N] in
+        frames t2 [N] (no gradient: a place to look, not a quantity to fit)."""
+        with torch.no_grad():
+            # inv_ex: no check for a singular matrix, which would make a GPU step wait for the host
+            inverse = torch.linalg.inv_ex(self.transforms)[0]
+            h = inverse.index_select(0, t2) @ self.transforms.index_select(0, t)
+            ph = torch.einsum("nij,nj->ni", h, torch.cat([self.geom.normalise(xy), torch.ones_like(xy[:, :1])], dim=-1))
+            return self.geom.pixels(ph[:, :2] / ph[:, 2:].clamp_min(1e-6))
 
     def residual(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(self.grid(self.geom.grid_input(xy, t)))

@@ -1,8 +1,9 @@
 """`atlas.fit`: video -> preprocessing -> layered atlas optimisation -> AtlasBundle.
 
 Each step samples random pixels of random frames and minimises:
-reconstruction + flow consistency of uv + residual rigidity + annealed mask bootstrap +
-opacity flow consistency + foreground sparsity. Checkpoints allow `--resume`.
+reconstruction + flow consistency of uv + residual rigidity, size and change where the flow
+is blind + annealed mask bootstrap + opacity flow consistency + foreground sparsity.
+Checkpoints allow `--resume`.
 """
 from __future__ import annotations
 
