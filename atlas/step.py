@@ -96,20 +96,23 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
     # neighbours. A foreground's pixels count by its weight there (floored, so the residual
     # stays defined): off the object its residual is free to bend, and the object's own
     # deformation is not held to the smoothness of the empty frame around it. The background
-    # shows nearly everywhere over the shot; its pixels count alike. Where the pixel has no
-    # reliable flow to the next frame, the residual there is also compared with the residual
-    # where the layer's global motion carries the pixel (losses.residual_change).
+    # shows nearly everywhere over the shot; its pixels count alike. Where a foreground's
+    # pixel has no reliable flow to the next frame, its residual there is also compared with
+    # the residual where the layer's global motion carries the pixel (losses.residual_change;
+    # the background's residual, held so at its occlusion edges, cost reconstruction).
     x, y = xy[:q].unbind(-1)
     stencil = torch.cat([xy[:q], torch.stack([x + 1.0, y], -1), torch.stack([x, y + 1.0], -1)])
     everywhere = torch.ones_like(x)
     t_next = (t[:q] + 1).clamp_max(T - 1)
     blind = (t[:q] < T - 1).float() - has_flow[:q]
     for i, m in enumerate(model.mappings):
-        r0, rx, ry, r1 = m.residual(torch.cat([stencil, m.carried(xy[:q], t[:q], t_next)]), torch.cat([t[:q].repeat(3), t_next])).split(q)
+        pts, frames = (torch.cat([stencil, m.carried(xy[:q], t[:q], t_next)]), torch.cat([t[:q].repeat(3), t_next])) if i else (stencil, t[:q].repeat(3))
+        r0, rx, ry, *r1 = m.residual(pts, frames).split(q)
         seen = weights[:q, i].detach().clamp_min(HIDDEN_RESIDUAL_WEIGHT) if i else everywhere
         loss = loss + lw.rigidity * losses.rigidity(r0, rx, ry, px_per_uv[i : i + 1], seen)
         loss = loss + lw.residual_size * losses.residual_size(r0, px_per_uv[i : i + 1], seen)
-        loss = loss + lw.residual_change * losses.residual_change(r0, r1, px_per_uv[i : i + 1], weights[:q, i].detach() * blind)
+        if i:
+            loss = loss + lw.residual_change * losses.residual_change(r0, r1[0], px_per_uv[i : i + 1], weights[:q, i].detach() * blind)
     return loss, mse
 
 

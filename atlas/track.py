@@ -143,12 +143,11 @@ def _layer_uv(mapping: LayerMapping, p: torch.Tensor, t: torch.Tensor) -> torch.
 
 def _global_inverse(mapping: LayerMapping, uv: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Continuous pixels whose global transform in frame t reaches uv (the residual ignored)."""
-    g = mapping.geom
     canon = mapping.uv_lo + uv * (mapping.uv_hi - mapping.uv_lo)
     h_inv = torch.linalg.inv(mapping.transforms.detach().double())[t].float()
     q = torch.einsum("nij,nj->ni", h_inv, torch.cat([canon, torch.ones_like(canon[:, :1])], dim=-1))
     q = q[:, :2] / torch.where(q[:, 2:].abs() < 1e-9, torch.full_like(q[:, 2:], 1e-9), q[:, 2:])
-    return q * g.scale + torch.tensor([g.width / 2.0, g.height / 2.0])
+    return mapping.geom.pixels(q) + 0.5  # continuous positions: a pixel's centre is at +0.5
 
 
 def _newton(mapping: LayerMapping, p: torch.Tensor, t: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
