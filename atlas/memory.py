@@ -155,11 +155,11 @@ def network_bytes(model: ModelConfig, batch: int) -> int:
     if model.num_foregrounds:
         weights += feats["alpha"] * hid + hid * model.num_foregrounds
     # points per step: the batch and its flow targets (1.5 B) through the mappings and the
-    # opacity, the batch (B) through the colours, the rigidity stencil and the carried
-    # pixels (B) through each residual
-    per_point = layers * (2.5 * (feats["residual"] + hid) + feats["colour"] + hid * max(n_col, 1))
+    # opacity, the batch (B) through the colours, the rigidity stencil (0.75 B) through each
+    # residual and the carried pixels (0.25 B) through each foreground's
+    per_point = layers * (2.25 * (feats["residual"] + hid) + feats["colour"] + hid * max(n_col, 1))
     if model.num_foregrounds:
-        per_point += 1.5 * (feats["alpha"] + hid)
+        per_point += 1.5 * (feats["alpha"] + hid) + 0.25 * model.num_foregrounds * (feats["residual"] + hid)
     return int(4 * (TABLE_COPIES_TRAINING * weights + ACTIVATION_COPIES * batch * per_point))
 
 

@@ -41,6 +41,16 @@ def mlp(in_dim: int, hidden: int, out_dim: int, n_hidden: int, zero_last: bool =
     return nn.Sequential(*layers)
 
 
+def inverse3x3(m: torch.Tensor) -> torch.Tensor:
+    """Inverses of 3x3 matrices [..., 3, 3] from their adjugates: elementwise arithmetic
+    only, where torch.linalg's inverse reads its error flag back to the host (a GPU step
+    would wait for it)."""
+    r0, r1, r2 = m[..., 0, :], m[..., 1, :], m[..., 2, :]
+    adj = torch.stack([torch.linalg.cross(r1, r2), torch.linalg.cross(r2, r0), torch.linalg.cross(r0, r1)], dim=-1)
+    det = (r0 * adj[..., :, 0]).sum(-1)
+    return adj / det[..., None, None]
+
+
 @dataclass(frozen=True)
 class FrameGeometry:
     """Size of the fitted video, shared by every part of the model."""
@@ -100,9 +110,7 @@ class LayerMapping(nn.Module):
         """Where the layer's global transforms alone take pixels xy [N, 2] of frames t [N] in
         frames t2 [N] (no gradient: a place to look, not a quantity to fit)."""
         with torch.no_grad():
-            # inv_ex: no check for a singular matrix, which would make a GPU step wait for the host
-            inverse = torch.linalg.inv_ex(self.transforms)[0]
-            h = inverse.index_select(0, t2) @ self.transforms.index_select(0, t)
+            h = inverse3x3(self.transforms).index_select(0, t2) @ self.transforms.index_select(0, t)
             ph = torch.einsum("nij,nj->ni", h, torch.cat([self.geom.normalise(xy), torch.ones_like(xy[:, :1])], dim=-1))
             return self.geom.pixels(ph[:, :2] / ph[:, 2:].clamp_min(1e-6))
 

@@ -106,7 +106,9 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
     t_next = (t[:q] + 1).clamp_max(T - 1)
     blind = (t[:q] < T - 1).float() - has_flow[:q]
     for i, m in enumerate(model.mappings):
-        pts, frames = (torch.cat([stencil, m.carried(xy[:q], t[:q], t_next)]), torch.cat([t[:q].repeat(3), t_next])) if i else (stencil, t[:q].repeat(3))
+        pts, frames = stencil, t[:q].repeat(3)
+        if i:  # and where the layer's global motion carries the pixel, one frame on
+            pts, frames = torch.cat([pts, m.carried(xy[:q], t[:q], t_next)]), torch.cat([frames, t_next])
         r0, rx, ry, *r1 = m.residual(pts, frames).split(q)
         seen = weights[:q, i].detach().clamp_min(HIDDEN_RESIDUAL_WEIGHT) if i else everywhere
         loss = loss + lw.rigidity * losses.rigidity(r0, rx, ry, px_per_uv[i : i + 1], seen)
