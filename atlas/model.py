@@ -51,6 +51,12 @@ def inverse3x3(m: torch.Tensor) -> torch.Tensor:
     return adj / det[..., None, None]
 
 
+def project(h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Points q [N, 2] through 3x3 transforms h [N, 3, 3] (homogeneous divide, w kept positive)."""
+    ph = torch.einsum("nij,nj->ni", h, torch.cat([q, torch.ones_like(q[:, :1])], dim=-1))
+    return ph[:, :2] / ph[:, 2:].clamp_min(1e-6)
+
+
 @dataclass(frozen=True)
 class FrameGeometry:
     """Size of the fitted video, shared by every part of the model."""
@@ -100,10 +106,8 @@ class LayerMapping(nn.Module):
         self.net = mlp(self.grid.out_dim, cfg.hidden, 2, 1, zero_last=True)
 
     def global_uv(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        q = self.geom.normalise(xy)
         h = self.transforms.index_select(0, t)  # [N, 3, 3]; index_select: deterministic backward on CPU
-        ph = torch.einsum("nij,nj->ni", h, torch.cat([q, torch.ones_like(q[:, :1])], dim=-1))
-        canon = ph[:, :2] / ph[:, 2:].clamp_min(1e-6)
+        canon = project(h, self.geom.normalise(xy))
         return (canon - self.uv_lo) / (self.uv_hi - self.uv_lo)
 
     def carried(self, xy: torch.Tensor, t: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
@@ -111,8 +115,7 @@ class LayerMapping(nn.Module):
         frames t2 [N] (no gradient: a place to look, not a quantity to fit)."""
         with torch.no_grad():
             h = inverse3x3(self.transforms).index_select(0, t2) @ self.transforms.index_select(0, t)
-            ph = torch.einsum("nij,nj->ni", h, torch.cat([self.geom.normalise(xy), torch.ones_like(xy[:, :1])], dim=-1))
-            return self.geom.pixels(ph[:, :2] / ph[:, 2:].clamp_min(1e-6))
+            return self.geom.pixels(project(h, self.geom.normalise(xy)))
 
     def residual(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(self.grid(self.geom.grid_input(xy, t)))
