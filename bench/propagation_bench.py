@@ -40,6 +40,7 @@ from atlas.io import Video  # noqa: E402
 from atlas.preprocess import dis_flow, warp_sample  # noqa: E402
 from atlas.synthetic import make_clip  # noqa: E402
 from editing import edit  # noqa: E402
+from environment import describe  # noqa: E402
 from propagation.render import iter_overlay, iter_replace  # noqa: E402
 from scenes import DAVIS, SCENES, scene_clip  # noqa: E402
 
@@ -166,7 +167,7 @@ def main() -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override of the real-texture fits (repeatable)")
     a = p.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"{describe()}, {torch.get_num_threads()} CPU threads")
     with tempfile.TemporaryDirectory() as tmp:
         if a.only in (None, "throughput"):
             throughput(tmp)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from environment import describe, versions
 from scenes import CLIPS, DATA, SCENES, SYNTHETIC, available, scene_clip
 
 FRAMES = 32
@@ -191,6 +192,7 @@ def main() -> int:
         return 0
     clips = available(a.clips)
     rows = []
+    print(describe())
     for preset in a.presets:
         print(f"\npreset {preset}, {a.size}, first {FRAMES} frames, fit budget {a.budget:g} s, device {a.device}, seed {a.seed}"
               + (", ground-truth masks" if a.gt_masks else ""))
@@ -210,6 +212,7 @@ def main() -> int:
                 continue
             r = json.loads(res.stdout.strip().splitlines()[-1])
             r["preset"] = preset
+            r["libraries"] = versions()
             done.append(r)
             bg = r["atlas_size"][0]
             print(f"{clip:<20}{r['psnr']:>7.2f}{r['fit_s']:>7.0f}{r['atlas']['delta_avg']:>7.1f}{r['atlas']['aj']:>7.1f}"
