@@ -85,6 +85,11 @@ class LossConfig:
     The flow holds the mapping where the texture cannot (flat or repeating regions); the
     reconstruction locks it onto the texture without the flow's errors, so a light flow
     weight tracks better than a heavy one (bench/track_bench.py) and 0 lets edits swim."""
+    flow_boost: float = field(default=4.0, metadata=limits(1.0))
+    """Most a foreground pixel's flow term is multiplied by where the reconstruction misses
+    the pixel inside the object (losses.flow_boost: its colour error over 0.03): blurred or
+    fast-deforming parts, which the texture cannot place, follow their flow harder. 1
+    turns it off."""
     rigidity: float = field(default=0.01, metadata=limits(0.0))
     """Weight of the residual's finite-difference Jacobian (keeps the residual a smooth bend of the global transform)."""
     residual_size: float = field(default=2e-4, metadata=limits(0.0))

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 FLOW_TOLERANCE_PX = 0.5  # atlas px of a foreground's disagreement with the flow that cost nothing at its edges (flow_consistency)
 INTERIOR_WEIGHT = 0.95  # a foreground's weight at both ends of a flow vector that makes it interior (flow_consistency)
+PLACED_COLOUR_ERROR = 0.03  # mean abs RGB error of a pixel the texture places; past it the flow counts more (flow_boost)
 
 
 def charbonnier(sq_norm: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -19,8 +20,21 @@ def reconstruction(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred, target)
 
 
+def flow_boost(rgb: torch.Tensor, target: torch.Tensor, most: float) -> torch.Tensor:
+    """[N] factor (1 to `most`) on a foreground pixel's flow term: its colour error
+    (mean abs RGB, detached) over PLACED_COLOUR_ERROR. Where the reconstruction misses a
+    pixel inside an object (motion blur, a limb deforming faster than the texture can
+    follow), the texture cannot place the mapping there and its pull is noise; the flow,
+    which followed the pixel, holds it harder. Where the texture explains the pixel the
+    flow stays light, and at the object's edges (flow_consistency) it is never boosted:
+    there the colour is missed because the pixel is mixed, and the flow is at its worst.
+    """
+    err = (rgb.detach() - target).abs().mean(dim=-1)
+    return (err / PLACED_COLOUR_ERROR).clamp(1.0, max(most, 1.0))
+
+
 def flow_consistency(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tensor, px_per_uv: torch.Tensor,
-                     weights_b: torch.Tensor) -> torch.Tensor:
+                     weights_b: torch.Tensor, boost: torch.Tensor | None = None) -> torch.Tensor:
     """A pixel and its flow target must land on the same atlas point, per layer.
 
     The background's term is a mean over the frame. A foreground's is normalised by the
@@ -37,7 +51,8 @@ def flow_consistency(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tens
 
     uv_a, uv_b: [N, layers, 2]; weights: [N, layers] (layer visibility at the source
     pixel, detached; 0 where the flow is unreliable); px_per_uv: [layers, 2] converts uv
-    to atlas pixels; weights_b: [N, layers] layer visibility at the flow's target.
+    to atlas pixels; weights_b: [N, layers] layer visibility at the flow's target; boost:
+    [N] factor on the foregrounds' terms (:func:`flow_boost`), 1 if not given.
     """
     dist = charbonnier(((uv_a - uv_b) * px_per_uv[None]).square().sum(dim=-1))
     frame = weights.sum().clamp_min(1.0)
@@ -45,6 +60,8 @@ def flow_consistency(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tens
     own = weights[:, 1:].sum(dim=0).clamp_min(1.0)
     edge = torch.minimum(weights[:, 1:], weights_b[:, 1:]) < INTERIOR_WEIGHT
     beyond = torch.relu(dist[:, 1:] - FLOW_TOLERANCE_PX * edge)
+    if boost is not None:  # inside the object only: at its edges the flow is no better than its noise
+        beyond = beyond * torch.where(edge, 1.0, boost[:, None])
     foregrounds = (beyond * weights[:, 1:]).sum(dim=0) / (own * frame).sqrt()
     return background + foregrounds.sum()
 

@@ -79,11 +79,13 @@ def step_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.Ten
         pts += [pr[:, 1:3], pr[:, 4:6]]
         frames += [pr[:, 0].long(), pr[:, 3].long()]
     out = model(torch.cat(pts), torch.cat(frames), colour_rows=B)
-    mse = losses.reconstruction(out["rgb"], unit_float(data["rgb"][idx]))
+    target = unit_float(data["rgb"][idx])
+    mse = losses.reconstruction(out["rgb"], target)
     loss = lw.recon * mse
     uv, alpha, weights = out["uv"], out["alpha"], out["weights"]
     flow_w = weights[:half].detach() * has_flow[:, None]
-    loss = loss + lw.flow * losses.flow_consistency(uv[:half], uv[B : B + half], flow_w, px_per_uv, weights[B : B + half])
+    boost = losses.flow_boost(out["rgb"][:half], target[:half], lw.flow_boost)
+    loss = loss + lw.flow * losses.flow_consistency(uv[:half], uv[B : B + half], flow_w, px_per_uv, weights[B : B + half], boost)
     if n_long:
         a0, a1 = B + half, B + half + n_long
         both = torch.minimum(weights[a0:a1], weights[a1:]).detach()  # the layer shows at both ends

@@ -57,9 +57,13 @@ def _plain_loss(model: LayeredAtlas, data: dict[str, torch.Tensor], idx: torch.T
     w, w2 = out["weights"][:half][sel].detach(), target["weights"]
     dist = torch.sqrt(d * d + 1e-6)
     loss = loss + lw.flow * (dist[:, 0] * w[:, 0]).sum() / w.sum()  # the background: a mean over the frame
-    for i in range(1, len(model.mappings)):  # a foreground: past the tolerance at its edges, by the geometric mean
+    # a foreground: past the tolerance at its edges, by the geometric mean, inside it harder where the colour is missed
+    missed = (out["rgb"][:half][sel].detach() - data["rgb"][idx[:half]][sel]).abs().mean(-1) / losses.PLACED_COLOUR_ERROR
+    boost = missed.clamp(1.0, lw.flow_boost)
+    for i in range(1, len(model.mappings)):
         tol = torch.where((w[:, i] >= losses.INTERIOR_WEIGHT) & (w2[:, i] >= losses.INTERIOR_WEIGHT), 0.0, losses.FLOW_TOLERANCE_PX)
-        loss = loss + lw.flow * ((dist[:, i] - tol).clamp_min(0) * w[:, i]).sum() / (w.sum() * w[:, i].sum()).sqrt()
+        edge = tol > 0
+        loss = loss + lw.flow * ((dist[:, i] - tol).clamp_min(0) * w[:, i] * torch.where(edge, 1.0, boost)).sum() / (w.sum() * w[:, i].sum()).sqrt()
     loss = loss + lw.alpha_flow * (out["alpha"][:half][sel] - model.alpha(xy2, t2)).abs().mean()
     # pixels without a valid flow to a next frame, and where each layer's global motion takes them there
     blind = (t[:q] < T - 1) & ~data["valid"][idx[:q].clamp_max((T - 1) * HW - 1)]
@@ -237,6 +241,30 @@ def test_flow_consistency_holds_a_small_object_and_forgives_its_flows_noise_at_i
     assert pull[:2, 1].abs().min() > 0 and not pull[2:4, 1].any() and pull[4:, 0].abs().min() > 0
     far = losses.FLOW_TOLERANCE_PX + 1.5  # the edge ones pay what lies past the tolerance
     assert loss(far).item() == pytest.approx(far * 96 / 100 + (far * 2 + 1.5 * 2) / 20, rel=1e-4)
+
+
+def test_a_foregrounds_flow_counts_more_where_its_colour_is_missed():
+    """Pixels reconstructed within PLACED_COLOUR_ERROR keep the plain flow term; one missed
+    by twice that counts twice, one missed by far counts `most` times; the background's
+    term and an object's edge never change."""
+    target = torch.full((4, 3), 0.5)
+    rgb = target + torch.tensor([0.0, 0.5, 2.0, 30.0])[:, None] * losses.PLACED_COLOUR_ERROR
+    boost = losses.flow_boost(rgb, target, most=4.0)
+    assert boost.tolist() == pytest.approx([1.0, 1.0, 2.0, 4.0])
+    assert losses.flow_boost(rgb, target, most=1.0).tolist() == [1.0] * 4
+    px = torch.full((2, 2), 100.0)
+    weights = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])  # three inside the object, one background
+    uv_a, uv_b = torch.zeros(4, 2, 2), torch.full((4, 2, 2), 0.02)  # 2 atlas px apart on each axis: past any tolerance
+    d = 8.0**0.5
+    plain = losses.flow_consistency(uv_a, uv_b, weights, px, weights)
+    assert plain.item() == pytest.approx(d / 4 + 3 * d / 12**0.5, rel=1e-5)  # background by the frame, object by sqrt(3 * 4)
+    boosted = losses.flow_consistency(uv_a, uv_b, weights, px, weights, torch.tensor([1.0, 2.0, 4.0, 4.0]))
+    assert boosted.item() == pytest.approx(d / 4 + (1 + 2 + 4) * d / 12**0.5, rel=1e-5)
+    at_edge = weights.clone()
+    at_edge[2, 1] = 0.5  # the third object pixel's flow ends at the object's edge: tolerated, never boosted
+    edged = losses.flow_consistency(uv_a, uv_b, weights, px, at_edge, torch.tensor([1.0, 2.0, 4.0, 4.0]))
+    tol = losses.FLOW_TOLERANCE_PX
+    assert edged.item() == pytest.approx(d / 4 + (1 * d + 2 * d + (d - tol)) / 12**0.5, rel=1e-5)
 
 
 # ops that make a GPU wait for the host: reading a value back, data-dependent shapes, and
