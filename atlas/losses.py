@@ -30,7 +30,7 @@ def flow_boost(rgb: torch.Tensor, target: torch.Tensor, most: float) -> torch.Te
     there the colour is missed because the pixel is mixed, and the flow is at its worst.
     """
     err = (rgb.detach() - target).abs().mean(dim=-1)
-    return (err / PLACED_COLOUR_ERROR).clamp(1.0, max(most, 1.0))
+    return (err / PLACED_COLOUR_ERROR).clamp(1.0, most)
 
 
 def flow_consistency(uv_a: torch.Tensor, uv_b: torch.Tensor, weights: torch.Tensor, px_per_uv: torch.Tensor,
