@@ -322,7 +322,7 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
     textures = bake(model, cov.masks())
     quality, quality_summary = qstats.result()
     psnr_mean = round(float(np.mean(per_frame)), 3)
-    health, warns = layer_health(model, pre, chains, textures, psnr_mean)
+    health, warns = layer_health(model, pre, chains, textures, psnr_mean, vid.frame_range[0])
     for name in names:
         quality_summary[name].update(health[name])
     for line in warns:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from atlas.diagnose import DRIFT_PX, layer_health
+from atlas.diagnose import DRIFT_PX, held_run, layer_health
 from atlas.initialise import CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO, Chain, adjust, robust_chain, well_conditioned
 from atlas.longrange import groups, long_range_pairs, strides
 from atlas.model import FrameGeometry
@@ -320,6 +320,30 @@ def test_health_flags_a_degenerate_and_a_drifting_layer(fitted):
     health, warns = layer_health(model, drifting, chains, fitted.textures, 30.0)
     assert health["background"]["long_range_px_mean"] > DRIFT_PX
     assert any("background: the mapping drifts" in w for w in warns), warns
+
+
+def test_a_drifting_layers_warning_says_where_it_drifts_and_where_it_holds(fitted, clip):
+    """True background correspondences in frames 0-3, ones 10 px off in frames 4-7: the
+    warning puts the drift in the later frames and offers the earlier ones as a --frames
+    range, in the source's frame numbers (the fit began at source frame 10)."""
+    W, H = fitted.size
+    rng = np.random.default_rng(0)
+    rows = []
+    for t, off in ((0, 0.0), (1, 0.0), (4, 10.0), (5, 10.0)):
+        xy = rng.uniform([5, 5], [W - 5, H - 5], (300, 2))
+        rows.append(np.c_[np.full(300, t), xy, np.full(300, t + 2), xy + clip.camera[t] - clip.camera[t + 2] + [off, 0.0]])
+    pre = copy.copy(fitted.cache)
+    pre.pairs = torch.from_numpy(np.concatenate(rows)).float()
+    chains = [Chain(m.transforms.detach().numpy(), "homography") for m in fitted.model.mappings]
+    health, warns = layer_health(fitted.model, pre, chains, fitted.textures, 30.0, first_frame=10)
+    per_frame = health["background"]["long_range_px_per_frame"]
+    assert len(per_frame) == 8 and max(per_frame[:4]) < 1.0 and min(per_frame[4:]) > 8.0, per_frame
+    line = next(w for w in warns if "background: the mapping drifts" in w)
+    assert "in frames 14-17" in line and "--frames 10:14" in line, line
+    # unmeasured frames do not break a run, a run needs two measured ones
+    assert held_run(np.array([1.0, np.nan, 1.0, 5.0, 1.0, 1.0, 1.0, np.nan]), DRIFT_PX) == (4, 8)
+    assert held_run(np.array([5.0, 1.0, 5.0, np.nan, 1.0, 1.0]), DRIFT_PX) == (3, 6)
+    assert held_run(np.array([5.0, 1.0, 5.0]), DRIFT_PX) is None
 
 
 def test_atlas_past_4096_bakes_at_source_density_and_past_the_cap_is_baked_smaller(fitted, tmp_path):
