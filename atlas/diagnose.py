@@ -64,7 +64,7 @@ def drift_by_frame(err: np.ndarray, frames: np.ndarray, num_frames: int) -> np.n
     in each frame; NaN where none has."""
     count = np.bincount(frames.ravel(), minlength=num_frames)
     total = np.bincount(frames.ravel(), np.repeat(err, 2).astype(np.float64), minlength=num_frames)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore"):  # 0 / 0 where no correspondence has an end
         return total / count
 
 
@@ -89,8 +89,8 @@ def _drift_warning(name: str, drift: float, per_frame: np.ndarray, first_frame: 
     where = (f"in frames {over[0] + first_frame}-{over[-1] + first_frame}, up to {per_frame[worst]:.1f} px at frame "
              f"{worst + first_frame}")
     held = held_run(per_frame, DRIFT_PX)
-    hint = ADVICE if held is None else (f"it holds in frames {held[0] + first_frame}:{held[1] + first_frame} (fit those alone with "
-                                        f"--frames {held[0] + first_frame}:{held[1] + first_frame}), or {ADVICE}")
+    span = None if held is None else f"{held[0] + first_frame}:{held[1] + first_frame}"
+    hint = ADVICE if span is None else f"it holds in frames {span} (fit those alone with --frames {span}), or {ADVICE}"
     return (f"layer {name}: the mapping drifts (long-range correspondences land {drift:.1f} atlas px apart on average, more "
             f"than {DRIFT_PX:g}; {where}); edits will slide: {hint}")
 
