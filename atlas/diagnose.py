@@ -8,13 +8,16 @@ its long-range correspondences (atlas.longrange: pixels matched 2 to 16 frames a
 more than DRIFT_PX atlas pixels apart on average where the layer shows at both ends:
 edits painted on it will slide. A drifting layer's warning says in which frames (each
 frame's mean over the correspondences with an end there) and the longest run of frames
-where it holds: a --frames range the user can fit on its own. Reconstruction below
+where it holds (at least MIN_HELD_FRAMES frames and MIN_HELD_SHARE of the shot: a
+shorter one is no shot to fit): a --frames range the user can fit on its own. Reconstruction below
 LOW_PSNR dB is reported too.
 
 Health numbers index the fitted frames (0 = the first fitted one); warnings speak the
 source's frame numbers, the ones --frames takes.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -28,6 +31,8 @@ MAX_EXTENT_FRAMES = 64.0
 DRIFT_PX = 2.0
 LOW_PSNR = 22.0
 MAX_PAIRS = 20000
+MIN_HELD_FRAMES = 4
+MIN_HELD_SHARE = 0.1
 ADVICE = "try --masks, a shorter --frames range or a larger preset"
 
 
@@ -68,15 +73,16 @@ def drift_by_frame(err: np.ndarray, frames: np.ndarray, num_frames: int) -> np.n
         return total / count
 
 
-def held_run(per_frame: np.ndarray, limit: float) -> tuple[int, int] | None:
-    """The longest run [a, b) of frames none of whose errors exceeds `limit` and at least
-    two of which were measured (unmeasured frames, NaN, do not break a run); None if no
-    run has two."""
+def held_run(per_frame: np.ndarray, limit: float, min_frames: int = 2) -> tuple[int, int] | None:
+    """The longest run [a, b) of at least `min_frames` frames none of whose errors exceeds
+    `limit` and at least two of which were measured (unmeasured frames, NaN, do not break
+    a run); None if there is no such run."""
     best, start = None, 0
     for end in range(len(per_frame) + 1):
         if end == len(per_frame) or per_frame[end] > limit:
             measured = np.count_nonzero(~np.isnan(per_frame[start:end]))
-            if measured >= 2 and (best is None or end - start > best[1] - best[0]):
+            length = end - start
+            if measured >= 2 and length >= min_frames and (best is None or length > best[1] - best[0]):
                 best = (start, end)
             start = end + 1
     return best
@@ -88,7 +94,7 @@ def _drift_warning(name: str, drift: float, per_frame: np.ndarray, first_frame: 
     worst = int(np.nanargmax(per_frame))
     where = (f"in frames {over[0] + first_frame}-{over[-1] + first_frame}, up to {per_frame[worst]:.1f} px at frame "
              f"{worst + first_frame}")
-    held = held_run(per_frame, DRIFT_PX)
+    held = held_run(per_frame, DRIFT_PX, max(MIN_HELD_FRAMES, math.ceil(MIN_HELD_SHARE * len(per_frame))))
     span = None if held is None else f"{held[0] + first_frame}:{held[1] + first_frame}"
     hint = ADVICE if span is None else f"it holds in frames {span} (fit those alone with --frames {span}), or {ADVICE}"
     return (f"layer {name}: the mapping drifts (long-range correspondences land {drift:.1f} atlas px apart on average, more "

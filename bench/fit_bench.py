@@ -6,7 +6,8 @@
 Each run is a fresh subprocess (so peak memory is its own). Prints one table row per clip
 and mask mode: DIS preprocessing time, fit time until the running PSNR (moving average
 of the batch PSNR) first reaches 25/30/33 dB, final full-frame PSNR, foreground IoU of
-the fitted opacity against the ground-truth masks, iterations/s and peak RSS.
+the fitted opacity against the ground-truth masks, iterations/s and peak RSS; below a
+row, the fit's warnings (a degenerate or drifting layer, a poor reconstruction).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def worker(clip: str, masks: bool, preset: str, budget: float, frames: str, size
         "clip": clip, "masks": "given" if masks else "none", "preprocess_s": tm["preprocess_s"],
         "reach": m["running_psnr_reached_s"], "psnr": m["psnr_mean"], "iou": float((alpha & gt).sum() / (alpha | gt).sum()),
         "iters": m["iterations"], "it_s": m["iters_per_s"], "fit_s": tm["fit_s"], "backend": bundle.meta.encoding_backend,
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "warnings": m.get("warnings", []),
     }
 
 
@@ -50,7 +51,7 @@ def main() -> int:
     p.add_argument("--budget", type=float, default=300.0, help="fitting seconds per run (0: the preset's iterations)")
     p.add_argument("--clips", nargs="+", default=["blackswan", "car-shadow"])
     p.add_argument("--modes", nargs="+", default=["none", "given"], help="mask modes: none (motion bootstrap) and/or given")
-    p.add_argument("--frames", default="0:30")
+    p.add_argument("--frames", default="0:30", help="frame range, e.g. 0:30; 0: for each whole clip")
     p.add_argument("--size", default="427x240")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
@@ -79,6 +80,8 @@ def main() -> int:
             t = lambda k: f"{r['reach'][k]:.0f}" if k in r["reach"] else "-"
             print(f"{clip:<11} {r['masks']:<6} {r['preprocess_s']:>6.1f} {t('25'):>6} {t('30'):>6} {t('33'):>6} {r['psnr']:>6.2f} "
                   f"{r['iou']:>5.2f} {r['iters']:>6} {r['it_s']:>6.1f} {r['peak_mb']:>8.0f} {r['backend']}", flush=True)
+            for line in r["warnings"]:
+                print(f"    warning: {line}", flush=True)
     return 0
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from atlas.diagnose import DRIFT_PX, held_run, layer_health
+from atlas.diagnose import ADVICE, DRIFT_PX, _drift_warning, held_run, layer_health
 from atlas.initialise import CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO, Chain, adjust, robust_chain, well_conditioned
 from atlas.longrange import groups, long_range_pairs, strides
 from atlas.model import FrameGeometry
@@ -344,6 +344,10 @@ def test_a_drifting_layers_warning_says_where_it_drifts_and_where_it_holds(fitte
     assert held_run(np.array([1.0, np.nan, 1.0, 5.0, 1.0, 1.0, 1.0, np.nan]), DRIFT_PX) == (4, 8)
     assert held_run(np.array([5.0, 1.0, 5.0, np.nan, 1.0, 1.0]), DRIFT_PX) == (3, 6)
     assert held_run(np.array([5.0, 1.0, 5.0]), DRIFT_PX) is None
+    # nor is a run too short to fit: the warning then offers no range (2 of 20 frames, under MIN_HELD_FRAMES)
+    assert held_run(np.array([1.0, 1.0, 5.0, 1.0, 1.0, 1.0]), DRIFT_PX, min_frames=4) is None
+    short = _drift_warning("foreground", 3.0, np.r_[1.0, 1.0, np.full(18, 5.0)], 0)
+    assert "in frames 2-19" in short and "holds" not in short and short.endswith(ADVICE), short
 
 
 def test_atlas_past_4096_bakes_at_source_density_and_past_the_cap_is_baked_smaller(fitted, tmp_path):
