@@ -7,7 +7,8 @@ the frame to a sane quadrilateral (atlas.initialise.well_conditioned). It **drif
 its long-range correspondences (atlas.longrange: pixels matched 2 to 16 frames apart) land
 more than DRIFT_PX atlas pixels apart on average where the layer shows at both ends:
 edits painted on it will slide. A drifting layer's warning says in which frames (each
-frame's mean over the correspondences with an end there) and the longest run of frames
+frame's mean over the correspondences with an end there, where there are at least
+MIN_FRAME_PAIRS) and the longest run of frames
 where it holds (at least MIN_HELD_FRAMES frames and MIN_HELD_SHARE of the shot: a
 shorter one is no shot to fit): a --frames range the user can fit on its own. Reconstruction below
 LOW_PSNR dB is reported too.
@@ -31,6 +32,7 @@ MAX_EXTENT_FRAMES = 64.0
 DRIFT_PX = 2.0
 LOW_PSNR = 22.0
 MAX_PAIRS = 20000
+MIN_FRAME_PAIRS = 20
 MIN_HELD_FRAMES = 4
 MIN_HELD_SHARE = 0.1
 ADVICE = "try --masks, a shorter --frames range or a larger preset"
@@ -66,11 +68,11 @@ def _long_range_error(model: LayeredAtlas, pairs: torch.Tensor) -> list[tuple[np
 
 def drift_by_frame(err: np.ndarray, frames: np.ndarray, num_frames: int) -> np.ndarray:
     """[T] mean error of the correspondences (errors [M], frames (t, t2) [M, 2]) with an end
-    in each frame; NaN where none has."""
+    in each frame; NaN (unmeasured) where fewer than MIN_FRAME_PAIRS have: a handful of
+    matches, one of them wrong, would name a frame as the worst."""
     count = np.bincount(frames.ravel(), minlength=num_frames)
     total = np.bincount(frames.ravel(), np.repeat(err, 2).astype(np.float64), minlength=num_frames)
-    with np.errstate(invalid="ignore"):  # 0 / 0 where no correspondence has an end
-        return total / count
+    return np.where(count >= MIN_FRAME_PAIRS, total / np.maximum(count, 1), np.nan)
 
 
 def held_run(per_frame: np.ndarray, limit: float, min_frames: int = 2) -> tuple[int, int] | None:
@@ -90,15 +92,17 @@ def held_run(per_frame: np.ndarray, limit: float, min_frames: int = 2) -> tuple[
 
 def _drift_warning(name: str, drift: float, per_frame: np.ndarray, first_frame: int) -> str:
     """The one-line warning for a drifting layer: where it drifts, and where it holds."""
-    over = np.flatnonzero(per_frame > DRIFT_PX)
-    worst = int(np.nanargmax(per_frame))
-    where = (f"in frames {over[0] + first_frame}-{over[-1] + first_frame}, up to {per_frame[worst]:.1f} px at frame "
-             f"{worst + first_frame}")
+    over = np.flatnonzero(per_frame > DRIFT_PX)  # NaN (unmeasured) compares False
+    where = ""
+    if len(over):  # else the error is spread over frames too thinly matched to name
+        worst = int(np.nanargmax(per_frame))
+        where = (f"; in frames {over[0] + first_frame}-{over[-1] + first_frame}, up to {per_frame[worst]:.1f} px at frame "
+                 f"{worst + first_frame}")
     held = held_run(per_frame, DRIFT_PX, max(MIN_HELD_FRAMES, math.ceil(MIN_HELD_SHARE * len(per_frame))))
     span = None if held is None else f"{held[0] + first_frame}:{held[1] + first_frame}"
     hint = ADVICE if span is None else f"it holds in frames {span} (fit those alone with --frames {span}), or {ADVICE}"
     return (f"layer {name}: the mapping drifts (long-range correspondences land {drift:.1f} atlas px apart on average, more "
-            f"than {DRIFT_PX:g}; {where}); edits will slide: {hint}")
+            f"than {DRIFT_PX:g}{where}); edits will slide: {hint}")
 
 
 def layer_health(model: LayeredAtlas, pre: Preprocessed, chains: list[Chain], textures: dict[str, np.ndarray],

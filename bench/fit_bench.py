@@ -65,7 +65,7 @@ def main() -> int:
         return 0
     print(f"preset {a.preset} {' '.join(a.overrides)}, budget {a.budget:g} s, frames {a.frames} at {a.size}, device {a.device}; "
           "t@X = fit seconds until the running PSNR reached X dB")
-    head = f"{'clip':<11} {'masks':<6} {'DIS s':>6} {'t@25':>6} {'t@30':>6} {'t@33':>6} {'PSNR':>6} {'IoU':>5} {'iters':>6} {'it/s':>6} {'peak MB':>8} backend"
+    head = f"{'clip':<18} {'masks':<6} {'DIS s':>6} {'t@25':>6} {'t@30':>6} {'t@33':>6} {'PSNR':>6} {'IoU':>5} {'iters':>6} {'it/s':>6} {'peak MB':>8} backend"
     print(head)
     print("-" * len(head))
     for clip in a.clips:
@@ -74,11 +74,11 @@ def main() -> int:
                    "--size", a.size, "--device", a.device, *[f"--set={o}" for o in a.overrides]]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
-                print(f"{clip:<11} {mode:<6} FAILED: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+                print(f"{clip:<18} {mode:<6} FAILED: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             t = lambda k: f"{r['reach'][k]:.0f}" if k in r["reach"] else "-"
-            print(f"{clip:<11} {r['masks']:<6} {r['preprocess_s']:>6.1f} {t('25'):>6} {t('30'):>6} {t('33'):>6} {r['psnr']:>6.2f} "
+            print(f"{clip:<18} {r['masks']:<6} {r['preprocess_s']:>6.1f} {t('25'):>6} {t('30'):>6} {t('33'):>6} {r['psnr']:>6.2f} "
                   f"{r['iou']:>5.2f} {r['iters']:>6} {r['it_s']:>6.1f} {r['peak_mb']:>8.0f} {r['backend']}", flush=True)
             for line in r["warnings"]:
                 print(f"    warning: {line}", flush=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from atlas.diagnose import ADVICE, DRIFT_PX, _drift_warning, held_run, layer_health
+from atlas.diagnose import ADVICE, DRIFT_PX, MIN_FRAME_PAIRS, _drift_warning, drift_by_frame, held_run, layer_health
 from atlas.initialise import CHAIN_AREA, CHAIN_ANGLE_DEG, CHAIN_W_RATIO, Chain, adjust, robust_chain, well_conditioned
 from atlas.longrange import groups, long_range_pairs, strides
 from atlas.model import FrameGeometry
@@ -348,6 +348,24 @@ def test_a_drifting_layers_warning_says_where_it_drifts_and_where_it_holds(fitte
     assert held_run(np.array([1.0, 1.0, 5.0, 1.0, 1.0, 1.0]), DRIFT_PX, min_frames=4) is None
     short = _drift_warning("foreground", 3.0, np.r_[1.0, 1.0, np.full(18, 5.0)], 0)
     assert "in frames 2-19" in short and "holds" not in short and short.endswith(ADVICE), short
+
+
+def test_a_frame_with_a_handful_of_matches_is_not_named_the_worst():
+    """Frames 8 and 9 share 5 correspondences, all 200 px off (too few to judge a frame by:
+    one wrong match would name it); frames 0-7 have hundreds, 5 px off: frames 8 and 9 are
+    unmeasured and the worst frame named is a well-matched one."""
+    rows = [np.c_[np.full((300, 1), t), np.full((300, 1), t + 2)] for t in range(6)]
+    err = [np.full(300, 5.0) for _ in range(6)]
+    assert MIN_FRAME_PAIRS > 5
+    rows.append(np.c_[np.full((5, 1), 8), np.full((5, 1), 9)])
+    err.append(np.full(5, 200.0))
+    per_frame = drift_by_frame(np.concatenate(err), np.concatenate(rows), 10)
+    assert np.isnan(per_frame[8:]).all() and np.allclose(per_frame[:8], 5.0), per_frame
+    line = _drift_warning("foreground", 6.0, per_frame, 0)
+    assert "in frames 0-7, up to 5.0 px at frame" in line, line
+    # no frame matched well enough to name: the warning still says the layer drifts
+    thin = _drift_warning("foreground", 6.0, np.full(10, np.nan), 0)
+    assert "the mapping drifts" in thin and "in frames" not in thin, thin
 
 
 def test_atlas_past_4096_bakes_at_source_density_and_past_the_cap_is_baked_smaller(fitted, tmp_path):
