@@ -8,10 +8,9 @@ its long-range correspondences (atlas.longrange: pixels matched 2 to 16 frames a
 more than DRIFT_PX atlas pixels apart on average where the layer shows at both ends:
 edits painted on it will slide. A drifting layer's warning says in which frames (each
 frame's mean over the correspondences with an end there, where there are at least
-MIN_FRAME_PAIRS) and the longest run of frames
-where it holds (at least MIN_HELD_FRAMES frames and MIN_HELD_SHARE of the shot: a
-shorter one is no shot to fit): a --frames range the user can fit on its own. Reconstruction below
-LOW_PSNR dB is reported too.
+MIN_FRAME_PAIRS) and the longest run of frames where it holds (at least MIN_HELD_FRAMES
+frames and MIN_HELD_SHARE of the shot: a shorter one is no shot to fit), a --frames range
+the user can fit on its own. Reconstruction below LOW_PSNR dB is reported too.
 
 Health numbers index the fitted frames (0 = the first fitted one); warnings speak the
 source's frame numbers, the ones --frames takes.
