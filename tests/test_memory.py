@@ -99,12 +99,13 @@ def test_auto_spills_a_shot_too_big_for_ram_and_checks_the_disk(monkeypatch, tmp
     monkeypatch.delenv(memory.SKIP_ENV, raising=False)
     monkeypatch.setattr(memory, "available_host_memory", lambda: int((in_ram + spilled) / 2))
     cpu = torch.device("cpu")
+    disk = lambda share: type("Usage", (), {"free": int(memory.spill_bytes(240, 1080, 1920) * share)})()
+    monkeypatch.setattr(memory.shutil, "disk_usage", lambda path: disk(2))  # room for the spill, whatever this machine has
     assert memory.check_fit_memory(240, 1080, 1920, model, cpu, spill="auto", spill_dir=tmp_path)
     assert not memory.check_fit_memory(24, 1080, 1920, model, cpu, spill="auto", spill_dir=tmp_path)  # fits in RAM: no spill
     with pytest.raises(AtlasInputError, match="GB of memory"):
         memory.check_fit_memory(240, 1080, 1920, model, cpu, spill="never", spill_dir=tmp_path)
-    full = type("Usage", (), {"free": int(memory.spill_bytes(240, 1080, 1920) / 2)})()
-    monkeypatch.setattr(memory.shutil, "disk_usage", lambda path: full)
+    monkeypatch.setattr(memory.shutil, "disk_usage", lambda path: disk(0.5))
     with pytest.raises(AtlasInputError, match=r"need about .* GB of disk to spill beside the output \(240 frames at 1920x1080"):
         memory.check_fit_memory(240, 1080, 1920, model, cpu, spill="auto", spill_dir=tmp_path)
 
