@@ -28,13 +28,16 @@ from .preprocess import Preprocessed
 if TYPE_CHECKING:
     from .track import Tracks
 
-FORMAT_VERSION = 2  # 2: hash tables are [R, F] with per-level row offsets (1: [L, S, F], still read)
+# 2: hash tables are [R, F] with per-level row offsets (1: [L, S, F], still read);
+# 3: the model may hold per-frame shading (model.shading; bundles before 3 have none)
+FORMAT_VERSION = 3
 MAP_CACHE_BYTES = 1 << 30
 
 
 def cache_has_room(cached: int, fm: FrameMaps) -> bool:
     """Whether frame maps like `fm` still fit MAP_CACHE_BYTES next to `cached` others."""
-    return (cached + 1) * sum(x.numel() * x.element_size() for x in (fm.rgb, fm.uv, fm.weights)) <= MAP_CACHE_BYTES
+    maps = (x for x in (fm.rgb, fm.uv, fm.weights, fm.gain) if x is not None)
+    return (cached + 1) * sum(x.numel() * x.element_size() for x in maps) <= MAP_CACHE_BYTES
 
 
 def layer_names(num_fg: int) -> list[str]:
@@ -77,7 +80,7 @@ class AtlasBundle:
 
     @property
     def config(self) -> FitConfig:
-        return config_from_dict(self.meta.config)
+        return bundle_config(self.meta)
 
     # ---- evaluation
     def frame_maps(self, t: int, size: tuple[int, int] | None = None, colour: bool = True) -> FrameMaps:
@@ -237,6 +240,15 @@ def _texture(file: Path, channels: int) -> np.ndarray:
     return image
 
 
+def bundle_config(meta: BundleMeta) -> FitConfig:
+    """The config a bundle was fitted with, as this atlas reads it: what a bundle of an
+    older format has no key for takes the value its atlas used."""
+    cfg = config_from_dict(meta.config)
+    if meta.format_version < 3:
+        cfg.model.shading = "none"
+    return cfg
+
+
 def build_model(meta: BundleMeta, state: dict[str, torch.Tensor]) -> LayeredAtlas:
     """Recreate the model from bundle metadata and its saved tensors (whose shapes must be
     the ones that metadata implies)."""
@@ -244,7 +256,7 @@ def build_model(meta: BundleMeta, state: dict[str, torch.Tensor]) -> LayeredAtla
     geom = FrameGeometry(src.num_frames, src.size[1], src.size[0])
     n = len(meta.layers)
     try:
-        cfg = config_from_dict(meta.config)
+        cfg = bundle_config(meta)
     except AtlasInputError as exc:
         raise BundleCorrupt(f"its config: {exc}") from None
     if cfg.model.num_foregrounds != n - 1:

@@ -192,6 +192,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"layer:     {layer['name']:<14} atlas {layer['atlas_size'][0]}x{layer['atlas_size'][1]}")
     print(f"quality:   mean PSNR {met['psnr_mean']:.2f} dB (min {min(met['psnr_per_frame']):.2f}, max {max(met['psnr_per_frame']):.2f})")
     print("per frame: " + " ".join(f"{p:.1f}" for p in met["psnr_per_frame"]))
+    gains = met.get("shading_gain_per_frame")
+    if gains:
+        lo, hi = int(np.argmin(gains)), int(np.argmax(gains))
+        print(f"shading:   mean gain {gains[lo]:.2f} (frame {lo}) to {gains[hi]:.2f} (frame {hi}); the atlas holds the shot's average")
     for layer in info["layers"]:
         print(f"mapping:   {layer['name']:<14} {_mapping_quality(met.get('layers', {}).get(layer['name'], {}))}")
     for line in met.get("warnings", []):

@@ -17,6 +17,7 @@ from cuda_ext import BACKENDS
 
 from .errors import AtlasInputError, first_line
 from .io import FRAME_DEPTHS
+from .shading import SHADING_MODES
 
 # the presets: configs/ beside the packages in a checkout (and an editable install), or
 # the copy a regular `pip install` puts inside the package (setup.py maps it to atlas/configs)
@@ -72,6 +73,9 @@ class ModelConfig:
     """Levels of the 3-D opacity grid."""
     alpha_finest_frac: float = field(default=0.5, metadata=limits(0.0, 4.0, exclusive=True))
     """Finest opacity-grid resolution as a fraction of the frame size."""
+    shading: str = field(default="smooth", metadata=choices(*SHADING_MODES))
+    """Per-frame shading of the composite (atlas.shading): smooth (a gain smooth across the
+    frame and an offset, per frame and channel: exposure, white balance, vignetting) | none."""
     encoding_backend: str = field(default="auto", metadata=choices(*BACKENDS))
     """Hash-encoding backend: auto|cuda|cpu|torch|tcnn."""
 
@@ -113,6 +117,9 @@ class LossConfig:
     """Weight of the mapping residual's change along the layer's global motion, where the
     flow to the next frame is unreliable (losses.residual_change): keeps a part the flow
     loses for a few frames from jumping to a second copy of itself in the atlas."""
+    shading: float = field(default=1e-3, metadata=limits(0.0))
+    """Weight of the prior holding each frame's shading near no change (atlas.shading):
+    light, so it only settles what the atlas and the shading could both explain."""
     sparsity: float = field(default=0.002, metadata=limits(0.0))
     """Weight of the mean foreground opacity (keeps foregrounds from swallowing the background)."""
 
@@ -124,7 +131,7 @@ class TrainConfig:
     batch: int = field(default=8192, metadata=limits(16, 1 << 21))
     """Pixels per step."""
     lr_grid: float = field(default=1e-2, metadata=limits(0.0))
-    """Adam learning rate of the hash tables."""
+    """Adam learning rate of the hash tables and the per-frame shading."""
     lr_mlp: float = field(default=2e-3, metadata=limits(0.0))
     """Adam learning rate of the MLPs."""
     lr_transform: float = field(default=2e-4, metadata=limits(0.0))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .model import LayeredAtlas
+from .shading import shade, unshade
 
 
 @dataclass
@@ -15,6 +16,16 @@ class FrameMaps:
     rgb: torch.Tensor | None  # [H, W, 3] reconstruction (None when evaluated without colour)
     uv: torch.Tensor  # [H, W, layers, 2] atlas coordinates
     weights: torch.Tensor  # [H, W, layers] compositing weight of each layer (background first)
+    gain: torch.Tensor | None = None  # [H, W, 3] the frame's shading (atlas.shading); None: no shading
+    offset: torch.Tensor | None = None  # [3]
+
+    def shade(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Atlas colours [H, W, 3] as this frame shows them."""
+        return shade(rgb, self.gain, self.offset)
+
+    def unshade(self, rgb: torch.Tensor) -> torch.Tensor:
+        """This frame's colours [H, W, 3] as the atlas holds them."""
+        return unshade(rgb, self.gain, self.offset)
 
 
 def pixel_grid(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -52,10 +63,17 @@ def evaluate_frame(model: LayeredAtlas, t: int, chunk: int = 1 << 16, size: tupl
         for k in keys:
             parts[k].append(out[k].cpu())
     n_layers = len(model.layer_names)
+    gain = offset = None
+    if model.shading is not None:  # the offset is one per channel, the gain smooth across the frame
+        frame = torch.full((chunk,), t, dtype=torch.long, device=device)
+        gain = torch.cat([model.shading.gain_offset(p, frame[: p.shape[0]])[0].cpu() for p in xy.split(chunk)]).reshape(h, w, 3)
+        offset = model.shading.gain_offset(xy[:1], frame[:1])[1][0].cpu()
     return FrameMaps(
         torch.cat(parts["rgb"]).reshape(h, w, 3) if colour else None,
         torch.cat(parts["uv"]).reshape(h, w, n_layers, 2),
         torch.cat(parts["weights"]).reshape(h, w, n_layers),
+        gain,
+        offset,
     )
 
 

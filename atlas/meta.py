@@ -10,7 +10,8 @@ export's `uv/<layer>/`), so they are restricted to letters, digits and underscor
     source           path, fps, frames [start, stop), num_frames, size [W, H], source_size [W, H] before --size
     layers           [{name, atlas_size [w, h], uv_range {lo [2], hi [2]}}]
     config           the FitConfig used (atlas.config)
-    metrics          psnr_per_frame [T], psnr_mean, iterations, per-layer mapping quality, ...
+    metrics          psnr_per_frame [T], psnr_mean, shading_gain_per_frame [T] (None without
+                     shading), iterations, per-layer mapping quality, ...
     timings          seconds per stage
     encoding_backend, device, seed, preprocess {flow, masks}
 """
@@ -141,9 +142,13 @@ class BundleMeta:
         if len({x.name for x in layers}) != len(layers):
             raise BundleCorrupt("two layers share a name")
         metrics = _need(data, "metrics", dict, "")
+        number = lambda p: isinstance(p, (int, float)) and not isinstance(p, bool)
         per_frame = _need(metrics, "psnr_per_frame", list, "metrics.")
-        if len(per_frame) != source.num_frames or not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in per_frame):
+        if len(per_frame) != source.num_frames or not all(number(p) for p in per_frame):
             raise BundleCorrupt(f"metrics.psnr_per_frame must hold {source.num_frames} numbers")
+        gains = metrics.get("shading_gain_per_frame")
+        if gains is not None and (not isinstance(gains, list) or len(gains) != source.num_frames or not all(number(g) for g in gains)):
+            raise BundleCorrupt(f"metrics.shading_gain_per_frame must hold {source.num_frames} numbers")
         _number(metrics, "psnr_mean", "metrics.")
         _number(metrics, "iterations", "metrics.", 0, integer=True)
         quality = metrics.get("layers", {})

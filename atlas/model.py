@@ -9,6 +9,7 @@ Coordinates:
 A zero-initialised hash-grid residual (in uv units) corrects the global transform.
 Foreground layers are composited front to back over the background:
   w_1 = a_1, w_2 = (1 - a_1) a_2, ..., w_bg = prod(1 - a_i).
+The composite is seen through the frame's shading (atlas.shading: exposure, vignetting).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .encoding import HashGrid
+from .shading import FrameShading
 
 # coarsest grid resolutions (x, y[, t]); the finest follow the frame or atlas size (ModelConfig)
 RESIDUAL_BASE = (4, 4, 2)
@@ -150,6 +152,7 @@ class LayeredAtlas(nn.Module):
             finest = frame_grid_finest(geom, cfg.alpha_finest_frac)
             self.alpha_grid = HashGrid(3, cfg.alpha_levels, 2, cfg.log2_table_size, base=ALPHA_BASE, finest=finest, backend=backend)
             self.alpha_net = mlp(self.alpha_grid.out_dim, cfg.hidden, self.num_fg, 1)
+        self.shading = FrameShading(geom.num_frames, geom.normalise) if cfg.shading == "smooth" else None
 
     def uv(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """[N, layers, 2] atlas coordinates."""
@@ -191,4 +194,6 @@ class LayeredAtlas(nn.Module):
         n = xy.shape[0] if colour_rows is None else colour_rows
         rgb_layers = self.colour(uv[:n])
         rgb = (rgb_layers * weights[:n, :, None]).sum(dim=1)
+        if self.shading is not None:
+            rgb = self.shading(rgb, xy[:n], t[:n])
         return {"uv": uv, "alpha": alpha, "weights": weights, "rgb_layers": rgb_layers, "rgb": rgb}

@@ -308,11 +308,13 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
     model.eval()
     sizes = [texture_size(model, i) for i in range(len(names))]
     cov, qstats = Coverage(sizes), QualityStats(model, pre, sizes)
-    per_frame, maps = [], {}
+    per_frame, gains, maps = [], [], {}
     for t in tqdm(range(T), desc="evaluate", unit="frame", disable=quiet, leave=False, dynamic_ncols=True):
         fm = evaluate_frame(model, t)
         frame = unit_float(vid.frames[t])
         per_frame.append(round(psnr(fm.rgb, frame), 3))
+        if fm.gain is not None:
+            gains.append(round(float(fm.gain.mean()), 4))
         cov.add(fm)
         qstats.add(t, fm, frame)
         if cache_has_room(len(maps), fm):
@@ -335,7 +337,8 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
         source=SourceInfo(source_path, vid.fps, list(vid.frame_range), T, [W, H], list(vid.source_size or (W, H))),
         layers=[LayerInfo(n, list(textures[n].shape[1::-1]), lo[i].tolist(), hi[i].tolist()) for i, n in enumerate(names)],
         config=cfg.to_dict(),
-        metrics={"psnr_per_frame": per_frame, "psnr_mean": psnr_mean, "layers": quality_summary, "warnings": warns, **stats},
+        metrics={"psnr_per_frame": per_frame, "psnr_mean": psnr_mean, "shading_gain_per_frame": gains or None,
+                 "layers": quality_summary, "warnings": warns, **stats},
         timings=timings,
         seed=seed,
         encoding_backend=backend,

@@ -149,9 +149,9 @@ def stablevideo(bundle: AtlasBundle, source: torch.Tensor, settings: dict[str, P
             maps = bundle.frame_maps(t)
             start = source[t].numpy()
             if i > 0:  # what the atlas already holds, rendered into this keyframe
-                known = sample(union, maps.uv[..., layer, :]).numpy()
-                a = known[..., 3:] * (maps.weights[..., layer : layer + 1].numpy() > VISIBLE)
-                start = start + a * (known[..., :3] - start)
+                known = sample(union, maps.uv[..., layer, :])
+                a = known[..., 3:].numpy() * (maps.weights[..., layer : layer + 1].numpy() > VISIBLE)
+                start = start + a * (maps.shade(known[..., :3]).clamp(0.0, 1.0).numpy() - start)
             strength = edit.strength if i == 0 else (next_strength or 0.5 * edit.strength)
             out = sdedit(edit, np.ascontiguousarray(start, dtype=np.float32), strength=strength, seed_offset=i)
             generated[f"{name}_{t:04d}"] = out

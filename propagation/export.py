@@ -5,6 +5,8 @@ Writes, atomically into one folder:
     alpha/00000.png ...             total foreground opacity per frame, 8-bit
     uv/<layer>/00000.exr ...        float32 u, v (texture coordinates) and A (layer weight)
     stmap/<layer>/00000.exr ...     Nuke STMap: R = u, G = 1 - v, B = 0, A = layer weight
+    shading/00000.exr ...           the frame's shading (atlas.shading), if the fit has it:
+                                    RGB = gain, offset.R/G/B = offset
     quality/<layer>.png             where edits will not hold (copied from the bundle)
     export.json                     files, sizes and conventions
 
@@ -34,6 +36,7 @@ CONVENTIONS = {
     "stmap": "Nuke STMap: R = u, G = 1 - v (bottom-up), B = 0, A = layer weight; filter the atlas with it",
     "alpha": "1 - background weight = total foreground opacity, 8-bit PNG",
     "layer_weight": "the layer's compositing weight; frame = sum over layers of weight * atlas(uv)",
+    "shading": "frame = gain * (sum over layers of weight * atlas(uv)) + offset, per channel; without shading gain = 1, offset = 0",
 }
 
 
@@ -45,8 +48,9 @@ def export(bundle: AtlasBundle, out: str | Path, size: tuple[int, int] | None = 
         raise AtlasInputError(f"{out} exists and is not an atlas export; choose another -o path")
     w, h = size = tuple(size or bundle.source_size)
     names = bundle.layer_names
+    shaded = bundle.model.shading is not None
     with atomic_path(out, is_dir=True) as tmp:
-        for sub in ["atlas", "alpha"] + [f"{kind}/{n}" for kind in ("uv", "stmap") for n in names]:
+        for sub in ["atlas", "alpha"] + [f"{kind}/{n}" for kind in ("uv", "stmap") for n in names] + (["shading"] if shaded else []):
             (tmp / sub).mkdir(parents=True)
         for name, tex in bundle.textures.items():
             write_png(tmp / "atlas" / f"{name}.png", tex)
@@ -58,6 +62,9 @@ def export(bundle: AtlasBundle, out: str | Path, size: tuple[int, int] | None = 
                 a = maps.weights[..., i].numpy()
                 write_exr(tmp / "uv" / name / f"{t:05d}.exr", {"u": u, "v": v, "A": a})
                 write_exr(tmp / "stmap" / name / f"{t:05d}.exr", {"RGBA": np.stack([u, 1.0 - v, np.zeros_like(u), a], -1)})
+            if shaded:
+                offset = np.broadcast_to(maps.offset.numpy(), (h, w, 3))
+                write_exr(tmp / "shading" / f"{t:05d}.exr", {"RGB": maps.gain.numpy(), "offset": offset})
         quality = {}
         if bundle.path is not None and (bundle.path / "quality").is_dir():
             shutil.copytree(bundle.path / "quality", tmp / "quality")
@@ -73,6 +80,7 @@ def export(bundle: AtlasBundle, out: str | Path, size: tuple[int, int] | None = 
             "alpha": "alpha/%05d.png",
             "uv": {n: f"uv/{n}/%05d.exr" for n in names},
             "stmap": {n: f"stmap/{n}/%05d.exr" for n in names},
+            "shading": "shading/%05d.exr" if shaded else None,
             "quality": quality,
             "metrics": bundle.meta.metrics,
             "conventions": CONVENTIONS,

@@ -1,12 +1,14 @@
 """Atlas -> frames: composite edits through each frame's mapping.
 
 overlay: each output frame is the source frame with the RGBA edit of each layer laid over
-         it where that layer is visible: out = src + w_l * a * (e - src), background
+         it where that layer is visible: out = src + w_l * a * (s(e) - src), background
          first, so a background edit goes behind the foreground. Pixels no edit touches
          are the source pixels exactly.
-replace: frames re-rendered from (edited) textures, sum_l w_l * tex_l(uv_l), optionally
+replace: frames re-rendered from (edited) textures, s(sum_l w_l * tex_l(uv_l)), optionally
          plus the detail the atlas misses (source - reconstruction from the original
          textures).
+s is the frame's shading (atlas.shading: its exposure and vignetting), so an edit is lit
+like the frame it lands in.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def overlay_frame(source: torch.Tensor, maps: FrameMaps, edits: dict[int, np.nda
         rgba = sample(edits[layer], maps.uv[..., layer, :])
         a = rgba[..., 3:] * maps.weights[..., layer : layer + 1]
         touched = a[..., 0] > 0
-        out = torch.where(touched[..., None], out + a * (rgba[..., :3] - out), out)
+        out = torch.where(touched[..., None], out + a * (maps.shade(rgba[..., :3]).clamp(0.0, 1.0) - out), out)
     return out
 
 
@@ -46,6 +48,7 @@ def replace_frame(maps: FrameMaps, textures: list[np.ndarray | torch.Tensor], de
     out = torch.zeros(*maps.uv.shape[:2], 3)
     for layer, tex in enumerate(textures):
         out = out + maps.weights[..., layer : layer + 1] * sample(tex, maps.uv[..., layer, :], outside="border")[..., :3]
+    out = maps.shade(out)
     if detail is not None:
         out = out + detail
     return out.clamp(0.0, 1.0)

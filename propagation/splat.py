@@ -5,10 +5,11 @@ weight w_l(p) (its compositing weight) times a bilinear footprint over the 4 nea
 texels. Per texel we keep
     C = sum(b * w * m * e) / sum(b * w * m)     the edited colour
     A = sum(b * w * m)     / sum(b * w)         the share of its observations that changed
-where m in [0, 1] is the keyframe's edit mask. Several keyframes are merged by pooling
-these sums: where keyframes disagree about a texel, the result is their weight-averaged
-colour (no keyframe overrides another), and A falls where a keyframe saw the texel
-unedited.
+where m in [0, 1] is the keyframe's edit mask and e the edited colour un-shaded (the
+keyframe's exposure and vignetting taken out: atlas.shading), as the atlas holds colours.
+Several keyframes are merged by pooling these sums: where keyframes disagree about a
+texel, the result is their weight-averaged colour (no keyframe overrides another), and A
+falls where a keyframe saw the texel unedited.
 """
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def splat_layer(acc: SplatAccumulator, maps: FrameMaps, layer: int, edited: torc
     pixels whose weight on that layer exceeds `min_weight`."""
     w = maps.weights[..., layer].reshape(-1)
     keep = w > min_weight
-    acc.add(maps.uv[..., layer, :].reshape(-1, 2)[keep], w[keep], mask.reshape(-1)[keep], edited.reshape(-1, 3)[keep])
+    colour = maps.unshade(edited).reshape(-1, 3)[keep]
+    acc.add(maps.uv[..., layer, :].reshape(-1, 2)[keep], w[keep], mask.reshape(-1)[keep], colour)
 
 
 def splat_frame(acc: list[SplatAccumulator], maps: FrameMaps, edited: torch.Tensor, mask: torch.Tensor, min_weight: float = 0.05) -> None:

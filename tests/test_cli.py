@@ -36,9 +36,11 @@ def test_fit_render_export_info(bundle, tmp_path, capsys):
     assert main(["info", str(bundle), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["source"]["num_frames"] == 4 and info["encoding_backend"] in ("cpu", "torch")
-    assert len(info["metrics"]["psnr_per_frame"]) == 4
+    assert len(info["metrics"]["psnr_per_frame"]) == 4 and len(info["metrics"]["shading_gain_per_frame"]) == 4
     assert main(["info", str(bundle)]) == 0
-    assert "mean PSNR" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mean PSNR" in printed and "shading:   mean gain" in printed
+    assert len(list((tmp_path / "exp" / "shading").glob("*.exr"))) == 4
 
 
 def test_refit_replaces_bundle_atomically(bundle, clip_dir):

@@ -180,9 +180,10 @@ def _corrupt(world: dict[str, Path], tmp_path: Path, change) -> Path:
     lambda m: m.update(layers="oops"),
     lambda m: m["source"].update(size=[-4, 10**9]),
     lambda m: m["metrics"].update(psnr_per_frame=[1.0]),
+    lambda m: m["metrics"].update(shading_gain_per_frame="bright"),
     lambda m: m["config"]["model"].update(num_foregrounds=3),
 ], ids=["layer path traversal", "no metrics", "no source", "no atlas_size", "layers not a list", "negative size",
-        "per-frame PSNR of the wrong length", "config with another layer count"])
+        "per-frame PSNR of the wrong length", "per-frame shading not numbers", "config with another layer count"])
 def test_corrupt_bundle_json_is_one_line(world, capsys, tmp_path, change):
     bad = _corrupt(world, tmp_path, change)
     for argv in (["info", str(bad)], ["export", str(bad), "-o", str(tmp_path / "exp")], ["render", str(bad), "-o", str(tmp_path / "r")]):

@@ -124,6 +124,8 @@ def test_export_stmap_round_trip(fitted, tmp_path):
         uvexr = read_exr_channels(out / "uv" / name / f"{t:05d}.exr")
         assert set(uvexr) == {"u", "v", "A"} and uvexr["u"].shape == (60, 80)
         assert np.allclose(uvexr["v"], 1.0 - st[..., 1], atol=1e-6)
+    shading = read_exr_channels(out / "shading" / f"{t:05d}.exr")  # frame = gain * composite + offset
+    frame = frame * torch.from_numpy(shading["RGB"]) + torch.from_numpy(shading["offset"])
     expected = replace_frame(fitted.frame_maps(t), [fitted.textures[n] for n in fitted.layer_names])
     assert torch.allclose(frame.clamp(0, 1), expected, atol=1e-4)
 
