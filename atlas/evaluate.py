@@ -56,24 +56,24 @@ def evaluate_frame(model: LayeredAtlas, t: int, chunk: int = 1 << 16, size: tupl
     w, h = size or (g.width, g.height)
     xy = resampled_grid((w, h), (g.width, g.height), device)
     keys = ["rgb", "uv", "weights"] if colour else ["uv", "weights"]
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys + ["gain"]}
+    offset = None  # one per channel for the whole frame
     for start in range(0, xy.shape[0], chunk):
         p = xy[start : start + chunk]
-        out = model(p, torch.full((p.shape[0],), t, dtype=torch.long, device=device), colour_rows=None if colour else 0)
+        frames = torch.full((p.shape[0],), t, dtype=torch.long, device=device)
+        out = model(p, frames, colour_rows=None if colour else 0)
         for k in keys:
             parts[k].append(out[k].cpu())
+        if model.shading is not None:
+            gain, offset = model.shading.gain_offset(p, frames)
+            parts["gain"].append(gain.cpu())
     n_layers = len(model.layer_names)
-    gain = offset = None
-    if model.shading is not None:  # the offset is one per channel, the gain smooth across the frame
-        frame = torch.full((chunk,), t, dtype=torch.long, device=device)
-        gain = torch.cat([model.shading.gain_offset(p, frame[: p.shape[0]])[0].cpu() for p in xy.split(chunk)]).reshape(h, w, 3)
-        offset = model.shading.gain_offset(xy[:1], frame[:1])[1][0].cpu()
     return FrameMaps(
         torch.cat(parts["rgb"]).reshape(h, w, 3) if colour else None,
         torch.cat(parts["uv"]).reshape(h, w, n_layers, 2),
         torch.cat(parts["weights"]).reshape(h, w, n_layers),
-        gain,
-        offset,
+        torch.cat(parts["gain"]).reshape(h, w, 3) if parts["gain"] else None,
+        None if offset is None else offset[0].cpu(),
     )
 
 

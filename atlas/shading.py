@@ -33,9 +33,8 @@ BASIS_TERMS = 6  # 1, x, y, xy, x^2, y^2
 class FrameShading(nn.Module):
     """Per-frame gain and offset: `coef` [T, 3, 7] holds each channel's 6 log-gain
     coefficients and its offset, less their mean over the frames; zero is no change.
-    `normalise` maps pixel coordinates to
-    the model's frame coordinates (atlas.model.FrameGeometry.normalise: centred, the longer
-    side spanning -0.5 to 0.5)."""
+    `normalise` maps pixel coordinates to the model's frame coordinates
+    (atlas.model.FrameGeometry.normalise: centred, the longer side spanning -0.5 to 0.5)."""
 
     def __init__(self, num_frames: int, normalise: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
@@ -49,17 +48,20 @@ class FrameShading(nn.Module):
 
     def gain_offset(self, xy: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gain [N, 3], offset [N, 3]) at pixels xy [N, 2] of frames t [N]."""
-        c = (self.coef - self.coef.mean(dim=0)).index_select(0, t)  # [N, 3, 7]
+        c = self.centred().index_select(0, t)  # [N, 3, 7]
         gain = torch.exp((c[..., :BASIS_TERMS] * self.basis(xy)[:, None]).sum(dim=-1))
         return gain, c[..., BASIS_TERMS]
 
     def forward(self, rgb: torch.Tensor, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        gain, offset = self.gain_offset(xy, t)
-        return rgb * gain + offset
+        return shade(rgb, *self.gain_offset(xy, t))
+
+    def centred(self) -> torch.Tensor:
+        """[T, 3, 7] the coefficients in effect: `coef` less its mean over the frames."""
+        return self.coef - self.coef.mean(dim=0)
 
     def prior(self) -> torch.Tensor:
-        """Mean square of the centred coefficients: what holds a frame near no change."""
-        return (self.coef - self.coef.mean(dim=0)).square().mean()
+        """Mean square of the coefficients in effect: what holds a frame near no change."""
+        return self.centred().square().mean()
 
 
 def shade(rgb: torch.Tensor, gain: torch.Tensor | None, offset: torch.Tensor | None) -> torch.Tensor:
