@@ -65,18 +65,22 @@ def _growing_object(t: int = 20, h: int = 120, w: int = 160, lengths: np.ndarray
     bwd = -fwd
     fwd[obj[:-1]] = [-2.0, 0.5]
     bwd[obj[1:]] = [2.0, -0.5]
-    valid = np.ones((t - 1, h, w), bool)
-    return frames, fwd, bwd, valid, obj
+    return frames, fwd, bwd, obj
+
+
+def _consistent(fwd: np.ndarray, bwd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the flows are forward-backward consistent, as the fit checks them (forward, backward)."""
+    return (np.stack([consistency(f, b) for f, b in zip(fwd, bwd)]), np.stack([consistency(b, f) for f, b in zip(fwd, bwd)]))
 
 
 def test_motion_bootstrap_keeps_the_background_when_an_object_fills_the_frame():
     """The camera fit starts each pair from the previous pair's background, so an object
     that covers most of the last frames stays the foreground (a fit from scratch on those
     frames takes the object's motion for the camera's)."""
-    frames, fwd, bwd, valid, obj = _growing_object()
-    masks = motion_masks(frames, fwd, bwd, valid, valid) > 0
-    for i in (0, len(obj) - 1):
-        assert (masks[i] & obj[i]).sum() / (masks[i] | obj[i]).sum() > 0.9, i
+    frames, fwd, bwd, obj = _growing_object()
+    masks = motion_masks(frames, fwd, bwd, *_consistent(fwd, bwd)) > 0
+    for i in (0, len(obj) - 1):  # swapped, the object's mask would be the background (IoU near 0)
+        assert (masks[i] & obj[i]).sum() / (masks[i] | obj[i]).sum() > 0.85, i
 
 
 def test_motion_bootstrap_tells_an_object_that_fills_the_frame_from_a_blurred_background():
@@ -87,10 +91,10 @@ def test_motion_bootstrap_tells_an_object_that_fills_the_frame_from_a_blurred_ba
     between neighbouring pairs, so the object stays the foreground throughout."""
     t = 24
     lengths = np.concatenate([np.linspace(0.25, 0.95, t // 2), np.linspace(0.95, 0.25, t - t // 2)])
-    frames, fwd, bwd, valid, obj = _growing_object(t, lengths=lengths)
-    blurred = (lengths[:-1] > 0.7)[:, None, None] & ~obj[:-1] & (np.random.default_rng(1).random(valid.shape) < 0.9)
-    valid = valid & ~blurred
-    masks = motion_masks(frames, fwd, bwd, valid, valid) > 0
+    frames, fwd, bwd, obj = _growing_object(t, lengths=lengths)
+    blurred = (lengths[:-1] > 0.7)[:, None, None] & ~obj[:-1] & (np.random.default_rng(1).random(fwd.shape[:3]) < 0.9)
+    valid_fwd, valid_bwd = _consistent(fwd, bwd)
+    masks = motion_masks(frames, fwd, bwd, valid_fwd & ~blurred, valid_bwd & ~blurred) > 0
     iou = [(masks[i] & obj[i]).sum() / (masks[i] | obj[i]).sum() for i in range(t)]
     assert min(iou) > 0.8, np.round(iou, 2)
 
@@ -100,12 +104,12 @@ def test_motion_bootstrap_follows_an_object_through_frames_where_it_moves_slowly
     later sits below the shot's threshold (set by the fast frames) early on; seen in the
     later frames, it is followed back along the flow through the slow ones."""
     t, h, w = 20, 120, 160
-    frames, fwd, bwd, valid, obj = _growing_object(t, h, w, lengths=np.full(t, 0.3))
+    frames, fwd, bwd, obj = _growing_object(t, h, w, lengths=np.full(t, 0.3))
     speed = np.where(np.arange(t - 1) < 8, 1.2, 4.0)
     for i in range(t - 1):
         fwd[i][obj[i]] = [1.5 - speed[i], 0.0]
         bwd[i][obj[i + 1]] = [speed[i] - 1.5, 0.0]
-    masks = motion_masks(frames, fwd, bwd, valid, valid) > 0
+    masks = motion_masks(frames, fwd, bwd, *_consistent(fwd, bwd)) > 0
     iou = [(masks[i] & obj[i]).sum() / (masks[i] | obj[i]).sum() for i in range(t)]
     assert min(iou) > 0.8, np.round(iou, 2)
 
@@ -236,12 +240,13 @@ def test_plate_statistics_on_a_coarser_grid_match_full_resolution(monkeypatch):
     """Past ANALYSIS_SIDE the camera fit samples a coarser grid and the texture
     neighbourhood is dilated on block maxima: masks and confidence stay those of the
     full-resolution computation."""
-    frames, fwd, bwd, valid, obj = _growing_object(h=240, w=320)
+    frames, fwd, bwd, obj = _growing_object(h=240, w=320)
     frames[:, :, 200:] = 128  # a flat region on the right
-    full_masks = motion_masks(frames, fwd, bwd, valid, valid) > 0
+    valid = _consistent(fwd, bwd)
+    full_masks = motion_masks(frames, fwd, bwd, *valid) > 0
     full_conf = texture_confidence(frames[0]) > 0.5
     monkeypatch.setattr(preprocess_module, "ANALYSIS_SIDE", 80)  # coarsening 4
-    masks = motion_masks(frames, fwd, bwd, valid, valid) > 0
+    masks = motion_masks(frames, fwd, bwd, *valid) > 0
     conf = texture_confidence(frames[0]) > 0.5
     assert (masks != full_masks).mean() < 0.01
     assert (masks & obj).sum() / (masks | obj).sum() > 0.7  # the object found (part of it sits in the flat region)
