@@ -376,7 +376,6 @@ def colour_refined(frame: np.ndarray, mask: np.ndarray, mode: str = "trim") -> n
 
 
 FOLLOW_FRACTION = 1 / 3  # of the mask threshold: where an object seen in a neighbouring frame is followed
-VOTE_FRAMES = 2  # each frame's mask is the majority of the masks this many frames either side, carried to it (voted)
 SWAP_AGREEMENT = 0.5  # below this share of pixels keeping their side, the background's identity swapped between two pairs
 
 
@@ -457,46 +456,6 @@ def _camera_residuals(fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, v
     return res, taken
 
 
-def carried_to(masks: np.ndarray, s: int, t: int, fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray,
-               valid_bwd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Frame s's mask carried along the flow, frame by frame, onto frame t: (mask [H, W]
-    float32 in [0, 1], reached [H, W] bool: the flow was consistent at every step)."""
-    c, reached = masks[s].astype(np.float32), np.ones(masks.shape[1:], np.float32)
-    steps = [(fwd[j], valid_fwd[j]) for j in range(s - 1, t - 1, -1)]  # fwd[j] lives on frame j, points into j + 1
-    steps += [(bwd[j - 1], valid_bwd[j - 1]) for j in range(s + 1, t + 1)]  # bwd[j - 1] lives on frame j, points into j - 1
-    for flow, valid in steps:
-        c = warp_sample(c, flow)
-        reached = warp_sample(reached, flow) * valid
-    return c, reached > 0.5
-
-
-def voted(masks: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray, k: int,
-          alloc: Alloc = np.empty) -> np.ndarray:
-    """Each frame's mask, voted at each pixel by the masks of the 2k + 1 frames around it
-    (a window shifted inwards at the shot's ends) carried onto it along the flow: a majority
-    of the votes cast, where a neighbour's vote counts only if the flow reached the pixel
-    consistently (next to a moving object the flow of what it is about to cover, or has
-    just uncovered, lands on the object; such a neighbour does not vote there).
-
-    A motion mask misses a part of the object in the frames where that part happens to
-    move like the camera, and catches in a frame or two a flicker of the background;
-    neither lasts. The object's neighbours carry the part back, and the flicker has too
-    few neighbours to keep it.
-    """
-    n = len(masks)
-    out = alloc(masks.shape, np.uint8)
-    for t in range(n):
-        lo = max(0, min(t - k, n - 2 * k - 1))
-        yes, cast = masks[t].astype(np.float32), np.ones(masks.shape[1:], np.float32)
-        for s in range(lo, min(n, lo + 2 * k + 1)):
-            if s != t:
-                c, reached = carried_to(masks, s, t, fwd, bwd, valid_fwd, valid_bwd)
-                yes += (c > 0.5) & reached
-                cast += reached
-        out[t] = _clean_mask(yes > cast / 2)
-    return out
-
-
 def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd: np.ndarray, valid_bwd: np.ndarray,
                  threshold: float = 0.0, alloc: Alloc = np.empty, colour_refine: str = "none") -> np.ndarray:
     """Foreground guess per frame [T, H, W] uint8 (1: foreground) from flow that disagrees
@@ -509,8 +468,7 @@ def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd
     vanish between frames: where a frame's mask holds less than half of its neighbour's,
     carried along the flow, the object moves too slowly there for the shot's threshold,
     and it is followed where it still deviates by FOLLOW_FRACTION of it (one pass
-    forwards through the shot, one backwards). Each mask is then the majority of its
-    VOTE_FRAMES neighbours either side and its own (voted). `colour_refine` (COLOUR_REFINES) then
+    forwards through the shot, one backwards). `colour_refine` (COLOUR_REFINES) then
     re-cuts each frame's mask by colour (colour_refined). bench/bootstrap_bench.py scores
     the masks against ground truth.
     """
@@ -533,7 +491,6 @@ def motion_masks(frames: np.ndarray, fwd: np.ndarray, bwd: np.ndarray, valid_fwd
             carried = warp_sample(masks[src], flow) > 0.5
             if area[dst] < 0.5 * np.count_nonzero(carried):
                 masks[dst] = _clean_mask(masks[dst].astype(bool) | (carried & (res[dst] > float(follow[dst]))))
-    masks = voted(masks, fwd, bwd, valid_fwd, valid_bwd, VOTE_FRAMES, alloc)
     if colour_refine != "none":
         for i, frame in enumerate(frames):
             masks[i] = colour_refined(frame, masks[i], colour_refine)
