@@ -1,13 +1,14 @@
 """Fitting benchmark on the shared DAVIS clips (first 30 frames at 427x240).
 
     python bench/fit_bench.py [--preset fast] [--budget 300] [--clips blackswan car-shadow]
-                              [--device auto] [--set train.cuda_graph=true ...]
+                              [--device auto] [--seed 0] [--set train.cuda_graph=true ...]
 
 Each run is a fresh subprocess (so peak memory is its own). Prints one table row per clip
 and mask mode: DIS preprocessing time, fit time until the running PSNR (moving average
 of the batch PSNR) first reaches 25/30/33 dB, final full-frame PSNR, foreground IoU of
 the fitted opacity against the ground-truth masks, iterations/s and peak RSS; below a
-row, the fit's warnings (a degenerate or drifting layer, a poor reconstruction).
+row, the fit's warnings (a degenerate or drifting layer, a poor reconstruction). A fit is
+deterministic for its seed; another `--seed` shows how far a row moves by chance.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DAVIS = ROOT.parent / "shared" / "data" / "davis"
 
 
-def worker(clip: str, masks: bool, preset: str, budget: float, frames: str, size: str, device: str, overrides: list[str]) -> dict:
+def worker(clip: str, masks: bool, preset: str, budget: float, frames: str, size: str, device: str, overrides: list[str],
+           seed: int = 0) -> dict:
     import torch
 
     import atlas
@@ -33,7 +35,7 @@ def worker(clip: str, masks: bool, preset: str, budget: float, frames: str, size
     video = read_video(folder / "frames", frames=frames, size=size)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = atlas.fit(video, Path(tmp) / "b", preset, overrides, masks=str(folder / "masks") if masks else None,
-                           time_budget=budget or None, iters=1_000_000 if budget else None, device=device, quiet=True)
+                           time_budget=budget or None, iters=1_000_000 if budget else None, device=device, seed=seed, quiet=True)
         gt = unit_float(read_video(folder / "masks", frames=frames, size=size).frames)[..., 0] > 0.5
         alpha = torch.stack([1.0 - bundle.frame_maps(t).weights[..., 0] for t in range(bundle.num_frames)]) > 0.5
         m, tm = bundle.meta.metrics, bundle.meta.timings
@@ -55,15 +57,16 @@ def main() -> int:
     p.add_argument("--size", default="427x240")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="the fits' seed")
     p.add_argument("--worker", nargs=2, metavar=("CLIP", "MODE"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker[0], a.worker[1] == "given", a.preset, a.budget, a.frames, a.size, a.device, a.overrides)))
+        print(json.dumps(worker(a.worker[0], a.worker[1] == "given", a.preset, a.budget, a.frames, a.size, a.device, a.overrides, a.seed)))
         return 0
     if not DAVIS.is_dir():
         print(f"skipped: {DAVIS} not found (the shared DAVIS clips are not part of a user checkout)")
         return 0
-    print(f"preset {a.preset} {' '.join(a.overrides)}, budget {a.budget:g} s, frames {a.frames} at {a.size}, device {a.device}; "
+    print(f"preset {a.preset} {' '.join(a.overrides)}, budget {a.budget:g} s, frames {a.frames} at {a.size}, device {a.device}, seed {a.seed}; "
           "t@X = fit seconds until the running PSNR reached X dB")
     head = f"{'clip':<18} {'masks':<6} {'DIS s':>6} {'t@25':>6} {'t@30':>6} {'t@33':>6} {'PSNR':>6} {'IoU':>5} {'iters':>6} {'it/s':>6} {'peak MB':>8} backend"
     print(head)
@@ -71,7 +74,7 @@ def main() -> int:
     for clip in a.clips:
         for mode in a.modes:
             cmd = [sys.executable, __file__, "--worker", clip, mode, "--preset", a.preset, "--budget", str(a.budget), "--frames", a.frames,
-                   "--size", a.size, "--device", a.device, *[f"--set={o}" for o in a.overrides]]
+                   "--size", a.size, "--device", a.device, "--seed", str(a.seed), *[f"--set={o}" for o in a.overrides]]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
                 print(f"{clip:<18} {mode:<6} FAILED: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
