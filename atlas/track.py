@@ -190,29 +190,45 @@ def _grid_seeds(mapping: LayerMapping, targets: torch.Tensor, frames: torch.Tens
     return seeds
 
 
-def _solve(mapping: LayerMapping, qp: torch.Tensor, qt: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions [n, T, 2] and residuals [n, T] (atlas px) of queries qp [n, 2] in frames qt [n]
-    on one layer, in every frame."""
-    n = len(qp)
-    target = _layer_uv(mapping, qp, qt).repeat_interleave(num_frames, dim=0)
-    t_all = torch.arange(num_frames).repeat(n)
+def _solve(mapping: LayerMapping, qp: torch.Tensor, qt: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions [n, F, 2] and residuals [n, F] (atlas px) of queries qp [n, 2] in frames qt [n]
+    on one layer, in each of `frames` [F]."""
+    n, f = len(qp), len(frames)
+    target = _layer_uv(mapping, qp, qt).repeat_interleave(f, dim=0)
+    t_all = frames.repeat(n)
     p, res = _newton(mapping, _global_inverse(mapping, target, t_all), t_all, target)
     retry = (res > MAX_RESIDUAL_PX).nonzero().squeeze(1)
     if len(retry):
         p2, res2 = _newton(mapping, _grid_seeds(mapping, target[retry], t_all[retry]), t_all[retry], target[retry])
         better = res2 < res[retry]
         p[retry[better]], res[retry[better]] = p2[better], res2[better]
-    return p.reshape(n, num_frames, 2), res.reshape(n, num_frames)
+    return p.reshape(n, f, 2), res.reshape(n, f)
 
 
-def _weight_along(model: LayeredAtlas, positions: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
-    """Compositing weight [n, T] of each track's layer `layers` [n] along its positions [n, T, 2]."""
-    n, T = positions.shape[:2]
-    frames = torch.arange(T).repeat(n)
+def _weight_along(model: LayeredAtlas, positions: torch.Tensor, layers: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+    """Compositing weight [n, F] of each track's layer `layers` [n] along its positions
+    [n, F, 2] in `frames` [F] (default: every frame)."""
+    n, f = positions.shape[:2]
+    t_all = (torch.arange(f) if frames is None else frames).repeat(n)
     flat = positions.reshape(-1, 2)
-    w_all = torch.cat([model.layer_weights(model.alpha(flat[s : s + CHUNK] - 0.5, frames[s : s + CHUNK]))
+    w_all = torch.cat([model.layer_weights(model.alpha(flat[s : s + CHUNK] - 0.5, t_all[s : s + CHUNK]))
                        for s in range(0, len(flat), CHUNK)])
-    return w_all.gather(1, layers.repeat_interleave(T)[:, None]).reshape(n, T)
+    return w_all.gather(1, layers.repeat_interleave(f)[:, None]).reshape(n, f)
+
+
+@torch.no_grad()
+def weight_nearby(model: LayeredAtlas, pixels: torch.Tensor, t: int, layer: int, frames: list[int]) -> torch.Tensor:
+    """Layer `layer`'s compositing weight [N, F] at the points of `frames` [F] where the
+    continuous pixels `pixels` [N, 2] of frame t go on that layer's mapping; NaN where the
+    point leaves the frame or has no pre-image there. A pixel whose opacity in frame t is
+    the odd one out among its neighbours' is one the fit mislaid in that frame."""
+    model = model.cpu().eval()
+    g = model.geom
+    fr = torch.tensor(frames, dtype=torch.long)
+    pos, res = _solve(model.mappings[layer], pixels, torch.full((len(pixels),), t, dtype=torch.long), fr)
+    w = _weight_along(model, pos, torch.full((len(pixels),), layer, dtype=torch.long), fr)
+    inside = (pos[..., 0] >= 0) & (pos[..., 0] <= g.width) & (pos[..., 1] >= 0) & (pos[..., 1] <= g.height)
+    return torch.where(inside & (res <= MAX_RESIDUAL_PX), w, torch.full_like(w, float("nan")))
 
 
 @torch.no_grad()
@@ -241,7 +257,7 @@ def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = N
     weights_q = model.layer_weights(model.alpha(qp - 0.5, qt))
     chosen = torch.full((n,), model.layer_names.index(layer)) if layer else weights_q.argmax(dim=1)
     if layer is None and flow is not None and len(model.mappings) > 1 and T > 1:
-        solved = [_solve(m, qp, qt, T) for m in model.mappings]
+        solved = [_solve(m, qp, qt, torch.arange(T)) for m in model.mappings]
         tracks = torch.stack([p for p, _ in solved])  # [layers, n, T, 2]
         residuals = torch.stack([r for _, r in solved])  # [layers, n, T]
         each = torch.arange(n)
@@ -260,7 +276,7 @@ def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = N
         residual = torch.full((n, T), float("inf"))
         for li in chosen.unique().tolist():
             rows = (chosen == li).nonzero().squeeze(1)
-            positions[rows], residual[rows] = _solve(model.mappings[li], qp[rows], qt[rows], T)
+            positions[rows], residual[rows] = _solve(model.mappings[li], qp[rows], qt[rows], torch.arange(T))
         weight = _weight_along(model, positions, chosen)
     inside = (positions[..., 0] >= 0) & (positions[..., 0] <= g.width) & (positions[..., 1] >= 0) & (positions[..., 1] <= g.height)
     visible = inside & (residual <= MAX_RESIDUAL_PX) & (weight >= VISIBLE_WEIGHT)

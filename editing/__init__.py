@@ -64,16 +64,19 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
         raise AtlasInputError(f"--prompt needs --method {'|'.join(METHODS)}")
     src = source_frames(bundle, frames)
     generated: dict[str, np.ndarray] = {}
+    weights = None  # keyframes' own layer weights (editing.manual.keyframe_edits)
     if prompt:
         edits, generated, bundle = prompt_edits(bundle, src, prompt, method, layer, options)
     elif options:
         raise AtlasInputError(f"options {', '.join(sorted(options))} only apply to --prompt edits")
+    elif atlas:
+        edits = atlas_edits(bundle, atlas)
     else:
-        edits = atlas_edits(bundle, atlas) if atlas else keyframe_edits(bundle, src, keyframes, keyframe_masks)
+        edits, weights = keyframe_edits(bundle, src, keyframes, keyframe_masks)
     if mode == "overlay":
-        render = functools.partial(iter_overlay, bundle, edits, src)
+        render = functools.partial(iter_overlay, bundle, edits, src, weights)
     else:
-        render = functools.partial(iter_replace, bundle, edited_textures(bundle, edits), src)
+        render = functools.partial(iter_replace, bundle, edited_textures(bundle, edits), src, weights)
     return EditResult(render, edits, generated, bundle)
 
 

@@ -10,7 +10,7 @@ import torch
 from atlas.bundle import AtlasBundle
 from atlas.errors import AtlasInputError
 from atlas.io import read_image
-from propagation.splat import SplatAccumulator, change_mask, splat_frame
+from propagation.splat import SplatAccumulator, change_mask, keyframe_weights, splat_frame
 
 ImageLike = str | Path | np.ndarray | torch.Tensor
 
@@ -59,8 +59,9 @@ def atlas_edits(bundle: AtlasBundle, images: dict[str, ImageLike]) -> dict[str, 
 
 
 def keyframe_edits(bundle: AtlasBundle, source: torch.Tensor, keyframes: dict[int, ImageLike],
-                   masks: dict[int, ImageLike] | None = None) -> dict[str, np.ndarray]:
-    """{layer: RGBA} splatted from edited keyframes {frame index: image}.
+                   masks: dict[int, ImageLike] | None = None) -> tuple[dict[str, np.ndarray], dict[int, torch.Tensor]]:
+    """({layer: RGBA} splatted from edited keyframes {frame index: image}, {frame index:
+    layer weights [H, W, layers] it was splatted with}: render the keyframes with those).
 
     A keyframe's mask (white = edited) defaults to where it differs from the source frame.
     """
@@ -69,6 +70,7 @@ def keyframe_edits(bundle: AtlasBundle, source: torch.Tensor, keyframes: dict[in
     if unknown:
         raise AtlasInputError(f"--keyframe-mask given for frame(s) {sorted(unknown)} without a --keyframe")
     w, h = bundle.size
+    weights = {}
     acc = [SplatAccumulator(tex.shape[1], tex.shape[0]) for tex in (bundle.textures[n] for n in bundle.layer_names)]
     for index, image in sorted(keyframes.items()):
         if not 0 <= index < bundle.num_frames:
@@ -80,5 +82,7 @@ def keyframe_edits(bundle: AtlasBundle, source: torch.Tensor, keyframes: dict[in
             mask = torch.from_numpy(m[..., :3].mean(-1) if m.shape[2] >= 3 else m[..., 0].copy())
         else:
             mask = change_mask(edited, source[index])
-        splat_frame(acc, bundle.frame_maps(index), edited, mask)
-    return {name: a.rgba() for name, a in zip(bundle.layer_names, acc)}
+        maps = bundle.frame_maps(index)
+        weights[index] = keyframe_weights(bundle.model, maps, index, mask)
+        splat_frame(acc, maps, edited, mask, weights=weights[index])
+    return {name: a.rgba() for name, a in zip(bundle.layer_names, acc)}, weights

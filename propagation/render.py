@@ -8,10 +8,13 @@ replace: frames re-rendered from (edited) textures, s(sum_l w_l * tex_l(uv_l)), 
          plus the detail the atlas misses (source - reconstruction from the original
          textures).
 s is the frame's shading (atlas.shading: its exposure and vignetting), so an edit is lit
-like the frame it lands in.
+like the frame it lands in. Edited keyframes are rendered with the layer weights they
+were splatted with (propagation.splat.keyframe_weights), so each shows its paint where it
+was painted.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Iterator
 
@@ -74,21 +77,30 @@ def source_frames(bundle: AtlasBundle, frames: torch.Tensor | None = None) -> to
     return unit_float(frames)
 
 
-def iter_overlay(bundle: AtlasBundle, edits: dict[str, np.ndarray], frames: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Overlay RGBA edits {layer name: texture} on every frame."""
+def _frame_maps(bundle: AtlasBundle, t: int, weights: dict[int, torch.Tensor] | None) -> FrameMaps:
+    """Frame t's maps, with its layer weights replaced where `weights` {frame: [H, W, layers]} has them."""
+    maps = bundle.frame_maps(t)
+    return dataclasses.replace(maps, weights=weights[t]) if weights and t in weights else maps
+
+
+def iter_overlay(bundle: AtlasBundle, edits: dict[str, np.ndarray], frames: torch.Tensor,
+                 weights: dict[int, torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+    """Overlay RGBA edits {layer name: texture} on every frame (`weights`: see _frame_maps)."""
     by_index = {_layer_index(bundle, name): tex for name, tex in edits.items()}
     for t in range(bundle.num_frames):
-        yield overlay_frame(frames[t], bundle.frame_maps(t), by_index)
+        yield overlay_frame(frames[t], _frame_maps(bundle, t, weights), by_index)
 
 
-def iter_replace(bundle: AtlasBundle, textures: dict[str, np.ndarray], frames: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+def iter_replace(bundle: AtlasBundle, textures: dict[str, np.ndarray], frames: torch.Tensor | None = None,
+                 weights: dict[int, torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
     """Re-render every frame from `textures` (missing layers keep their baked texture);
-    with source `frames`, add back the detail the original atlases do not reproduce."""
+    with source `frames`, add back the detail the original atlases do not reproduce
+    (`weights`: see _frame_maps)."""
     for name in textures:
         _layer_index(bundle, name)
     edited = [textures.get(n, bundle.textures[n]) for n in bundle.layer_names]
     original = [bundle.textures[n] for n in bundle.layer_names]
     for t in range(bundle.num_frames):
-        maps = bundle.frame_maps(t)
+        maps = _frame_maps(bundle, t, weights)
         detail = None if frames is None else frames[t] - replace_frame(maps, original)
         yield replace_frame(maps, edited, detail)

@@ -10,6 +10,13 @@ keyframe's exposure and vignetting taken out: atlas.shading), as the atlas holds
 Several keyframes are merged by pooling these sums: where keyframes disagree about a
 texel, the result is their weight-averaged colour (no keyframe overrides another), and A
 falls where a keyframe saw the texel unedited.
+
+A keyframe's own layer weights can be wrong where the fit mislaid part of an object in
+that one frame (a neck the motion bootstrap missed there): its paint would then land on
+the background behind and be missing from the object everywhere else. So before
+splatting, each edited pixel that a foreground layer barely covers is followed along that
+layer's mapping into the nearest 2 * REACH frames (atlas.track.weight_nearby); where the
+layer covers it there (median weight), that weight is taken instead (keyframe_weights).
 """
 from __future__ import annotations
 
@@ -18,7 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from atlas.evaluate import FrameMaps
+from atlas.evaluate import FrameMaps, pixel_grid
+from atlas.model import LayeredAtlas
+from atlas.track import VISIBLE_WEIGHT, weight_nearby
+
+REACH = 2
 
 
 @dataclass
@@ -63,20 +74,44 @@ class SplatAccumulator:
         return out.reshape(self.height, self.width, 4).float().numpy()
 
 
+def keyframe_weights(model: LayeredAtlas, maps: FrameMaps, t: int, mask: torch.Tensor, reach: int = REACH) -> torch.Tensor:
+    """Layer weights [H, W, layers] of keyframe t (maps) for splatting the pixels of `mask`
+    [H, W]: each foreground weight below VISIBLE_WEIGHT there is raised to its median along
+    the layer's mapping in the 2 * reach nearest frames, where that is larger; the
+    foregrounds are then scaled to sum to at most 1 and the background takes the rest."""
+    weights = maps.weights.reshape(-1, maps.weights.shape[-1]).clone()
+    frames = sorted(range(model.geom.num_frames), key=lambda f: abs(f - t))[1 : 1 + 2 * reach]
+    if weights.shape[1] < 2 or not frames:
+        return maps.weights
+    h, w = mask.shape
+    edited = mask.reshape(-1) > 0
+    for layer in range(1, weights.shape[1]):
+        rows = (edited & (weights[:, layer] < VISIBLE_WEIGHT)).nonzero().squeeze(1)
+        if not len(rows):
+            continue
+        nearby = weight_nearby(model, pixel_grid(h, w)[rows] + 0.5, t, layer, frames).nanmedian(dim=1).values
+        up = nearby > weights[rows, layer]  # False where NaN: no neighbour frame shows the point
+        weights[rows[up], layer] = nearby[up]
+    fg = weights[:, 1:] / weights[:, 1:].sum(1, keepdim=True).clamp_min(1.0)
+    return torch.cat([1.0 - fg.sum(1, keepdim=True), fg], dim=1).reshape(maps.weights.shape)
+
+
 def splat_layer(acc: SplatAccumulator, maps: FrameMaps, layer: int, edited: torch.Tensor, mask: torch.Tensor,
-                min_weight: float = 0.05) -> None:
+                min_weight: float = 0.05, weights: torch.Tensor | None = None) -> None:
     """Add one keyframe ([H, W, 3] edited image, [H, W] mask) to one layer's sums, from the
-    pixels whose weight on that layer exceeds `min_weight`."""
-    w = maps.weights[..., layer].reshape(-1)
+    pixels whose weight on that layer (`weights` [H, W, layers], default the fitted ones)
+    exceeds `min_weight`."""
+    w = (maps.weights if weights is None else weights)[..., layer].reshape(-1)
     keep = w > min_weight
     colour = maps.unshade(edited).reshape(-1, 3)[keep]
     acc.add(maps.uv[..., layer, :].reshape(-1, 2)[keep], w[keep], mask.reshape(-1)[keep], colour)
 
 
-def splat_frame(acc: list[SplatAccumulator], maps: FrameMaps, edited: torch.Tensor, mask: torch.Tensor, min_weight: float = 0.05) -> None:
+def splat_frame(acc: list[SplatAccumulator], maps: FrameMaps, edited: torch.Tensor, mask: torch.Tensor, min_weight: float = 0.05,
+                weights: torch.Tensor | None = None) -> None:
     """Add one keyframe to every layer's sums (see splat_layer)."""
     for layer, a in enumerate(acc):
-        splat_layer(a, maps, layer, edited, mask, min_weight)
+        splat_layer(a, maps, layer, edited, mask, min_weight, weights)
 
 
 def change_mask(edited: torch.Tensor, source: torch.Tensor, threshold: float = 3.0 / 255.0) -> torch.Tensor:
