@@ -10,7 +10,9 @@ mapping(x', y', t') = (u, v) for (x', y'):
     difference sees more of it than the local derivative does), steps capped in length.
 
 The layer a query follows (unless one is asked for) is the one with the largest
-compositing weight at the query, except where the fit's optical flow says otherwise: the
+compositing weight at the query, as checked against the nearest frames (checked_weights:
+a part of an object the fit mislaid in the query's frame alone still counts as the
+object), except where the fit's optical flow says otherwise: the
 query is carried by the flow FLOW_CHECK_FRAMES frames each way (as far as the flow is
 forward-backward consistent), and when another layer's track stays with it and the
 weighted layer's departs by more than SWITCH_RATIO times as far (and SWITCH_FRAC of the
@@ -49,6 +51,7 @@ CHUNK = 1 << 16
 FLOW_CHECK_FRAMES = 8
 SWITCH_RATIO = 2.0
 SWITCH_FRAC = 0.005  # of the frame's longer side (2 px at 427x240)
+NEARBY_FRAMES = 4
 
 
 @dataclass
@@ -216,19 +219,41 @@ def _weight_along(model: LayeredAtlas, positions: torch.Tensor, layers: torch.Te
     return w_all.gather(1, layers.repeat_interleave(f)[:, None]).reshape(n, f)
 
 
-@torch.no_grad()
-def weight_nearby(model: LayeredAtlas, pixels: torch.Tensor, t: int, layer: int, frames: list[int]) -> torch.Tensor:
+def _weight_nearby(model: LayeredAtlas, pixels: torch.Tensor, t: int, layer: int, frames: list[int]) -> torch.Tensor:
     """Layer `layer`'s compositing weight [N, F] at the points of `frames` [F] where the
     continuous pixels `pixels` [N, 2] of frame t go on that layer's mapping; NaN where the
-    point leaves the frame or has no pre-image there. A pixel whose opacity in frame t is
-    the odd one out among its neighbours' is one the fit mislaid in that frame."""
-    model = model.cpu().eval()
+    point leaves the frame or has no pre-image there."""
     g = model.geom
     fr = torch.tensor(frames, dtype=torch.long)
     pos, res = _solve(model.mappings[layer], pixels, torch.full((len(pixels),), t, dtype=torch.long), fr)
     w = _weight_along(model, pos, torch.full((len(pixels),), layer, dtype=torch.long), fr)
     inside = (pos[..., 0] >= 0) & (pos[..., 0] <= g.width) & (pos[..., 1] >= 0) & (pos[..., 1] <= g.height)
     return torch.where(inside & (res <= MAX_RESIDUAL_PX), w, torch.full_like(w, float("nan")))
+
+
+@torch.no_grad()
+def checked_weights(model: LayeredAtlas, pixels: torch.Tensor, t: int, weights: torch.Tensor, nearby: int = NEARBY_FRAMES) -> torch.Tensor:
+    """Layer weights [N, layers] of continuous pixels [N, 2] of frame t, from their fitted
+    `weights` [N, layers]: a foreground weight below VISIBLE_WEIGHT is raised to its median
+    along that layer's mapping in the `nearby` frames nearest t, where that is larger; the
+    foregrounds are then scaled to sum to at most 1 and the background takes the rest.
+
+    The fit can mislay part of an object in a single frame (the motion bootstrap missed it
+    there), painting it into the background; the frames around still show the points of
+    the object's mapping on the object."""
+    model = model.cpu().eval()
+    frames = sorted(range(model.geom.num_frames), key=lambda f: abs(f - t))[1 : 1 + nearby]
+    if weights.shape[1] < 2 or not frames or not len(pixels):
+        return weights
+    weights = weights.clone()
+    for layer in range(1, weights.shape[1]):
+        rows = (weights[:, layer] < VISIBLE_WEIGHT).nonzero().squeeze(1)
+        if len(rows):
+            median = _weight_nearby(model, pixels[rows], t, layer, frames).nanmedian(dim=1).values
+            up = median > weights[rows, layer]  # False where NaN: no nearby frame shows the point
+            weights[rows[up], layer] = median[up]
+    fg = weights[:, 1:] / weights[:, 1:].sum(1, keepdim=True).clamp_min(1.0)
+    return torch.cat([1.0 - fg.sum(1, keepdim=True), fg], dim=1)
 
 
 @torch.no_grad()
@@ -255,6 +280,10 @@ def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = N
     qp = torch.from_numpy(q[:, :2]).float()
     qt = torch.from_numpy(q[:, 2]).long()
     weights_q = model.layer_weights(model.alpha(qp - 0.5, qt))
+    if layer is None:
+        for t in qt.unique().tolist():
+            rows = (qt == t).nonzero().squeeze(1)
+            weights_q[rows] = checked_weights(model, qp[rows], t, weights_q[rows])
     chosen = torch.full((n,), model.layer_names.index(layer)) if layer else weights_q.argmax(dim=1)
     if layer is None and flow is not None and len(model.mappings) > 1 and T > 1:
         solved = [_solve(m, qp, qt, torch.arange(T)) for m in model.mappings]

@@ -16,7 +16,7 @@ zero motion. `--gt-masks` fits the DAVIS clips with their ground-truth masks (th
 ceiling of a perfect foreground guess). Each fit runs in a fresh subprocess. Prints one
 table per preset with the means, and the time to track 1,000 points through the frames.
 `--json` rows also hold "atlas_by_weight": the same fit's tracks with each query's layer
-taken from the compositing weights alone (atlas.track without its flow check), and "step":
+taken from the (checked) compositing weights alone (atlas.track without its flow check), and "step":
 the median error of one-frame steps (queried at every visible ground-truth point, predicted
 one frame on) of the atlas and of DIS, on the foreground and the background: per-step
 accuracy, apart from drift.

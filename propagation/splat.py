@@ -15,8 +15,8 @@ A keyframe's own layer weights can be wrong where the fit mislaid part of an obj
 that one frame (a neck the motion bootstrap missed there): its paint would then land on
 the background behind and be missing from the object everywhere else. So before
 splatting, each edited pixel that a foreground layer barely covers is followed along that
-layer's mapping into the nearest 2 * REACH frames (atlas.track.weight_nearby); where the
-layer covers it there (median weight), that weight is taken instead (keyframe_weights).
+layer's mapping into the nearest frames; where the layer covers it there, that weight is
+taken instead (keyframe_weights, atlas.track.checked_weights).
 """
 from __future__ import annotations
 
@@ -27,9 +27,7 @@ import torch
 
 from atlas.evaluate import FrameMaps, pixel_grid
 from atlas.model import LayeredAtlas
-from atlas.track import VISIBLE_WEIGHT, weight_nearby
-
-REACH = 2
+from atlas.track import checked_weights
 
 
 @dataclass
@@ -74,26 +72,14 @@ class SplatAccumulator:
         return out.reshape(self.height, self.width, 4).float().numpy()
 
 
-def keyframe_weights(model: LayeredAtlas, maps: FrameMaps, t: int, mask: torch.Tensor, reach: int = REACH) -> torch.Tensor:
-    """Layer weights [H, W, layers] of keyframe t (maps) for splatting the pixels of `mask`
-    [H, W]: each foreground weight below VISIBLE_WEIGHT there is raised to its median along
-    the layer's mapping in the 2 * reach nearest frames, where that is larger; the
-    foregrounds are then scaled to sum to at most 1 and the background takes the rest."""
-    weights = maps.weights.reshape(-1, maps.weights.shape[-1]).clone()
-    frames = sorted(range(model.geom.num_frames), key=lambda f: abs(f - t))[1 : 1 + 2 * reach]
-    if weights.shape[1] < 2 or not frames:
-        return maps.weights
+def keyframe_weights(model: LayeredAtlas, maps: FrameMaps, t: int, mask: torch.Tensor) -> torch.Tensor:
+    """Layer weights [H, W, layers] of keyframe t (maps) for splatting: at the pixels of
+    `mask` [H, W], checked against the nearby frames (atlas.track.checked_weights)."""
     h, w = mask.shape
-    edited = mask.reshape(-1) > 0
-    for layer in range(1, weights.shape[1]):
-        rows = (edited & (weights[:, layer] < VISIBLE_WEIGHT)).nonzero().squeeze(1)
-        if not len(rows):
-            continue
-        nearby = weight_nearby(model, pixel_grid(h, w)[rows] + 0.5, t, layer, frames).nanmedian(dim=1).values
-        up = nearby > weights[rows, layer]  # False where NaN: no neighbour frame shows the point
-        weights[rows[up], layer] = nearby[up]
-    fg = weights[:, 1:] / weights[:, 1:].sum(1, keepdim=True).clamp_min(1.0)
-    return torch.cat([1.0 - fg.sum(1, keepdim=True), fg], dim=1).reshape(maps.weights.shape)
+    weights = maps.weights.reshape(h * w, -1).clone()
+    rows = (mask.reshape(-1) > 0).nonzero().squeeze(1)
+    weights[rows] = checked_weights(model, pixel_grid(h, w)[rows] + 0.5, t, weights[rows])
+    return weights.reshape(maps.weights.shape)
 
 
 def splat_layer(acc: SplatAccumulator, maps: FrameMaps, layer: int, edited: torch.Tensor, mask: torch.Tensor,

@@ -194,23 +194,42 @@ def test_carried_by_flow_steps_each_way_and_stops_at_the_border_and_unreliable_f
     assert reached[0].tolist() == [False, True, True, False, True, False, False, False]
 
 
-def test_a_point_the_opacity_missed_follows_the_layer_it_moves_with(fitted, clip, monkeypatch):
-    """As if the motion bootstrap had missed the sprite in frame 0 (it is painted into the
-    background there): sprite queries on frame 0 then follow the background by their weight
-    alone, and the fit's flow puts them back on the foreground."""
-    from atlas.track import track_points
-
-    model = fitted.model
+def _mislay_sprite(model, monkeypatch, last_frame: int) -> None:
+    """As if the motion bootstrap had missed the sprite in frames 0..last_frame: opacity 0 there."""
     alpha = model.alpha
-    monkeypatch.setattr(model, "alpha", lambda xy, t: torch.where((t == 0)[:, None], torch.zeros(()), alpha(xy, t)))
+    monkeypatch.setattr(model, "alpha", lambda xy, t: torch.where((t <= last_frame)[:, None], torch.zeros(()), alpha(xy, t)))
+
+
+def _sprite_queries(clip):
     rng = np.random.default_rng(1)
     pts = rng.uniform([4, 4], [76, 56], (300, 2))
     d = np.sqrt(((pts - clip.sprite_centre[0]) ** 2).sum(-1))
     pts = pts[(d < clip.sprite_radius - 3) | (d > clip.sprite_radius + 3)]
     truth, on_sprite, hidden = _truth(clip, pts)
-    queries = np.concatenate([pts, np.zeros((len(pts), 1))], 1)
     assert on_sprite.sum() > 10
-    by_weight = track_points(model, queries)
+    return np.concatenate([pts, np.zeros((len(pts), 1))], 1), truth, on_sprite, hidden
+
+
+def test_a_point_the_opacity_missed_in_its_frame_alone_follows_the_object(fitted, clip, monkeypatch):
+    """Sprite painted into the background in the query's frame only: the frames next to it
+    show the sprite, so the weights alone (no flow) put the queries on the foreground."""
+    from atlas.track import track_points
+
+    _mislay_sprite(fitted.model, monkeypatch, last_frame=0)
+    queries, _, on_sprite, _ = _sprite_queries(clip)
+    tracks = track_points(fitted.model, queries)
+    assert [name == "foreground" for name in tracks.layers] == list(on_sprite)
+
+
+def test_a_point_the_opacity_missed_follows_the_layer_it_moves_with(fitted, clip, monkeypatch):
+    """Sprite painted into the background in frames 0..4 (more than the nearby frames that
+    check a query's weights): sprite queries on frame 0 then follow the background by their
+    weight alone, and the fit's flow puts them back on the foreground."""
+    from atlas.track import NEARBY_FRAMES, track_points
+
+    _mislay_sprite(fitted.model, monkeypatch, last_frame=NEARBY_FRAMES)
+    queries, truth, on_sprite, hidden = _sprite_queries(clip)
+    by_weight = track_points(fitted.model, queries)
     assert all(name == "background" for name in by_weight.layers)
     tracks = fitted.track(queries)
     assert [name == "foreground" for name in tracks.layers] == list(on_sprite)
