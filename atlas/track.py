@@ -241,17 +241,21 @@ def checked_weights(model: LayeredAtlas, pixels: torch.Tensor, t: int, weights: 
     The fit can mislay part of an object in a single frame (the motion bootstrap missed it
     there), painting it into the background; the frames around still show the points of
     the object's mapping on the object."""
-    model = model.cpu().eval()
     frames = sorted(range(model.geom.num_frames), key=lambda f: abs(f - t))[1 : 1 + nearby]
     if weights.shape[1] < 2 or not frames or not len(pixels):
         return weights
     weights = weights.clone()
-    for layer in range(1, weights.shape[1]):
-        rows = (weights[:, layer] < VISIBLE_WEIGHT).nonzero().squeeze(1)
-        if len(rows):
-            median = _weight_nearby(model, pixels[rows], t, layer, frames).nanmedian(dim=1).values
-            up = median > weights[rows, layer]  # False where NaN: no nearby frame shows the point
-            weights[rows[up], layer] = median[up]
+    device = next(model.parameters()).device
+    model.cpu()  # the solve runs on the CPU; the model goes back where it was
+    try:
+        for layer in range(1, weights.shape[1]):
+            rows = (weights[:, layer] < VISIBLE_WEIGHT).nonzero().squeeze(1)
+            if len(rows):
+                median = _weight_nearby(model, pixels[rows], t, layer, frames).nanmedian(dim=1).values
+                up = median > weights[rows, layer]  # False where NaN: no nearby frame shows the point
+                weights[rows[up], layer] = median[up]
+    finally:
+        model.to(device)
     fg = weights[:, 1:] / weights[:, 1:].sum(1, keepdim=True).clamp_min(1.0)
     return torch.cat([1.0 - fg.sum(1, keepdim=True), fg], dim=1)
 
