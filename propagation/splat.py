@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from atlas.evaluate import FrameMaps, pixel_grid
 from atlas.model import LayeredAtlas
 from atlas.track import checked_weights
+
+COARSE = 4
 
 
 @dataclass
@@ -72,14 +75,35 @@ class SplatAccumulator:
         return out.reshape(self.height, self.width, 4).float().numpy()
 
 
-def keyframe_weights(model: LayeredAtlas, maps: FrameMaps, t: int, mask: torch.Tensor) -> torch.Tensor:
+def keyframe_weights(model: LayeredAtlas, maps: FrameMaps, t: int, mask: torch.Tensor, coarse: int = COARSE) -> torch.Tensor:
     """Layer weights [H, W, layers] of keyframe t (maps) for splatting: at the pixels of
-    `mask` [H, W], checked against the nearby frames (atlas.track.checked_weights)."""
+    `mask` [H, W], checked against the nearby frames (atlas.track.checked_weights). The
+    check runs on every `coarse`-th pixel in x and y first, then on the pixels within
+    `coarse` of those whose weights it changed (a whole-frame edit of a large plate would
+    otherwise solve for every pixel)."""
     h, w = mask.shape
     weights = maps.weights.reshape(h * w, -1).clone()
-    rows = (mask.reshape(-1) > 0).nonzero().squeeze(1)
-    weights[rows] = checked_weights(model, pixel_grid(h, w)[rows] + 0.5, t, weights[rows])
+    pixels = pixel_grid(h, w) + 0.5
+    edited = mask > 0
+    todo = edited
+    if coarse > 1:
+        grid = torch.zeros(h, w, dtype=torch.bool)
+        grid[::coarse, ::coarse] = True
+        changed = _check(model, weights, pixels, t, edited & grid)
+        near = F.max_pool2d(changed.float()[None, None], 2 * coarse + 1, 1, coarse)[0, 0] > 0
+        todo = edited & near & ~grid
+    _check(model, weights, pixels, t, todo)
     return weights.reshape(maps.weights.shape)
+
+
+def _check(model: LayeredAtlas, weights: torch.Tensor, pixels: torch.Tensor, t: int, select: torch.Tensor) -> torch.Tensor:
+    """Check the weights [H*W, layers] of the pixels `select` [H, W] in place; [H, W] where they changed."""
+    rows = select.reshape(-1).nonzero().squeeze(1)
+    before = weights[rows]
+    weights[rows] = checked_weights(model, pixels[rows], t, before)
+    changed = torch.zeros(len(weights), dtype=torch.bool)
+    changed[rows] = (weights[rows] != before).any(dim=1)
+    return changed.reshape(select.shape)
 
 
 def splat_layer(acc: SplatAccumulator, maps: FrameMaps, layer: int, edited: torch.Tensor, mask: torch.Tensor,

@@ -54,6 +54,8 @@ def test_paint_on_an_object_the_keyframe_mislaid_lands_on_the_object(fitted, cli
     assert (weights[..., 1][inner] > 0.5).float().mean() > 0.95
     assert (weights[..., 1][outer] < 0.5).float().mean() > 0.99
     assert torch.allclose(weights.sum(-1), torch.ones(())) and torch.equal(keyframe_weights(model, maps, 0, 0 * every), maps.weights)
+    dense = keyframe_weights(model, maps, 0, every, coarse=1)  # the coarse-to-fine check finds what the dense one does
+    assert ((dense - weights).abs().amax(-1) > 1e-6).float().mean() < 0.01
 
     sprite = clip.sprite.copy()
     sprite[(np.arange(sprite.shape[0]) // 3) % 2 == 1] = [0.1, 1.0, 0.2]  # green stripes
