@@ -235,7 +235,8 @@ def _weight_nearby(model: LayeredAtlas, pixels: torch.Tensor, t: int, layer: int
 def checked_weights(model: LayeredAtlas, pixels: torch.Tensor, t: int, weights: torch.Tensor, nearby: int = NEARBY_FRAMES) -> torch.Tensor:
     """Layer weights [N, layers] of continuous pixels [N, 2] of frame t, from their fitted
     `weights` [N, layers]: a foreground weight below VISIBLE_WEIGHT is raised to its median
-    along that layer's mapping in the `nearby` frames nearest t, where that is larger; the
+    (the lower middle value) along that layer's mapping in the `nearby` frames nearest t
+    (NaN where the point leaves the frame there or has no pre-image), where that is larger; the
     foregrounds are then scaled to sum to at most 1 and the background takes the rest.
 
     The fit can mislay part of an object in a single frame (the motion bootstrap missed it
