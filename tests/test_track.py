@@ -235,3 +235,31 @@ def test_a_point_the_opacity_missed_follows_the_layer_it_moves_with(fitted, clip
     assert [name == "foreground" for name in tracks.layers] == list(on_sprite)
     err = np.linalg.norm(tracks.positions - truth, axis=-1)[on_sprite][~hidden[on_sprite]]
     assert np.median(err) < 1.5
+
+
+def test_checked_weights_raise_foregrounds_to_their_nearby_median_and_keep_the_sum(monkeypatch):
+    """Three layers (background, two foregrounds), the nearby weights given: a foreground
+    below 0.5 takes the median of the nearby frames that show the point where that is
+    larger; the foregrounds are scaled to sum to at most 1 and the background takes the rest."""
+    from types import SimpleNamespace
+
+    import atlas.track as track
+
+    nearby = {  # layer -> [N, 4] weights in the 4 nearest frames (NaN: the point is not shown there)
+        1: torch.tensor([[0.9, 0.9, 0.8, 0.0], [0.1, 0.0, 0.0, 0.2], [0.8, 0.8, 0.8, 0.8], [float("nan")] * 4]),
+        2: torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.3, 0.3, float("nan"), float("nan")], [0.6, 0.6, 0.6, 0.6], [0.9] * 4]),
+    }
+    monkeypatch.setattr(track, "_weight_nearby", lambda model, pixels, t, layer, frames: nearby[layer][pixels[:, 0].long()])
+    model = torch.nn.Linear(1, 1)
+    model.geom = SimpleNamespace(num_frames=10)
+    fitted = torch.tensor([[0.6, 0.3, 0.1], [0.7, 0.2, 0.1], [1.0, 0.0, 0.0], [0.5, 0.1, 0.4]])
+    pixels = torch.stack([torch.arange(4.0), torch.zeros(4)], 1)  # row i reads nearby[layer][i]
+    out = track.checked_weights(model, pixels, 5, fitted)
+    expected = torch.tensor([
+        [0.1, 0.8, 0.1],  # fg1 -> median 0.8 (the lower middle of 0, 0.8, 0.9, 0.9), fg2 stays (0 < 0.1)
+        [0.5, 0.2, 0.3],  # fg1 stays (median 0 < 0.2), fg2 -> 0.3 (the two frames that show it)
+        [0.0, 0.8 / 1.4, 0.6 / 1.4],  # both raised past a sum of 1: scaled down, background 0
+        [0.0, 0.1 / 1.0, 0.9],  # fg1 shown in no nearby frame: kept; fg2 -> 0.9
+    ])
+    assert torch.allclose(out, expected, atol=1e-6), out
+    assert torch.equal(track.checked_weights(model, pixels, 5, fitted[:, :1]), fitted[:, :1])  # background only
