@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .errors import AtlasInputError
-from .model import LayeredAtlas, LayerMapping
+from .model import FrameGeometry, LayeredAtlas, LayerMapping
 
 VISIBLE_WEIGHT = 0.5
 MAX_RESIDUAL_PX = 1.0  # atlas pixels: a solve that ends farther from (u, v) found no pre-image
@@ -219,16 +219,20 @@ def _weight_along(model: LayeredAtlas, positions: torch.Tensor, layers: torch.Te
     return w_all.gather(1, layers.repeat_interleave(f)[:, None]).reshape(n, f)
 
 
+def _found(positions: torch.Tensor, residual: torch.Tensor, geom: FrameGeometry) -> torch.Tensor:
+    """Where solved positions [..., 2] lie inside the frame and their solve converged (residual [...])."""
+    x, y = positions[..., 0], positions[..., 1]
+    return (x >= 0) & (x <= geom.width) & (y >= 0) & (y <= geom.height) & (residual <= MAX_RESIDUAL_PX)
+
+
 def _weight_nearby(model: LayeredAtlas, pixels: torch.Tensor, t: int, layer: int, frames: list[int]) -> torch.Tensor:
     """Layer `layer`'s compositing weight [N, F] at the points of `frames` [F] where the
     continuous pixels `pixels` [N, 2] of frame t go on that layer's mapping; NaN where the
     point leaves the frame or has no pre-image there."""
-    g = model.geom
     fr = torch.tensor(frames, dtype=torch.long)
     pos, res = _solve(model.mappings[layer], pixels, torch.full((len(pixels),), t, dtype=torch.long), fr)
     w = _weight_along(model, pos, torch.full((len(pixels),), layer, dtype=torch.long), fr)
-    inside = (pos[..., 0] >= 0) & (pos[..., 0] <= g.width) & (pos[..., 1] >= 0) & (pos[..., 1] <= g.height)
-    return torch.where(inside & (res <= MAX_RESIDUAL_PX), w, torch.full_like(w, float("nan")))
+    return torch.where(_found(pos, res, model.geom), w, torch.full_like(w, float("nan")))
 
 
 @torch.no_grad()
@@ -312,8 +316,7 @@ def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = N
             rows = (chosen == li).nonzero().squeeze(1)
             positions[rows], residual[rows] = _solve(model.mappings[li], qp[rows], qt[rows], torch.arange(T))
         weight = _weight_along(model, positions, chosen)
-    inside = (positions[..., 0] >= 0) & (positions[..., 0] <= g.width) & (positions[..., 1] >= 0) & (positions[..., 1] <= g.height)
-    visible = inside & (residual <= MAX_RESIDUAL_PX) & (weight >= VISIBLE_WEIGHT)
+    visible = _found(positions, residual, g) & (weight >= VISIBLE_WEIGHT)
     confidence = torch.where(torch.isfinite(residual), weight * torch.exp(-residual), torch.zeros_like(weight))
     positions[torch.arange(n), qt] = qp  # the query itself, exactly
     return Tracks(q.astype(np.float32), [model.layer_names[i] for i in chosen.tolist()], positions.numpy(), visible.numpy(),
