@@ -246,6 +246,8 @@ def bundle_config(meta: BundleMeta) -> FitConfig:
     cfg = config_from_dict(meta.config)
     if meta.format_version < 3:
         cfg.model.shading = "none"
+    if "colour_lod" not in meta.config.get("model", {}):
+        cfg.model.colour_lod = False
     return cfg
 
 

@@ -65,6 +65,11 @@ class ModelConfig:
     """Hidden layers of the colour MLP."""
     colour_density: float = field(default=1.0, metadata=limits(0.0, 16.0, exclusive=True))
     """Finest colour-grid vertices per source pixel of atlas extent."""
+    colour_lod: bool = True
+    """Colour seen at each pixel's footprint: a frame that sees a layer from further away than
+    its closest frame reads the colour grid's coarser levels only (HashGrid.level_weights), so
+    a shot that zooms (an object coming closer) neither aliases in its far frames nor blurs
+    its close ones. Baked atlases keep the full detail."""
     residual_levels: int = field(default=6, metadata=limits(1, 32))
     """Levels of the 3-D grid of the mapping residual (coarse: motion is smooth)."""
     residual_finest_frac: float = field(default=0.125, metadata=limits(0.0, 4.0, exclusive=True))

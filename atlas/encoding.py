@@ -79,9 +79,24 @@ class HashGrid(nn.Module):
     def out_dim(self) -> int:
         return self.n_levels * self.n_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, footprint: torch.Tensor | None = None) -> torch.Tensor:
+        """`footprint` [N]: the side of the area each sample stands for, in input units (a
+        pixel seen through a mapping). Levels whose cells are smaller fade out (:meth:`level_weights`)."""
         backend = cuda_ext.resolve_backend(self.backend, x.device)
-        return cuda_ext.hash_encode(x, self.table, self.resolutions, backend=backend, offsets=self.offsets)
+        features = cuda_ext.hash_encode(x, self.table, self.resolutions, backend=backend, offsets=self.offsets)
+        if footprint is None:
+            return features
+        weights = self.level_weights(footprint)
+        return (features.view(-1, self.n_levels, self.n_features) * weights[..., None]).view(features.shape)
+
+    def level_weights(self, footprint: torch.Tensor) -> torch.Tensor:
+        """[N, L] weight of each level for samples of a given footprint [N] (input units):
+        1 where a level's cell is at least the footprint, 0 where it is half of it or less,
+        log-linear between. A point sample of cells finer than the area it stands for aliases
+        (mip-mapping's reason): a pixel of a far frame that sees an object small would pull
+        the detail its close frames need toward its own average."""
+        cells = self.resolutions.to(footprint.dtype).log().mean(-1).exp()  # [L] cells per input unit, geometric mean over dims
+        return (1.0 - torch.log2(footprint[:, None] * cells)).clamp(0.0, 1.0)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         """Bundles before format 2 stored the table as [L, S, F], every level S rows: keep

@@ -119,6 +119,18 @@ class LayerMapping(nn.Module):
             h = inverse3x3(self.transforms).index_select(0, t2) @ self.transforms.index_select(0, t)
             return self.geom.pixels(project(h, self.geom.normalise(xy)))
 
+    def footprint(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """[N] side of the atlas area (uv units) a pixel of frame t covers, from the global
+        transform (a homography's Jacobian determinant is det(h) / w^3); no gradient: how
+        finely to sample, not a quantity to fit."""
+        with torch.no_grad():
+            h = self.transforms.index_select(0, t)
+            q = self.geom.normalise(xy)
+            w = h[:, 2, 0] * q[:, 0] + h[:, 2, 1] * q[:, 1] + h[:, 2, 2]
+            det = (h[:, 0] * torch.linalg.cross(h[:, 1], h[:, 2])).sum(-1)
+            area = det.abs() / w.abs().clamp_min(1e-6) ** 3 / (self.geom.scale**2 * (self.uv_hi - self.uv_lo).prod())
+            return area.sqrt()
+
     def residual(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(self.grid(self.geom.grid_input(xy, t)))
 
@@ -164,13 +176,16 @@ class LayeredAtlas(nn.Module):
             return xy.new_zeros(xy.shape[0], 0)
         return torch.sigmoid(self.alpha_net(self.alpha_grid(self.geom.grid_input(xy, t))))
 
-    def layer_colour(self, layer: int, uv: torch.Tensor) -> torch.Tensor:
-        """uv [N, 2] -> [N, 3] colours of one layer's atlas."""
-        return torch.sigmoid(self.colour_nets[layer](self.colour_grids[layer](uv.clamp(0.0, 1.0))))
+    def layer_colour(self, layer: int, uv: torch.Tensor, footprint: torch.Tensor | None = None) -> torch.Tensor:
+        """uv [N, 2] -> [N, 3] colours of one layer's atlas; with `footprint` [N] (uv units),
+        as pixels that cover that much of the atlas see it (HashGrid.level_weights), else at
+        the atlas's full detail."""
+        return torch.sigmoid(self.colour_nets[layer](self.colour_grids[layer](uv.clamp(0.0, 1.0), footprint)))
 
-    def colour(self, uv: torch.Tensor) -> torch.Tensor:
-        """uv [N, layers, 2] -> [N, layers, 3] atlas colours."""
-        return torch.stack([self.layer_colour(i, uv[:, i]) for i in range(len(self.layer_names))], dim=1)
+    def colour(self, uv: torch.Tensor, footprint: torch.Tensor | None = None) -> torch.Tensor:
+        """uv [N, layers, 2] (footprints [N, layers]) -> [N, layers, 3] atlas colours."""
+        return torch.stack([self.layer_colour(i, uv[:, i], None if footprint is None else footprint[:, i])
+                            for i in range(len(self.layer_names))], dim=1)
 
     @staticmethod
     def layer_weights(alpha: torch.Tensor) -> torch.Tensor:
@@ -192,7 +207,10 @@ class LayeredAtlas(nn.Module):
         alpha = self.alpha(xy, t)
         weights = self.layer_weights(alpha)
         n = xy.shape[0] if colour_rows is None else colour_rows
-        rgb_layers = self.colour(uv[:n])
+        footprint = None
+        if self.cfg.colour_lod:
+            footprint = torch.stack([m.footprint(xy[:n], t[:n]) for m in self.mappings], dim=1)
+        rgb_layers = self.colour(uv[:n], footprint)
         rgb = (rgb_layers * weights[:n, :, None]).sum(dim=1)
         if self.shading is not None:
             rgb = self.shading(rgb, xy[:n], t[:n])

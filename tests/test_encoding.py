@@ -137,3 +137,21 @@ def test_module_shapes_and_backend_fallback(monkeypatch):
         HashGrid(2, n_features=3)
     with pytest.raises(ValueError, match="above 2\\^24"):
         HashGrid(2, finest=(2**25, 64))
+
+
+def test_levels_finer_than_a_samples_footprint_fade_out():
+    grid = HashGrid(2, n_levels=6, n_features=2, log2_table_size=12, base=4, finest=128)
+    cells = grid.resolutions[:, 0].float()  # 4 .. 128 cells per unit
+    w = grid.level_weights(torch.tensor([1.0 / 128, 1.0 / 32, 2.0 / 32, 1.0]))
+    assert torch.equal(w[0], torch.ones(6))  # a footprint of one finest cell keeps every level
+    assert torch.equal(w[1] == 1, cells <= 32) and torch.equal(w[1] == 0, cells >= 64)
+    assert torch.all(w[2] <= w[1]) and w[2].sum() < w[1].sum()  # twice the footprint, fewer levels
+    assert w[3].sum() == 0  # an area larger than the coarsest cell: nothing but the MLP's bias
+    x = torch.rand(64, 2)
+    far = torch.full((64,), 1.0 / 16)
+    before = grid(x, far)
+    with torch.no_grad():  # change the levels finer than half the footprint
+        fine = grid.offsets[(cells >= 32).nonzero()[0, 0]]
+        grid.table[fine:] += 1.0
+    assert torch.equal(grid(x, far), before)
+    assert not torch.equal(grid(x), grid(x, far))

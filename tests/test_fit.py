@@ -98,6 +98,24 @@ def test_format_1_bundle_still_loads(fitted, tmp_path):
     assert torch.equal(atlas.load(str(copy)).render(), AtlasBundle(unshaded, fitted.meta, fitted.textures).render())
 
 
+def test_a_bundle_fitted_before_colour_lod_renders_as_it_was_fitted(fitted, tmp_path):
+    """A config without the key: the colour grids were fitted at full detail for every frame."""
+    import copy as copy_module
+    import shutil
+
+    assert fitted.model.cfg.colour_lod
+    copy = tmp_path / "b"
+    shutil.copytree(fitted.path, copy)
+    meta = json.loads((copy / "bundle.json").read_text())
+    del meta["config"]["model"]["colour_lod"]
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    old = atlas.load(str(copy))
+    assert not old.model.cfg.colour_lod
+    full_detail = copy_module.deepcopy(fitted.model)
+    full_detail.cfg.colour_lod = False
+    assert torch.equal(old.render(), AtlasBundle(full_detail, fitted.meta, fitted.textures).render())
+
+
 def test_future_format_rejected(fitted, tmp_path):
     import shutil
 

@@ -188,6 +188,23 @@ def test_carried_pixels_land_where_the_global_motion_takes_them():
         assert torch.allclose(m.global_uv(moved, t + 1), m.global_uv(xy, t), atol=1e-5)
 
 
+def test_footprint_is_the_global_transforms_pixel_area_in_the_atlas():
+    model, _, _ = _setup()
+    m = model.mappings[1]
+    with torch.no_grad():  # a homography that zooms and tilts, so the footprint varies across the frame
+        m.transforms[2] = torch.tensor([[1.8, 0.2, 0.05], [-0.1, 1.5, 0.0], [0.4, -0.3, 1.0]])
+    gen = torch.Generator().manual_seed(5)
+    xy = torch.rand(40, 2, generator=gen) * torch.tensor([GEOM.width, GEOM.height])
+    t = torch.full((40,), 2)
+    step = 1e-2
+    du = (m.global_uv(xy + torch.tensor([step, 0.0]), t) - m.global_uv(xy, t)) / step
+    dv = (m.global_uv(xy + torch.tensor([0.0, step]), t) - m.global_uv(xy, t)) / step
+    area = (du[:, 0] * dv[:, 1] - du[:, 1] * dv[:, 0]).abs()
+    foot = m.footprint(xy, t)
+    assert torch.allclose(foot, area.sqrt(), rtol=1e-2)
+    assert foot.max() > 1.2 * foot.min()
+
+
 @pytest.mark.parametrize("flow_valid", [False, True])
 def test_where_the_flow_is_blind_the_residual_holds_still_along_the_layers_motion(flow_valid):
     """Steps on the residual's change alone: where no frame has a reliable flow, a
