@@ -246,8 +246,11 @@ def bundle_config(meta: BundleMeta) -> FitConfig:
     cfg = config_from_dict(meta.config)
     if meta.format_version < 3:
         cfg.model.shading = "none"
-    if "colour_lod" not in meta.config.get("model", {}):
+    fitted = meta.config.get("model", {})
+    if "colour_lod" not in fitted:
         cfg.model.colour_lod = False
+    if "frame_blur" not in fitted:
+        cfg.model.frame_blur = False
     return cfg
 
 
@@ -279,6 +282,8 @@ def build_model(meta: BundleMeta, state: dict[str, torch.Tensor]) -> LayeredAtla
         model.load_state_dict(state)
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
         raise BundleCorrupt(f"model.safetensors does not match bundle.json: {first_line(exc)}") from None
+    if model.blur is not None and not bool(torch.isfinite(model.blur).all()):
+        raise BundleCorrupt("model.safetensors: blur is not finite")
     return model.eval()
 
 

@@ -238,6 +238,8 @@ def _mapping_quality(q: dict) -> str:
         extent = q.get("extent_frames") or [0, 0]
         line += f", {q['motion_model']} motion, extent {extent[0]:.1f} x {extent[1]:.1f} frames"
         line += ", DEGENERATE" if q.get("degenerate") else ""
+    if "blur_max" in q:
+        line += f", blurred up to {num('blur_max', '.1f')}x its footprint (frame {num('blur_frame', '.0f')})"
     return line
 
 

@@ -70,6 +70,10 @@ class ModelConfig:
     its closest frame reads the colour grid's coarser levels only (HashGrid.level_weights), so
     a shot that zooms (an object coming closer) neither aliases in its far frames nor blurs
     its close ones. Baked atlases keep the full detail."""
+    frame_blur: bool = True
+    """With colour_lod: each frame reads each layer at its footprint times a learned factor
+    (LayeredAtlas.blur), as a camera blurs a frame (motion blur, focus): a blurred frame then
+    neither pulls the atlas's detail toward its blur nor shows detail it does not have."""
     residual_levels: int = field(default=6, metadata=limits(1, 32))
     """Levels of the 3-D grid of the mapping residual (coarse: motion is smooth)."""
     residual_finest_frac: float = field(default=0.125, metadata=limits(0.0, 4.0, exclusive=True))

@@ -10,6 +10,9 @@ A zero-initialised hash-grid residual (in uv units) corrects the global transfor
 Foreground layers are composited front to back over the background:
   w_1 = a_1, w_2 = (1 - a_1) a_2, ..., w_bg = prod(1 - a_i).
 The composite is seen through the frame's shading (atlas.shading: exposure, vignetting).
+A pixel reads a colour grid at its footprint in the atlas (from the global transform; times
+a learned per-frame, per-layer blur), so frames that see a layer from far away or blurred
+read only its coarser levels (encoding.HashGrid.level_weights).
 """
 from __future__ import annotations
 
@@ -165,6 +168,9 @@ class LayeredAtlas(nn.Module):
             self.alpha_grid = HashGrid(3, cfg.alpha_levels, 2, cfg.log2_table_size, base=ALPHA_BASE, finest=finest, backend=backend)
             self.alpha_net = mlp(self.alpha_grid.out_dim, cfg.hidden, self.num_fg, 1)
         self.shading = FrameShading(geom.num_frames, geom.normalise) if cfg.shading == "smooth" else None
+        # log2 of how much coarser than its footprint each frame reads each layer [T, layers]:
+        # > 0 where a frame is blurred (the camera or the object moved, or it is out of focus)
+        self.blur = nn.Parameter(torch.zeros(geom.num_frames, len(layer_names))) if cfg.colour_lod and cfg.frame_blur else None
 
     def uv(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """[N, layers, 2] atlas coordinates."""
@@ -210,6 +216,8 @@ class LayeredAtlas(nn.Module):
         footprint = None
         if self.cfg.colour_lod:
             footprint = torch.stack([m.footprint(xy[:n], t[:n]) for m in self.mappings], dim=1)
+            if self.blur is not None:
+                footprint = footprint * torch.exp2(self.blur.index_select(0, t[:n]))
         rgb_layers = self.colour(uv[:n], footprint)
         rgb = (rgb_layers * weights[:n, :, None]).sum(dim=1)
         if self.shading is not None:

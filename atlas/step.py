@@ -140,7 +140,7 @@ class Stepper:
         self.base_lrs = [t.lr_grid, t.lr_mlp, t.lr_transform]
         groups: list[list[torch.nn.Parameter]] = [[], [], []]
         for name, p in model.named_parameters():
-            groups[0 if name.endswith("table") or name.startswith("shading.") else 2 if name.endswith("transforms") else 1].append(p)
+            groups[0 if name.endswith("table") or name.startswith("shading.") or name == "blur" else 2 if name.endswith("transforms") else 1].append(p)
         self.opt = torch.optim.Adam(
             [{"params": ps, "lr": torch.tensor(lr, device=device)} for ps, lr in zip(groups, self.base_lrs)],
             betas=(0.9, 0.99), eps=1e-15, fused=True, capturable=device.type == "cuda",

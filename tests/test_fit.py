@@ -99,21 +99,60 @@ def test_format_1_bundle_still_loads(fitted, tmp_path):
 
 
 def test_a_bundle_fitted_before_colour_lod_renders_as_it_was_fitted(fitted, tmp_path):
-    """A config without the key: the colour grids were fitted at full detail for every frame."""
+    """A config without the keys: the colour grids were fitted at full detail for every frame."""
     import copy as copy_module
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     assert fitted.model.cfg.colour_lod
     copy = tmp_path / "b"
     shutil.copytree(fitted.path, copy)
     meta = json.loads((copy / "bundle.json").read_text())
     del meta["config"]["model"]["colour_lod"]
+    del meta["config"]["model"]["frame_blur"]
     (copy / "bundle.json").write_text(json.dumps(meta))
+    state = load_file(str(copy / "model.safetensors"))
+    del state["blur"]
+    save_file(state, str(copy / "model.safetensors"))
     old = atlas.load(str(copy))
-    assert not old.model.cfg.colour_lod
+    assert not old.model.cfg.colour_lod and old.model.blur is None
     full_detail = copy_module.deepcopy(fitted.model)
     full_detail.cfg.colour_lod = False
     assert torch.equal(old.render(), AtlasBundle(full_detail, fitted.meta, fitted.textures).render())
+
+
+def test_a_blurred_frame_is_read_coarser_and_info_says_so(tmp_path, capsys):
+    import cv2
+
+    from atlas.cli import main
+    from atlas.synthetic import make_clip
+
+    clip = make_clip(num_frames=8, width=64, height=48, seed=2)
+    frames = clip.frames.clone()
+    frames[4] = torch.from_numpy(cv2.GaussianBlur(frames[4].numpy(), (0, 0), 2.0))  # as if the camera shook in frame 4
+    # a steady pan sees the background at the atlas's finest density in every frame, which has
+    # no finer level to drop: a denser grid gives a blur somewhere to go
+    bundle = atlas.fit(Video(frames, clip.fps, "shaken", (0, 8)), tmp_path / "b", "fast",
+                       ["train.checkpoint_every=0", "model.colour_density=2"], iters=300, quiet=True, seed=0)
+    factor = torch.exp2(bundle.model.blur.detach()[:, 0])
+    assert factor[4] > 1.3 * torch.cat([factor[:4], factor[5:]]).max()
+    assert main(["info", str(tmp_path / "b")]) == 0
+    assert "background     " in (out := capsys.readouterr().out) and "blurred up to" in out and "(frame 4)" in out
+
+
+def test_a_bundle_with_a_blur_that_is_not_finite_is_refused(fitted, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "b"
+    shutil.copytree(fitted.path, copy)
+    state = load_file(str(copy / "model.safetensors"))
+    state["blur"][0, 0] = float("nan")
+    save_file(state, str(copy / "model.safetensors"))
+    with pytest.raises(AtlasInputError, match="blur is not finite"):
+        atlas.load(str(copy))
 
 
 def test_future_format_rejected(fitted, tmp_path):
