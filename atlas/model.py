@@ -111,9 +111,13 @@ class LayerMapping(nn.Module):
         self.net = mlp(self.grid.out_dim, cfg.hidden, 2, 1, zero_last=True)
 
     def global_uv(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        h = self.transforms.index_select(0, t)  # [N, 3, 3]; index_select: deterministic backward on CPU
-        canon = project(h, self.geom.normalise(xy))
-        return (canon - self.uv_lo) / (self.uv_hi - self.uv_lo)
+        return self._global_uv(self._frame_transforms(t), self.geom.normalise(xy))
+
+    def _frame_transforms(self, t: torch.Tensor) -> torch.Tensor:
+        return self.transforms.index_select(0, t)  # [N, 3, 3]; index_select: deterministic backward on CPU
+
+    def _global_uv(self, h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return (project(h, q) - self.uv_lo) / (self.uv_hi - self.uv_lo)
 
     def carried(self, xy: torch.Tensor, t: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
         """Where the layer's global transforms alone take pixels xy [N, 2] of frames t [N] in
@@ -126,19 +130,25 @@ class LayerMapping(nn.Module):
         """[N] side of the atlas area (uv units) a pixel of frame t covers, from the global
         transform (a homography's Jacobian determinant is det(h) / w^3); no gradient: how
         finely to sample, not a quantity to fit."""
-        with torch.no_grad():
-            h = self.transforms.index_select(0, t)
-            q = self.geom.normalise(xy)
-            w = h[:, 2, 0] * q[:, 0] + h[:, 2, 1] * q[:, 1] + h[:, 2, 2]
-            det = (h[:, 0] * torch.linalg.cross(h[:, 1], h[:, 2])).sum(-1)
-            area = det.abs() / w.abs().clamp_min(1e-6) ** 3 / (self.geom.scale**2 * (self.uv_hi - self.uv_lo).prod())
-            return area.sqrt()
+        return self._footprint(self._frame_transforms(t), self.geom.normalise(xy))
+
+    @torch.no_grad()
+    def _footprint(self, h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        w = h[:, 2, 0] * q[:, 0] + h[:, 2, 1] * q[:, 1] + h[:, 2, 2]
+        det = (h[:, 0] * torch.linalg.cross(h[:, 1], h[:, 2])).sum(-1)
+        area = det.abs() / w.abs().clamp_min(1e-6) ** 3 / (self.geom.scale**2 * (self.uv_hi - self.uv_lo).prod())
+        return area.sqrt()
 
     def residual(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(self.grid(self.geom.grid_input(xy, t)))
 
     def forward(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.global_uv(xy, t) + self.residual(xy, t)
+
+    def uv_and_footprint(self, xy: torch.Tensor, t: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward(xy, t) and footprint(xy[:rows], t[:rows]) from one lookup of the transforms."""
+        h, q = self._frame_transforms(t), self.geom.normalise(xy)
+        return self._global_uv(h, q) + self.residual(xy, t), self._footprint(h[:rows], q[:rows])
 
     @property
     def pixels_per_uv(self) -> torch.Tensor:
@@ -209,15 +219,16 @@ class LayeredAtlas(nn.Module):
         `colour_rows` colours only the first rows ("rgb_layers" and "rgb" have that many);
         the fitter needs just the mapping and opacity at its flow targets.
         """
-        uv = self.uv(xy, t)
-        alpha = self.alpha(xy, t)
-        weights = self.layer_weights(alpha)
         n = xy.shape[0] if colour_rows is None else colour_rows
         footprint = None
         if self.cfg.colour_lod:
-            footprint = torch.stack([m.footprint(xy[:n], t[:n]) for m in self.mappings], dim=1)
+            uv, footprint = (torch.stack(v, dim=1) for v in zip(*(m.uv_and_footprint(xy, t, n) for m in self.mappings)))
             if self.blur is not None:
                 footprint = footprint * torch.exp2(self.blur.index_select(0, t[:n]))
+        else:
+            uv = self.uv(xy, t)
+        alpha = self.alpha(xy, t)
+        weights = self.layer_weights(alpha)
         rgb_layers = self.colour(uv[:n], footprint)
         rgb = (rgb_layers * weights[:n, :, None]).sum(dim=1)
         if self.shading is not None:
