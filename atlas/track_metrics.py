@@ -47,6 +47,24 @@ def tapvid_metrics(gt: np.ndarray, gt_occluded: np.ndarray, pred: np.ndarray, pr
     return {"delta_avg": 100.0 * float(np.mean(within_all)), "aj": 100.0 * float(np.mean(jaccard)), "oa": 100.0 * float(oa)}
 
 
+def delta_avg_difference(gt: np.ndarray, gt_occluded: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
+                         size: tuple[float, float], draws: int = 1000, level: float = 0.9, seed: int = 0) -> tuple[float, float, float]:
+    """delta_avg of predictions a minus that of predictions b ([N, T, 2] each, same tracks),
+    and its `level` bootstrap interval over the tracks: (difference, low, high).
+
+    A clip's score pools a few dozen tracks, and one lost track moves it by points; the
+    tracks are resampled with replacement (the same draw for a and b, so what they share
+    cancels), which says whether a gap between two trackers is more than the clip's
+    choice of points."""
+    hidden = np.zeros(gt_occluded.shape, bool)  # delta_avg does not read the predicted visibility
+    score = lambda pred, rows: tapvid_metrics(gt[rows], gt_occluded[rows], pred[rows], hidden[rows], size)["delta_avg"]
+    every = np.arange(len(gt))
+    rng = np.random.default_rng(seed)
+    diffs = [score(pred_a, rows) - score(pred_b, rows) for rows in rng.integers(0, len(gt), (draws, len(gt)))]
+    lo, hi = np.quantile(diffs, [(1.0 - level) / 2, (1.0 + level) / 2])
+    return score(pred_a, every) - score(pred_b, every), float(lo), float(hi)
+
+
 def chained_flow_tracks(flow_fwd: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """The chained-flow baseline: each query (x, y, t) [N, 3] moved frame to frame by the
     forward flow [T-1, H, W, 2] (bilinear), from its frame on; earlier frames hold the

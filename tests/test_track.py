@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from atlas.cli import main
-from atlas.track_metrics import chained_flow_tracks, tapvid_metrics
+from atlas.track_metrics import chained_flow_tracks, delta_avg_difference, tapvid_metrics
 
 
 def _truth(clip, points: np.ndarray):
@@ -80,6 +80,21 @@ def test_tapvid_metrics_on_a_hand_computed_case():
     # coordinates are scaled to 256x256: the same case on 512x128 frames, x doubled and y halved
     m2 = tapvid_metrics(gt * [2, 0.5], occ, pred * [2, 0.5], pred_occ, (512, 128))
     assert m2 == pytest.approx(m)
+
+
+def test_delta_avg_difference_and_its_interval_over_tracks():
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(20, 230, (40, 8, 2))
+    occ = np.zeros((40, 8), bool)
+    near = gt + 0.5  # within every threshold
+    assert delta_avg_difference(gt, occ, near, near, (256, 256), draws=200) == (0.0, 0.0, 0.0)
+    one_lost = near.copy()
+    one_lost[0, 1:] += 100.0  # one track of 40 lost: a gap of 2.5 points that a draw without it does not see
+    diff, lo, hi = delta_avg_difference(gt, occ, one_lost, near, (256, 256), draws=200)
+    assert diff == pytest.approx(-100.0 / 40) and lo < diff and hi == 0.0
+    all_off = gt + 3.0  # every track 4.2 px off: within 8 and 16 only, a gap every draw sees alike
+    diff, lo, hi = delta_avg_difference(gt, occ, near, all_off, (256, 256), draws=200)
+    assert diff == pytest.approx(60.0) and lo == pytest.approx(60.0) and hi == pytest.approx(60.0)
 
 
 def test_chained_flow_baseline_integrates_the_flow():
