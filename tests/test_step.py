@@ -203,6 +203,8 @@ def test_footprint_is_the_global_transforms_pixel_area_in_the_atlas():
     foot = m.footprint(xy, t)
     assert torch.allclose(foot, area.sqrt(), rtol=1e-2)
     assert foot.max() > 1.2 * foot.min()
+    uv, first = m.uv_and_footprint(xy, t, 25)  # the model's path: both from one lookup of the transforms
+    assert torch.equal(uv, m(xy, t)) and torch.equal(first, foot[:25])
 
 
 @pytest.mark.parametrize("flow_valid", [False, True])
