@@ -14,8 +14,8 @@ of the motion-bootstrap masks and of the fitted opacity against the ground-truth
 beside two baselines on the same frames: chained OpenCV DIS flow (never occluded) and
 zero motion, with the atlas's delta_avg minus chained DIS's and its 90% bootstrap interval
 over the clip's tracks (atlas.track_metrics.delta_avg_difference: a clip's few dozen
-tracks make a gap of a few points chance). `--gt-masks` fits the DAVIS clips with their ground-truth masks (the
-ceiling of a perfect foreground guess). Each fit runs in a fresh subprocess. Prints one
+tracks make a gap of a few points chance). `--gt-masks` fits the DAVIS clips with their
+ground-truth masks (the ceiling of a perfect foreground guess). Each fit runs in a fresh subprocess. Prints one
 table per preset with the means, and the time to track 1,000 points through the frames.
 `--json` rows also hold "atlas_by_weight": the same fit's tracks with each query's layer
 taken from the (checked) compositing weights alone (atlas.track without its flow check), and "step":
@@ -173,6 +173,7 @@ def one_frame_steps(bundle, points: np.ndarray, occluded: np.ndarray, masks: np.
 
 
 def interval(d: dict) -> str:
+    """A gap and its interval, e.g. "-3.8 [-10.9, +1.7]"."""
     return f"{d['delta_avg']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
 
 
