@@ -251,6 +251,8 @@ def bundle_config(meta: BundleMeta) -> FitConfig:
         cfg.model.colour_lod = False
     if "frame_blur" not in fitted:
         cfg.model.frame_blur = False
+    if "blur_per_layer" not in fitted:  # the first bundles with a blur had one per layer
+        cfg.model.blur_per_layer = True
     return cfg
 
 

@@ -71,9 +71,13 @@ class ModelConfig:
     a shot that zooms (an object coming closer) neither aliases in its far frames nor blurs
     its close ones. Baked atlases keep the full detail."""
     frame_blur: bool = True
-    """With colour_lod: each frame reads each layer at its footprint times a learned factor
+    """With colour_lod: each frame reads its layers at their footprints times a learned factor
     (LayeredAtlas.blur), as a camera blurs a frame (motion blur, focus): a blurred frame then
     neither pulls the atlas's detail toward its blur nor shows detail it does not have."""
+    blur_per_layer: bool = False
+    """With frame_blur: a factor per frame and layer instead of one per frame for all layers.
+    A foreground's own blur also lets it read blurred what no layer can hold (a video
+    screen, smoke) better than the background can, so it keeps those parts."""
     residual_levels: int = field(default=6, metadata=limits(1, 32))
     """Levels of the 3-D grid of the mapping residual (coarse: motion is smooth)."""
     residual_finest_frac: float = field(default=0.125, metadata=limits(0.0, 4.0, exclusive=True))

@@ -11,8 +11,8 @@ Foreground layers are composited front to back over the background:
   w_1 = a_1, w_2 = (1 - a_1) a_2, ..., w_bg = prod(1 - a_i).
 The composite is seen through the frame's shading (atlas.shading: exposure, vignetting).
 A pixel reads a colour grid at its footprint in the atlas (from the global transform; times
-a learned per-frame, per-layer blur), so frames that see a layer from far away or blurred
-read only its coarser levels (encoding.HashGrid.level_weights).
+a learned per-frame blur), so frames that see a layer from far away or blurred read only
+its coarser levels (encoding.HashGrid.level_weights).
 """
 from __future__ import annotations
 
@@ -178,9 +178,11 @@ class LayeredAtlas(nn.Module):
             self.alpha_grid = HashGrid(3, cfg.alpha_levels, 2, cfg.log2_table_size, base=ALPHA_BASE, finest=finest, backend=backend)
             self.alpha_net = mlp(self.alpha_grid.out_dim, cfg.hidden, self.num_fg, 1)
         self.shading = FrameShading(geom.num_frames, geom.normalise) if cfg.shading == "smooth" else None
-        # log2 of how much coarser than its footprint each frame reads each layer [T, layers]:
-        # > 0 where a frame is blurred (the camera or the object moved, or it is out of focus)
-        self.blur = nn.Parameter(torch.zeros(geom.num_frames, len(layer_names))) if cfg.colour_lod and cfg.frame_blur else None
+        # log2 of how much coarser than its footprint each frame reads its layers [T, 1] (or
+        # [T, layers] with blur_per_layer): > 0 where a frame is blurred (the camera or the
+        # object moved, or it is out of focus)
+        blur_columns = len(layer_names) if cfg.blur_per_layer else 1
+        self.blur = nn.Parameter(torch.zeros(geom.num_frames, blur_columns)) if cfg.colour_lod and cfg.frame_blur else None
 
     def uv(self, xy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """[N, layers, 2] atlas coordinates."""

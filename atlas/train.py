@@ -325,11 +325,12 @@ def _fit(video: str | Path | Video | np.ndarray | torch.Tensor, out: Path, cfg: 
     quality, quality_summary = qstats.result()
     psnr_mean = round(float(np.mean(per_frame)), 3)
     health, warns = layer_health(model, pre, chains, textures, psnr_mean, vid.frame_range[0])
+    # how much coarser than its footprint the most blurred frame reads each layer
+    blur = None if model.blur is None else torch.exp2(model.blur.detach()).cpu().expand(-1, len(names))
     for i, name in enumerate(names):
         quality_summary[name].update(health[name])
-        if model.blur is not None:  # how much coarser than its footprint the most blurred frame reads the layer
-            factor = torch.exp2(model.blur.detach()[:, i]).cpu()
-            quality_summary[name].update(blur_max=round(float(factor.max()), 3), blur_frame=int(factor.argmax()) + vid.frame_range[0])
+        if blur is not None:
+            quality_summary[name].update(blur_max=round(float(blur[:, i].max()), 3), blur_frame=int(blur[:, i].argmax()) + vid.frame_range[0])
     for line in warns:
         warnings.warn(line, stacklevel=2)
     timings["bake_s"] = round(time.perf_counter() - t0, 2)

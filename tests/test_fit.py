@@ -122,6 +122,31 @@ def test_a_bundle_fitted_before_colour_lod_renders_as_it_was_fitted(fitted, tmp_
     assert torch.equal(old.render(), AtlasBundle(full_detail, fitted.meta, fitted.textures).render())
 
 
+def test_a_bundle_fitted_with_a_blur_per_layer_renders_as_it_was_fitted(fitted, tmp_path):
+    """The first bundles with a blur learned one per frame and layer and have no
+    blur_per_layer key: they load with that shape and read each layer at its own factor."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    num_layers = len(fitted.layer_names)
+    assert fitted.model.blur.shape == (fitted.num_frames, 1)  # one factor a frame, for every layer
+    copy = tmp_path / "b"
+    shutil.copytree(fitted.path, copy)
+    meta = json.loads((copy / "bundle.json").read_text())
+    del meta["config"]["model"]["blur_per_layer"]
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    state = load_file(str(copy / "model.safetensors"))
+    state["blur"] = state["blur"].expand(-1, num_layers).contiguous()
+    save_file(state, str(copy / "model.safetensors"))
+    old = atlas.load(str(copy))
+    assert old.model.cfg.blur_per_layer and old.model.blur.shape == (fitted.num_frames, num_layers)
+    assert torch.equal(old.render(), fitted.render())
+    state["blur"][:, 1:] += 1.0  # the foreground read twice as coarse: only its own factor changed
+    save_file(state, str(copy / "model.safetensors"))
+    assert not torch.equal(atlas.load(str(copy)).render(), fitted.render())
+
+
 def test_a_blurred_frame_is_read_coarser_and_info_says_so(tmp_path, capsys):
     import cv2
 
