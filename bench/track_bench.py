@@ -15,8 +15,9 @@ beside two baselines on the same frames: chained OpenCV DIS flow (never occluded
 zero motion, with the atlas's delta_avg minus chained DIS's and its 90% bootstrap interval
 over the clip's tracks (atlas.track_metrics.delta_avg_difference: a clip's few dozen
 tracks make a gap of a few points chance). `--gt-masks` fits the DAVIS clips with their
-ground-truth masks (the ceiling of a perfect foreground guess). Each fit runs in a fresh subprocess. Prints one
-table per preset with the means, and the time to track 1,000 points through the frames.
+ground-truth masks (the ceiling of a perfect foreground guess). Each fit runs in a fresh
+subprocess. Prints one table per preset with the means, and the time to track 1,000
+points through the frames.
 `--json` rows also hold "atlas_by_weight": the same fit's tracks with each query's layer
 taken from the (checked) compositing weights alone (atlas.track without its flow check), and "step":
 the median error of one-frame steps (queried at every visible ground-truth point, predicted
