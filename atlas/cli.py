@@ -133,7 +133,7 @@ def _write_edit(args: argparse.Namespace, bundle, pairs: list[dict], prompt, opt
     from .io import atomic_path, write_png, write_video
 
     result = edit(bundle, atlas=pairs[0], keyframes=pairs[1], keyframe_masks=pairs[2], prompt=prompt, method=args.method,
-                  mode=args.mode, frames=frames, **options)
+                  mode=args.mode, frames=frames, matte=args.matte, **options)
     write_video(result.iter_frames(), out, fps=bundle.fps)
     with atomic_path(edits_dir, is_dir=True) as tmp:
         rendered = result.bundle or bundle  # its atlas alpha follows a re-fitted silhouette
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--mode", choices=["overlay", "replace"], default="overlay",
                     help="overlay: edit over the source frames (default); replace: re-render from edited atlases")
     ed.add_argument("--source", help="source video to edit (default: the fitted source, re-read from disk)")
+    ed.add_argument("--matte", choices=["guided", "fitted"], default="guided",
+                    help="how each frame's layers are cut: guided (the fitted opacity's edges moved onto the frame's colour edges; default) or fitted")
     ed.set_defaults(func=cmd_edit)
 
     i = sub.add_parser("info", help="describe a bundle")

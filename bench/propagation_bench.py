@@ -19,7 +19,8 @@
    sprite give the true edited frames; frame 0 of them is the keyframe. PSNR inside each
    layer's edit region, mean over frames 1.. and the worst frame, outside the edit regions
    (paint left where it does not belong), and in the keyframe's own edit region (key: how
-   exactly the painted keyframe comes back), beside chained DIS flow.
+   exactly the painted keyframe comes back), beside chained DIS flow; one row per matte
+   (propagation.matte: the layers cut by the guided or the fitted weights).
    Needs the shared DAVIS clips (skipped without them).
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ from atlas.preprocess import dis_flow, warp_sample  # noqa: E402
 from atlas.synthetic import make_clip  # noqa: E402
 from editing import edit  # noqa: E402
 from environment import describe  # noqa: E402
+from propagation.matte import MATTES  # noqa: E402
 from propagation.render import iter_overlay, iter_replace  # noqa: E402
 from scenes import DAVIS, SCENES, scene_clip  # noqa: E402
 
@@ -149,8 +151,8 @@ def real_texture_accuracy(tmp: str, budget: float, preset: str, lengths: list[in
         return
     sets = f", --set {' '.join(overrides)}" if overrides else ""
     print(f"\nkeyframe edit on real-texture synthetic clips, 427x240 (fit: preset {preset}{sets}, {budget:g} s, no masks)")
-    head = (f"{'clip':<46} {'frames':>6} {'recon':>6} | {'bg mean':>7} {'bg min':>6} {'fg mean':>7} {'fg min':>6} {'outside':>7} {'key':>5} | "
-            f"{'DIS bg':>6} {'min':>5} {'DIS fg':>6} {'min':>5} {'out':>5}")
+    head = (f"{'clip':<46} {'frames':>6} {'recon':>6} {'matte':>6} | {'bg mean':>7} {'bg min':>6} {'fg mean':>7} {'fg min':>6} {'outside':>7} "
+            f"{'key':>5} | {'DIS bg':>6} {'min':>5} {'DIS fg':>6} {'min':>5} {'out':>5}")
     print(head + "\n" + "-" * len(head))
     for name in SCENES:
         for n in lengths:
@@ -159,14 +161,17 @@ def real_texture_accuracy(tmp: str, budget: float, preset: str, lengths: list[in
             changed = (truth - clip.frames).abs().amax(-1) > 1e-3
             video = Video(clip.frames, clip.fps, name, (0, n))
             bundle = atlas.fit(video, Path(tmp) / f"{name}-{n}", preset, overrides, time_budget=budget, iters=1_000_000, quiet=True)
-            edited = edit(bundle, keyframes={0: truth[0]}, frames=clip.frames).frames
             chained = chained_flow(clip.frames, truth[0], changed[0])
-            ours, base = region_scores(edited, truth, changed, clip.masks), region_scores(chained, truth, changed, clip.masks)
-            cells = " ".join(f"{ours[k][0]:>7.2f} {ours[k][1]:>6.2f}" for k in ("background", "foreground"))
+            base = region_scores(chained, truth, changed, clip.masks)
             dis = " ".join(f"{base[k][0]:>6.2f} {base[k][1]:>5.2f}" for k in ("background", "foreground"))
-            key = psnr(edited[0][changed[0]], truth[0][changed[0]])
-            print(f"{name + ' (' + ' + '.join(SCENES[name]) + ')':<46} {n:>6} {bundle.meta.metrics['psnr_mean']:>6.2f} | {cells} "
-                  f"{outside_score(edited, truth, changed):>7.2f} {key:>5.2f} | {dis} {outside_score(chained, truth, changed):>5.2f}", flush=True)
+            for matte in MATTES:
+                edited = edit(bundle, keyframes={0: truth[0]}, frames=clip.frames, matte=matte).frames
+                ours = region_scores(edited, truth, changed, clip.masks)
+                cells = " ".join(f"{ours[k][0]:>7.2f} {ours[k][1]:>6.2f}" for k in ("background", "foreground"))
+                key = psnr(edited[0][changed[0]], truth[0][changed[0]])
+                print(f"{name + ' (' + ' + '.join(SCENES[name]) + ')':<46} {n:>6} {bundle.meta.metrics['psnr_mean']:>6.2f} {matte:>6} | "
+                      f"{cells} {outside_score(edited, truth, changed):>7.2f} {key:>5.2f} | {dis} {outside_score(chained, truth, changed):>5.2f}",
+                      flush=True)
 
 
 def main() -> int:

@@ -42,15 +42,18 @@ class EditResult:
 
 def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None = None, keyframe_masks: dict | None = None,
          prompt: str | dict[str, str] | None = None, method: str | None = None, mode: str = "overlay",
-         frames: torch.Tensor | None = None, layer: str | None = None, **options) -> EditResult:
+         frames: torch.Tensor | None = None, layer: str | None = None, matte: str = "guided", **options) -> EditResult:
     """Apply an atlas edit, keyframe edits, or a text prompt (overlay or replace; see propagation.render).
 
-    `frames` are the source frames to edit (default: the fitted source). A prompt is a
+    `frames` are the source frames to edit (default: the fitted source). `matte` is how
+    the layers are cut in each frame: guided (the fitted weights refined against the
+    frame's colour edges, propagation.matte) or fitted. A prompt is a
     string for `layer` (default: the first foreground, else the background) or a dict
     {layer: prompt} to edit layers separately. `options` are PromptEdit fields (model,
     controlnet, strength, steps, guidance, seed, negative_prompt, runtime, ...) and the
     method's own (see videdit, diffusion_atlas, stablevideo).
     """
+    from propagation.matte import check_matte
     from propagation.render import iter_overlay, iter_replace, source_frames
 
     from .manual import atlas_edits, keyframe_edits
@@ -60,6 +63,7 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
         raise AtlasInputError("give exactly one kind of edit: atlas images, keyframes, or a prompt")
     if mode not in ("overlay", "replace"):
         raise AtlasInputError(f"mode must be overlay or replace, got {mode!r}")
+    check_matte(matte)
     if prompt and method not in METHODS:
         raise AtlasInputError(f"--prompt needs --method {'|'.join(METHODS)}")
     src = source_frames(bundle, frames)
@@ -72,11 +76,11 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
     elif atlas:
         edits = atlas_edits(bundle, atlas)
     else:
-        edits, weights = keyframe_edits(bundle, src, keyframes, keyframe_masks)
+        edits, weights = keyframe_edits(bundle, src, keyframes, keyframe_masks, matte)
     if mode == "overlay":
-        render = functools.partial(iter_overlay, bundle, edits, src, weights)
+        render = functools.partial(iter_overlay, bundle, edits, src, weights, matte)
     else:
-        render = functools.partial(iter_replace, bundle, edited_textures(bundle, edits), src, weights)
+        render = functools.partial(iter_replace, bundle, edited_textures(bundle, edits), src, weights, matte)
     return EditResult(render, edits, generated, bundle)
 
 

@@ -10,6 +10,7 @@ import torch
 from atlas.bundle import AtlasBundle
 from atlas.errors import AtlasInputError
 from atlas.io import read_image
+from propagation.render import matted_maps
 from propagation.splat import SplatAccumulator, change_mask, keyframe_weights, splat_frame
 
 ImageLike = str | Path | np.ndarray | torch.Tensor
@@ -59,11 +60,13 @@ def atlas_edits(bundle: AtlasBundle, images: dict[str, ImageLike]) -> dict[str, 
 
 
 def keyframe_edits(bundle: AtlasBundle, source: torch.Tensor, keyframes: dict[int, ImageLike],
-                   masks: dict[int, ImageLike] | None = None) -> tuple[dict[str, np.ndarray], dict[int, torch.Tensor]]:
+                   masks: dict[int, ImageLike] | None = None, matte: str = "guided") -> tuple[dict[str, np.ndarray], dict[int, torch.Tensor]]:
     """({layer: RGBA} splatted from edited keyframes {frame index: image}, {frame index:
     layer weights [H, W, layers] it was splatted with}: render the keyframes with those).
 
     A keyframe's mask (white = edited) defaults to where it differs from the source frame.
+    Each keyframe's layer weights are its `matte`'s (propagation.render.matted_maps),
+    checked by propagation.splat.keyframe_weights.
     """
     masks = masks or {}
     unknown = set(masks) - set(keyframes)
@@ -82,7 +85,7 @@ def keyframe_edits(bundle: AtlasBundle, source: torch.Tensor, keyframes: dict[in
             mask = torch.from_numpy(m[..., :3].mean(-1) if m.shape[2] >= 3 else m[..., 0].copy())
         else:
             mask = change_mask(edited, source[index])
-        maps = bundle.frame_maps(index)
+        maps = matted_maps(bundle, index, source[index], matte)
         weights[index] = keyframe_weights(bundle.model, maps, index, mask)
         splat_frame(acc, maps, edited, mask, weights=weights[index])
     return {name: a.rgba() for name, a in zip(bundle.layer_names, acc)}, weights

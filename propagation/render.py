@@ -8,9 +8,10 @@ replace: frames re-rendered from (edited) textures, s(sum_l w_l * tex_l(uv_l)), 
          plus the detail the atlas misses (source - reconstruction from the original
          textures).
 s is the frame's shading (atlas.shading: its exposure and vignetting), so an edit is lit
-like the frame it lands in. Edited keyframes are rendered with the layer weights they
-were splatted with (propagation.splat.keyframe_weights), so each shows its paint where it
-was painted.
+like the frame it lands in. w_l are the fitted layer weights refined against the
+source frame (matte="guided", propagation.matte) or as fitted (matte="fitted"). Edited
+keyframes are rendered with the layer weights they were splatted with
+(propagation.splat.keyframe_weights), so each shows its paint where it was painted.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from atlas.errors import AtlasInputError
 from atlas.evaluate import FrameMaps
 from atlas.io import ARRAY_SOURCE, read_video, unit_float
 
+from .matte import check_matte, guided_weights, matte_radius
 from .sample import sample
 
 
@@ -77,22 +79,35 @@ def source_frames(bundle: AtlasBundle, frames: torch.Tensor | None = None) -> to
     return unit_float(frames)
 
 
-def _frame_maps(bundle: AtlasBundle, t: int, weights: dict[int, torch.Tensor] | None) -> FrameMaps:
-    """Frame t's maps, with its layer weights replaced where `weights` {frame: [H, W, layers]} has them."""
+def matted_maps(bundle: AtlasBundle, t: int, frame: torch.Tensor | None, matte: str) -> FrameMaps:
+    """Frame t's maps with the layer weights of `matte` (guided: refined against the source
+    `frame` [H, W, 3], as fitted where there is none; fitted)."""
+    check_matte(matte)
     maps = bundle.frame_maps(t)
-    return dataclasses.replace(maps, weights=weights[t]) if weights and t in weights else maps
+    if matte == "fitted" or frame is None:
+        return maps
+    return dataclasses.replace(maps, weights=guided_weights(maps.weights, frame, matte_radius(bundle.model)))
+
+
+def _frame_maps(bundle: AtlasBundle, t: int, weights: dict[int, torch.Tensor] | None, frame: torch.Tensor | None,
+                matte: str) -> FrameMaps:
+    """Frame t's maps (matted_maps), with its layer weights replaced where `weights`
+    {frame: [H, W, layers]} has them."""
+    if weights and t in weights:
+        return dataclasses.replace(bundle.frame_maps(t), weights=weights[t])
+    return matted_maps(bundle, t, frame, matte)
 
 
 def iter_overlay(bundle: AtlasBundle, edits: dict[str, np.ndarray], frames: torch.Tensor,
-                 weights: dict[int, torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+                 weights: dict[int, torch.Tensor] | None = None, matte: str = "guided") -> Iterator[torch.Tensor]:
     """Overlay RGBA edits {layer name: texture} on every frame (`weights`: see _frame_maps)."""
     by_index = {_layer_index(bundle, name): tex for name, tex in edits.items()}
     for t in range(bundle.num_frames):
-        yield overlay_frame(frames[t], _frame_maps(bundle, t, weights), by_index)
+        yield overlay_frame(frames[t], _frame_maps(bundle, t, weights, frames[t], matte), by_index)
 
 
 def iter_replace(bundle: AtlasBundle, textures: dict[str, np.ndarray], frames: torch.Tensor | None = None,
-                 weights: dict[int, torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+                 weights: dict[int, torch.Tensor] | None = None, matte: str = "guided") -> Iterator[torch.Tensor]:
     """Re-render every frame from `textures` (missing layers keep their baked texture);
     with source `frames`, add back the detail the original atlases do not reproduce
     (`weights`: see _frame_maps)."""
@@ -101,6 +116,6 @@ def iter_replace(bundle: AtlasBundle, textures: dict[str, np.ndarray], frames: t
     edited = [textures.get(n, bundle.textures[n]) for n in bundle.layer_names]
     original = [bundle.textures[n] for n in bundle.layer_names]
     for t in range(bundle.num_frames):
-        maps = _frame_maps(bundle, t, weights)
+        maps = _frame_maps(bundle, t, weights, None if frames is None else frames[t], matte)
         detail = None if frames is None else frames[t] - replace_frame(maps, original)
         yield replace_frame(maps, edited, detail)

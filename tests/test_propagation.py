@@ -217,6 +217,11 @@ def test_cli_edit_writes_video_and_atlases(fitted, tmp_path, capsys):
     assert main(["edit", str(fitted.path), "-o", str(out), "--atlas", f"background={tmp_path / 'bg.png'}", "--quiet"]) == 0
     assert len(list(out.glob("*.png"))) == fitted.num_frames
     assert read_image(tmp_path / "edited_atlas" / "background_edit.png").shape[2] == 4
+    as_fitted = tmp_path / "as_fitted"
+    assert main(["edit", str(fitted.path), "-o", str(as_fitted), "--atlas", f"background={tmp_path / 'bg.png'}", "--matte", "fitted",
+                 "--quiet"]) == 0
+    frames = [(read_image(out / p.name), read_image(p)) for p in sorted(as_fitted.glob("*.png"))]
+    assert len(frames) == fitted.num_frames and any(not np.array_equal(a, b) for a, b in frames)  # --matte reaches the render
     for argv, match in [
         (["--atlas", "background"], "KEY=PATH"),
         (["--keyframe", "x=frame.png"], "not a frame index"),
@@ -228,6 +233,9 @@ def test_cli_edit_writes_video_and_atlases(fitted, tmp_path, capsys):
     ]:
         assert main(["edit", str(fitted.path), "-o", str(tmp_path / "bad.mp4"), *argv]) == 2
         assert match in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["edit", str(fitted.path), "-o", str(tmp_path / "bad.mp4"), "--atlas", f"background={tmp_path / 'bg.png'}", "--matte", "soft"])
+    assert exc.value.code == 2 and "invalid choice: 'soft'" in capsys.readouterr().err
     assert not (tmp_path / "bad.mp4").exists()
 
 

@@ -1,0 +1,75 @@
+"""Layer weights refined against the frame they composite into (the `guided` matte).
+
+A foreground's fitted opacity comes from a 3-D grid coarser than the pixels (its finest
+cells are 1 / model.alpha_finest_frac pixels), so its edge is a ramp a few pixels wide
+that need not sit on the object's edge: an edit then paints a rim of the background onto
+the object, and of the object's paint onto the background. Each frame's foreground
+weights are passed through a guided filter (He, Sun and Tang, 2010) with the source frame
+as the guide, which moves the ramp onto the frame's own colour edge, and their contrast is
+doubled about 0.5, which narrows the ramp. The fitted weights are left as they are in the
+bundle; `atlas edit --matte fitted` composites with them unchanged.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from atlas.errors import AtlasInputError
+from atlas.model import LayeredAtlas
+
+MATTES = ("guided", "fitted")
+EPS = 1e-3  # guide variance (colours in 0..1) below which the guided filter smooths instead of following the colour
+CONTRAST = 2.0  # slope about 0.5 applied to the filtered weight
+RADIUS_CELLS = 2.0  # window radius, in the finest cells of the opacity grid
+
+
+def check_matte(matte: str) -> None:
+    if matte not in MATTES:
+        raise AtlasInputError(f"matte must be one of {', '.join(MATTES)}, got {matte!r}")
+
+
+def matte_radius(model: LayeredAtlas) -> int:
+    """The guided filter's window radius in frame pixels: two of the opacity grid's finest cells."""
+    return max(1, round(RADIUS_CELLS / model.cfg.alpha_finest_frac))
+
+
+def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean of x [C, H, W] over the (2r+1)^2 window around each pixel, the border mirrored."""
+    r = min(radius, x.shape[1] - 1, x.shape[2] - 1)
+    if r < 1:
+        return x
+    padded = F.pad(x[None], (r, r, r, r), mode="reflect")
+    return F.avg_pool2d(padded, 2 * r + 1, stride=1)[0]
+
+
+def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float = EPS) -> torch.Tensor:
+    """src [H, W] filtered with the colour image guide [H, W, 3]: in each window the output
+    is a linear function of the guide's colour fitted to src, averaged over the windows
+    that cover a pixel; where the guide has an edge, the output's edge follows it."""
+    img = guide.permute(2, 0, 1).float()  # [3, H, W]
+    p = src[None].float()
+    mean_i, mean_p = box_mean(img, radius), box_mean(p, radius)
+    cov_ip = box_mean(img * p, radius) - mean_i * mean_p  # [3, H, W]
+    pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
+    var = box_mean(torch.stack([img[i] * img[j] for i, j in pairs]), radius) - torch.stack([mean_i[i] * mean_i[j] for i, j in pairs])
+    a00, a01, a02, a11, a12, a22 = var + eps * torch.tensor([1.0, 0, 0, 1, 0, 1])[:, None, None]
+    # the symmetric 3x3 covariance inverted by its cofactors (positive definite: eps > 0)
+    c00, c01, c02 = a11 * a22 - a12 * a12, a02 * a12 - a01 * a22, a01 * a12 - a02 * a11
+    c11, c12, c22 = a00 * a22 - a02 * a02, a01 * a02 - a00 * a12, a00 * a11 - a01 * a01
+    det = a00 * c00 + a01 * c01 + a02 * c02
+    inv = torch.stack([torch.stack([c00, c01, c02]), torch.stack([c01, c11, c12]), torch.stack([c02, c12, c22])]) / det
+    a = torch.einsum("ijhw,jhw->ihw", inv, cov_ip)  # [3, H, W]
+    b = mean_p - (a * mean_i).sum(0, keepdim=True)
+    return ((box_mean(a, radius) * img).sum(0) + box_mean(b, radius)[0]).to(src.dtype)
+
+
+def guided_weights(weights: torch.Tensor, frame: torch.Tensor, radius: int) -> torch.Tensor:
+    """Layer weights [H, W, layers] (background first) with each foreground's refined
+    against `frame` [H, W, 3]; the foregrounds are scaled to sum to at most 1 and the
+    background takes the rest, as in the fit's compositing."""
+    if weights.shape[-1] < 2:
+        return weights
+    fg = torch.stack([guided_filter(frame, weights[..., k], radius) for k in range(1, weights.shape[-1])], -1)
+    fg = ((fg - 0.5) * CONTRAST + 0.5).clamp(0.0, 1.0)
+    fg = fg / fg.sum(-1, keepdim=True).clamp_min(1.0)
+    return torch.cat([1.0 - fg.sum(-1, keepdim=True), fg], -1).to(weights.dtype)
