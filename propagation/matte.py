@@ -11,8 +11,8 @@ bundle; `atlas edit --matte fitted` composites with them unchanged.
 """
 from __future__ import annotations
 
+import cv2
 import torch
-import torch.nn.functional as F
 
 from atlas.errors import AtlasInputError
 from atlas.model import LayeredAtlas
@@ -34,33 +34,37 @@ def matte_radius(model: LayeredAtlas) -> int:
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean of x [C, H, W] over the (2r+1)^2 window around each pixel, the border mirrored."""
-    r = min(radius, x.shape[1] - 1, x.shape[2] - 1)
+    """Mean of x [H, W, C] (float32, CPU) over the (2r+1)^2 window around each pixel, the
+    border mirrored (without repeating the edge pixel)."""
+    r = min(radius, x.shape[0] - 1, x.shape[1] - 1)
     if r < 1:
         return x
-    padded = F.pad(x[None], (r, r, r, r), mode="reflect")
-    return F.avg_pool2d(padded, 2 * r + 1, stride=1)[0]
+    out = cv2.boxFilter(x.contiguous().numpy(), -1, (2 * r + 1, 2 * r + 1), borderType=cv2.BORDER_REFLECT_101)
+    return torch.from_numpy(out).reshape(x.shape)
 
 
 def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float = EPS) -> torch.Tensor:
     """src [H, W] filtered with the colour image guide [H, W, 3]: in each window the output
     is a linear function of the guide's colour fitted to src, averaged over the windows
     that cover a pixel; where the guide has an edge, the output's edge follows it."""
-    img = guide.permute(2, 0, 1).float()  # [3, H, W]
-    p = src[None].float()
-    mean_i, mean_p = box_mean(img, radius), box_mean(p, radius)
-    cov_ip = box_mean(img * p, radius) - mean_i * mean_p  # [3, H, W]
+    img = guide.detach().float().cpu()
+    p = src.detach().float().cpu()[..., None]
     pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
-    var = box_mean(torch.stack([img[i] * img[j] for i, j in pairs]), radius) - torch.stack([mean_i[i] * mean_i[j] for i, j in pairs])
-    a00, a01, a02, a11, a12, a22 = var + eps * torch.tensor([1.0, 0, 0, 1, 0, 1])[:, None, None]
+    products = torch.stack([img[..., i] * img[..., j] for i, j in pairs], -1)
+    means = box_mean(torch.cat([img, p, img * p, products], -1), radius)  # one pass for every window mean
+    mean_i, mean_p, mean_ip, mean_ii = means[..., :3], means[..., 3:4], means[..., 4:7], means[..., 7:]
+    cov_ip = mean_ip - mean_i * mean_p  # [H, W, 3]
+    var = mean_ii - torch.stack([mean_i[..., i] * mean_i[..., j] for i, j in pairs], -1)
+    a00, a01, a02, a11, a12, a22 = (var + eps * torch.tensor([1.0, 0, 0, 1, 0, 1])).unbind(-1)
     # the symmetric 3x3 covariance inverted by its cofactors (positive definite: eps > 0)
     c00, c01, c02 = a11 * a22 - a12 * a12, a02 * a12 - a01 * a22, a01 * a12 - a02 * a11
     c11, c12, c22 = a00 * a22 - a02 * a02, a01 * a02 - a00 * a12, a00 * a11 - a01 * a01
     det = a00 * c00 + a01 * c01 + a02 * c02
-    inv = torch.stack([torch.stack([c00, c01, c02]), torch.stack([c01, c11, c12]), torch.stack([c02, c12, c22])]) / det
-    a = torch.einsum("ijhw,jhw->ihw", inv, cov_ip)  # [3, H, W]
-    b = mean_p - (a * mean_i).sum(0, keepdim=True)
-    return ((box_mean(a, radius) * img).sum(0) + box_mean(b, radius)[0]).to(src.dtype)
+    inv = torch.stack([torch.stack([c00, c01, c02], -1), torch.stack([c01, c11, c12], -1), torch.stack([c02, c12, c22], -1)], -2)
+    a = torch.einsum("hwij,hwj->hwi", inv / det[..., None, None], cov_ip)  # [H, W, 3]
+    b = mean_p - (a * mean_i).sum(-1, keepdim=True)
+    ab = box_mean(torch.cat([a, b], -1), radius)
+    return ((ab[..., :3] * img).sum(-1) + ab[..., 3]).to(src.dtype)
 
 
 def guided_weights(weights: torch.Tensor, frame: torch.Tensor, radius: int) -> torch.Tensor:
