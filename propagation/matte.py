@@ -64,7 +64,7 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     a = torch.einsum("hwij,hwj->hwi", inv / det[..., None, None], cov_ip)  # [H, W, 3]
     b = mean_p - (a * mean_i).sum(-1, keepdim=True)
     ab = box_mean(torch.cat([a, b], -1), radius)
-    return ((ab[..., :3] * img).sum(-1) + ab[..., 3]).to(src.dtype)
+    return ((ab[..., :3] * img).sum(-1) + ab[..., 3]).to(device=src.device, dtype=src.dtype)
 
 
 def guided_weights(weights: torch.Tensor, frame: torch.Tensor, radius: int) -> torch.Tensor:
