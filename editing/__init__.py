@@ -47,7 +47,8 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
 
     `frames` are the source frames to edit (default: the fitted source). `matte` is how
     the layers are cut in each frame: guided (the fitted weights refined against the
-    frame's colour edges, propagation.matte) or fitted. A prompt is a
+    frame's colour edges, propagation.matte) or fitted (always so for an opacity that
+    DiffusionAtlas re-fitted to a new silhouette). A prompt is a
     string for `layer` (default: the first foreground, else the background) or a dict
     {layer: prompt} to edit layers separately. `options` are PromptEdit fields (model,
     controlnet, strength, steps, guidance, seed, negative_prompt, runtime, ...) and the
@@ -70,7 +71,9 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
     generated: dict[str, np.ndarray] = {}
     weights = None  # keyframes' own layer weights (editing.manual.keyframe_edits)
     if prompt:
-        edits, generated, bundle = prompt_edits(bundle, src, prompt, method, layer, options)
+        edits, generated, rendered = prompt_edits(bundle, src, prompt, method, layer, options)
+        if rendered is not bundle:  # a re-fitted silhouette: the source frames' edges are not its edges
+            bundle, matte = rendered, "fitted"
     elif options:
         raise AtlasInputError(f"options {', '.join(sorted(options))} only apply to --prompt edits")
     elif atlas:

@@ -230,6 +230,11 @@ def test_diffusion_atlas_refits_opacity_to_a_grown_silhouette(fitted, clip, tiny
     gained = torch.cat(gained)
     assert gained.numel() > 20 and gained.mean() > 0.7
     assert out.edits["foreground"][..., 3][~grown].max() == 0.0
+    # the new silhouette is composited as fitted: the source frames' edges are the old object's
+    from propagation.render import overlay_frame
+
+    by_index = {out.bundle.layer_names.index(name): rgba for name, rgba in out.edits.items()}
+    assert torch.equal(out.frames[2], overlay_frame(clip.frames[2], out.bundle.frame_maps(2), by_index))
 
 
 def test_stablevideo_carries_the_first_keyframe_forward(fitted, clip, monkeypatch):
