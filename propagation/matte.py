@@ -44,16 +44,19 @@ def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float = EPS) -> torch.Tensor:
-    """src [H, W] filtered with the colour image guide [H, W, 3]: in each window the output
-    is a linear function of the guide's colour fitted to src, averaged over the windows
-    that cover a pixel; where the guide has an edge, the output's edge follows it."""
+    """The K channels of src [H, W, K] filtered with the colour image guide [H, W, 3]: in
+    each window a channel's output is a linear function of the guide's colour fitted to
+    it, averaged over the windows that cover a pixel; where the guide has an edge, the
+    output's edge follows it. The guide's statistics are shared by the channels."""
     img = guide.detach().float().cpu()
-    p = src.detach().float().cpu()[..., None]
+    p = src.detach().float().cpu()
+    k = p.shape[-1]
     pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
     products = torch.stack([img[..., i] * img[..., j] for i, j in pairs], -1)
-    means = box_mean(torch.cat([img, p, img * p, products], -1), radius)  # one pass for every window mean
-    mean_i, mean_p, mean_ip, mean_ii = means[..., :3], means[..., 3:4], means[..., 4:7], means[..., 7:]
-    cov_ip = mean_ip - mean_i * mean_p  # [H, W, 3]
+    img_p = (img[..., None, :] * p[..., None]).flatten(-2)  # [H, W, K * 3]
+    means = box_mean(torch.cat([img, products, p, img_p], -1), radius)  # one pass for every window mean
+    mean_i, mean_ii, mean_p = means[..., :3], means[..., 3:9], means[..., 9 : 9 + k]
+    cov_ip = means[..., 9 + k :].unflatten(-1, (k, 3)) - mean_p[..., None] * mean_i[..., None, :]  # [H, W, K, 3]
     var = mean_ii - torch.stack([mean_i[..., i] * mean_i[..., j] for i, j in pairs], -1)
     a00, a01, a02, a11, a12, a22 = (var + eps * torch.tensor([1.0, 0, 0, 1, 0, 1])).unbind(-1)
     # the symmetric 3x3 covariance inverted by its cofactors (positive definite: eps > 0)
@@ -61,10 +64,11 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     c11, c12, c22 = a00 * a22 - a02 * a02, a01 * a02 - a00 * a12, a00 * a11 - a01 * a01
     det = a00 * c00 + a01 * c01 + a02 * c02
     inv = torch.stack([torch.stack([c00, c01, c02], -1), torch.stack([c01, c11, c12], -1), torch.stack([c02, c12, c22], -1)], -2)
-    a = torch.einsum("hwij,hwj->hwi", inv / det[..., None, None], cov_ip)  # [H, W, 3]
-    b = mean_p - (a * mean_i).sum(-1, keepdim=True)
-    ab = box_mean(torch.cat([a, b], -1), radius)
-    return ((ab[..., :3] * img).sum(-1) + ab[..., 3]).to(device=src.device, dtype=src.dtype)
+    a = torch.einsum("hwij,hwkj->hwki", inv / det[..., None, None], cov_ip)  # [H, W, K, 3]
+    b = mean_p - (a * mean_i[..., None, :]).sum(-1)  # [H, W, K]
+    ab = box_mean(torch.cat([a.flatten(-2), b], -1), radius)
+    out = (ab[..., : 3 * k].unflatten(-1, (k, 3)) * img[..., None, :]).sum(-1) + ab[..., 3 * k :]
+    return out.to(device=src.device, dtype=src.dtype)
 
 
 def guided_weights(weights: torch.Tensor, frame: torch.Tensor, radius: int) -> torch.Tensor:
@@ -73,7 +77,6 @@ def guided_weights(weights: torch.Tensor, frame: torch.Tensor, radius: int) -> t
     background takes the rest, as in the fit's compositing."""
     if weights.shape[-1] < 2:
         return weights
-    fg = torch.stack([guided_filter(frame, weights[..., k], radius) for k in range(1, weights.shape[-1])], -1)
-    fg = ((fg - 0.5) * CONTRAST + 0.5).clamp(0.0, 1.0)
+    fg = ((guided_filter(frame, weights[..., 1:], radius) - 0.5) * CONTRAST + 0.5).clamp(0.0, 1.0)
     fg = fg / fg.sum(-1, keepdim=True).clamp_min(1.0)
     return torch.cat([1.0 - fg.sum(-1, keepdim=True), fg], -1).to(weights.dtype)

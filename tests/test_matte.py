@@ -42,11 +42,12 @@ def test_guided_filter_matches_the_window_by_window_reference():
     rng = np.random.default_rng(0)
     guide = rng.uniform(0, 1, (11, 14, 3)).astype(np.float32)
     guide[:, 7:] += 0.5  # an edge, so the windows differ
-    src = rng.uniform(0, 1, (11, 14)).astype(np.float32)
+    src = rng.uniform(0, 1, (11, 14, 2)).astype(np.float32)  # two channels, filtered at once
     for r, eps in ((1, 1e-3), (3, 1e-2)):
         ours = guided_filter(torch.from_numpy(guide), torch.from_numpy(src), r, eps).numpy()
-        ref = _reference_guided_filter(guide, src, r, eps)
-        assert np.abs(ours - ref).max() < 2e-4, (r, eps, np.abs(ours - ref).max())
+        for k in range(src.shape[-1]):
+            ref = _reference_guided_filter(guide, src[..., k], r, eps)
+            assert np.abs(ours[..., k] - ref).max() < 2e-4, (r, eps, k, np.abs(ours[..., k] - ref).max())
 
 
 def _edge_scene(width: int = 48, height: int = 20, edge: float = 20.0, ramp_centre: float = 22.0):
