@@ -80,9 +80,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .io import output_lock
 
     bundle = AtlasBundle.load(args.bundle)
-    out = _output(args, _protected(bundle))
+    out = _output(args, _protected(bundle, ("--source", args.source)))
     with output_lock(out, "atlas export"):
-        export(bundle, out, bundle.size if args.fitted_size else None)
+        export(bundle, out, bundle.size if args.fitted_size else None, args.matte, args.source)
     _say(args, f"wrote {out}")
     return 0
 
@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help="folder to write")
     e.add_argument("--fitted-size", action="store_true",
                    help="per-frame maps at the fitted (--size) resolution, not the source's")
+    e.add_argument("--matte", choices=["guided", "fitted"], default="guided",
+                   help="layer weights written: guided (refined against each source frame, as atlas edit composites; default) or fitted")
+    e.add_argument("--source", help="source video the guided matte reads (default: the fitted source, re-read from disk)")
     e.set_defaults(func=cmd_export)
 
     ed = sub.add_parser("edit", parents=[quiet], help="apply an atlas or keyframe edit to every frame")

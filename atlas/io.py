@@ -240,21 +240,36 @@ def _read_movie(path: Path, start: int, stop: int | None) -> tuple[list[np.ndarr
     movie costs its own frames' memory, not the whole movie's."""
     import imageio.v3 as iio
 
-    plugin = "pillow" if path.suffix.lower() == ".gif" else "FFMPEG"
-    kept = []
     try:
-        meta = iio.immeta(path, plugin=plugin)
+        meta = iio.immeta(path, plugin=_movie_plugin(path))
         fps = float(meta.get("fps") or 0.0)
         if not fps and meta.get("duration"):
             fps = 1000.0 / float(meta["duration"])  # GIF durations are in ms
-        for i, f in enumerate(iio.imiter(path, plugin=plugin)):
+    except Exception as exc:  # ffmpeg/pillow raise many types for corrupt files
+        raise _undecodable(path, exc) from None
+    return list(_movie_frames(path, start, stop)), fps or DEFAULT_FPS
+
+
+def _movie_plugin(path: Path) -> str:
+    return "pillow" if path.suffix.lower() == ".gif" else "FFMPEG"
+
+
+def _undecodable(path: Path, exc: Exception) -> AtlasInputError:
+    return AtlasInputError(f"cannot decode video {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def _movie_frames(path: Path, start: int, stop: int | None) -> Iterator[np.ndarray]:
+    """A movie's frames [start, stop), decoded one at a time."""
+    import imageio.v3 as iio
+
+    try:
+        for i, f in enumerate(iio.imiter(path, plugin=_movie_plugin(path))):
             if i >= start:
-                kept.append(np.asarray(f))
+                yield np.asarray(f)
             if stop is not None and i + 1 >= stop:
                 break
     except Exception as exc:  # ffmpeg/pillow raise many types for corrupt files
-        raise AtlasInputError(f"cannot decode video {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    return kept, fps or DEFAULT_FPS
+        raise _undecodable(path, exc) from None
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -300,8 +315,6 @@ def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int,
     frame (no list of frames, no stacked copy); and the frames' (width, height) before
     resizing. The first frame's depth sets the array's (:func:`store_dtype`): 3 bytes a
     pixel for 8-bit footage, 6 for any other (the fit's largest array)."""
-    import cv2
-
     arr: np.ndarray | None = None
     for i, im in enumerate(frames):
         im = _as_rgb(im)
@@ -312,11 +325,18 @@ def _fill(frames: Iterator[np.ndarray], count: int, spath: str, size: tuple[int,
         elif im.shape[:2] != first:
             raise AtlasInputError(f"{spath}: frames have different sizes: frame {i} is {im.shape[1]}x{im.shape[0]}, the first "
                                   f"{first[1]}x{first[0]}; all frames must match")
-        if size is not None:
-            im = cv2.resize(im, size, interpolation=cv2.INTER_AREA)
-        arr[i] = _to_store(im, arr.dtype)
+        arr[i] = _to_store(_resized(im, size), arr.dtype)
     assert arr is not None
     return arr, (first[1], first[0])
+
+
+def _resized(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """An image resized to `size` (W, H) by area averaging (unchanged without a size or at it)."""
+    import cv2
+
+    if size is None or image.shape[1::-1] == tuple(size):
+        return image
+    return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
 
 
 ARRAY_SOURCE = "<array>"
@@ -372,6 +392,22 @@ def read_video(
         raise AtlasInputError(f"{spath}: only {count} frame(s); fitting needs at least {min_frames}")
     arr, native = _fill(images, count, spath, size, alloc, depth)
     return Video(torch.from_numpy(arr), fps, spath, (start, start + count), native)
+
+
+def iter_frames(path: str | Path | np.ndarray | torch.Tensor, frames: tuple[int, int | None], size: tuple[int, int]
+                ) -> Iterator[torch.Tensor]:
+    """The frames [start, stop) of a movie, image sequence or array [T, H, W, C] decoded
+    one at a time, each float32 [H, W, 3] in [0, 1] at `size` (W, H): one pass over a long
+    plate at its full resolution without holding it in memory."""
+    start, stop = frames
+    if isinstance(path, (np.ndarray, torch.Tensor)):
+        images = (f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else f for f in path[start:stop])
+    elif (p := Path(path)).is_file() and p.suffix.lower() in MOVIE_EXTS:
+        images = _movie_frames(p, start, stop)
+    else:
+        images = _open_frames(p, start, stop)[1]
+    for im in images:
+        yield torch.from_numpy(_unit(_resized(_as_rgb(im), size)))
 
 
 def probe_video(path: str | Path | np.ndarray | torch.Tensor, frames: tuple[int, int | None] | None = None,

@@ -7,7 +7,8 @@ the object, and of the object's paint onto the background. Each frame's foregrou
 weights are passed through a guided filter (He, Sun and Tang, 2010) with the source frame
 as the guide, which moves the ramp onto the frame's own colour edge, and their contrast is
 doubled about 0.5, which narrows the ramp. The fitted weights are left as they are in the
-bundle; `atlas edit --matte fitted` composites with them unchanged.
+bundle; `atlas edit --matte fitted` composites with them unchanged, and `atlas export`
+writes either.
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ def check_matte(matte: str) -> None:
         raise AtlasInputError(f"matte must be one of {', '.join(MATTES)}, got {matte!r}")
 
 
-def matte_radius(model: LayeredAtlas) -> int:
-    """The guided filter's window radius in frame pixels: two of the opacity grid's finest cells."""
-    return max(1, round(RADIUS_CELLS / model.cfg.alpha_finest_frac))
+def matte_radius(model: LayeredAtlas, scale: float = 1.0) -> int:
+    """The guided filter's window radius in pixels of frames `scale` times the fitted
+    size: two of the opacity grid's finest cells."""
+    return max(1, round(RADIUS_CELLS / model.cfg.alpha_finest_frac * scale))
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from atlas.bundle import AtlasBundle
 from atlas.errors import AtlasInputError
 from atlas.evaluate import FrameMaps
-from atlas.io import ARRAY_SOURCE, read_video, unit_float
+from atlas.io import ARRAY_SOURCE, iter_frames, probe_video, read_video, unit_float
 
 from .matte import check_matte, guided_weights, matte_radius
 from .sample import sample
@@ -77,6 +78,44 @@ def source_frames(bundle: AtlasBundle, frames: torch.Tensor | None = None) -> to
     if tuple(frames.shape) != (bundle.num_frames, h, w, 3):
         raise AtlasInputError(f"source frames are {tuple(frames.shape)}, the bundle expects ({bundle.num_frames}, {h}, {w}, 3)")
     return unit_float(frames)
+
+
+def stream_source(bundle: AtlasBundle, size: tuple[int, int], source: str | Path | np.ndarray | torch.Tensor | None = None
+                  ) -> Iterator[torch.Tensor] | None:
+    """The source frames one at a time, float32 [H, W, 3] at `size` (W, H): from `source`
+    (a movie or sequence, read over the fitted frame range, or the bundle's frames
+    [T, H, W, C] in memory), else the fitted source re-read from disk; None, with a
+    warning, where there is nothing to read. Raises, as it reaches the end, if the source
+    holds fewer frames than the bundle."""
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        if source.ndim != 4 or source.shape[0] != bundle.num_frames or source.shape[3] not in (1, 3, 4):
+            raise AtlasInputError(f"source frames are {tuple(source.shape)}, the bundle expects ({bundle.num_frames}, H, W, 3)")
+        return iter_frames(source, (0, None), size)
+    path, span = source or bundle.meta.source.path, tuple(bundle.meta.source.frames)
+    if path == ARRAY_SOURCE:
+        warnings.warn("the bundle was fitted from frames in memory: pass them again to refine its layer weights "
+                      "against them; writing the fitted weights", stacklevel=2)
+        return None
+    try:
+        found = probe_video(path, span)[0] > 0
+    except AtlasInputError:
+        found = False
+    if not found and source is not None:
+        raise AtlasInputError(f"source {path}: no frames to read")
+    if not found:
+        warnings.warn(f"source video {path} unavailable; writing the fitted layer weights (--source to point at it)", stacklevel=2)
+        return None
+    return _counted(iter_frames(path, span, size), bundle.num_frames, str(path))
+
+
+def _counted(images: Iterator[torch.Tensor], count: int, name: str) -> Iterator[torch.Tensor]:
+    """The first `count` of images; an error if there are fewer."""
+    seen = 0
+    for seen, image in enumerate(images, 1):
+        yield image
+        if seen == count:
+            return
+    raise AtlasInputError(f"{name} holds {seen} frames, the bundle {count}; give its source (--source) or use --matte fitted")
 
 
 def matted_maps(bundle: AtlasBundle, t: int, frame: torch.Tensor | None, matte: str) -> FrameMaps:

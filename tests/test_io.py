@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from atlas.errors import AtlasInputError
-from atlas.io import probe_itemsize, read_image, read_video, to_uint8, unit_float, write_exr, write_png, write_video
+from atlas.io import iter_frames, probe_itemsize, read_image, read_video, to_uint8, unit_float, write_exr, write_png, write_video
 
 
 def _frames(t=5, h=24, w=32, seed=0) -> torch.Tensor:
@@ -63,6 +63,18 @@ def test_movie_range_decodes_only_up_to_its_end(tmp_path, monkeypatch):
     part = read_video(path, frames="1:4")
     assert part.frame_range == (1, 4)
     assert torch.equal(part.frames, full.frames[1:4])
+
+
+def test_frames_one_at_a_time_equal_the_whole_read(tmp_path):
+    """iter_frames (export's pass over a plate) decodes what read_video does, range and size included."""
+    frames = _frames(t=6, h=24, w=32)
+    write_video(frames, tmp_path / "seq")
+    movie = write_video(frames, tmp_path / "clip.mp4", fps=10)
+    for path in (tmp_path / "seq", movie, frames):
+        whole = unit_float(read_video(path, frames="1:5", size="16x12").frames)
+        streamed = list(iter_frames(path, (1, 5), (16, 12)))
+        assert len(streamed) == 4 and all(f.dtype == torch.float32 for f in streamed)
+        assert torch.allclose(torch.stack(streamed), whole, atol=0.5 / 255 + 1e-6)  # whole keeps 8 bits, rounded
 
 
 def test_frames_written_from_a_generator(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from atlas.errors import AtlasInputError
 from editing import edit
 from propagation.matte import guided_filter, guided_weights, matte_radius
-from propagation.render import overlay_frame
+from propagation.render import matted_maps, overlay_frame
 
 
 def _reference_guided_filter(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.ndarray:
@@ -107,3 +107,59 @@ def test_edits_with_the_fitted_matte_use_the_fitted_weights(fitted, clip):
     assert matte_radius(fitted.model) == 4
     with pytest.raises(AtlasInputError, match="matte must be one of guided, fitted"):
         edit(fitted, atlas={"background": paint}, frames=clip.frames, matte="soft")
+
+
+def _exported_weights(out, names, t):
+    from atlas.io import read_exr_channels
+
+    return torch.stack([torch.from_numpy(read_exr_channels(out / "uv" / n / f"{t:05d}.exr")["A"]) for n in names], -1)
+
+
+def test_export_writes_the_weights_edits_composite_with(fitted, clip, tmp_path):
+    """Guided: the weights atlas edit uses, refined against the given source; fitted: as in
+    the bundle; no source to read: the fitted weights, a warning, and export.json says so."""
+    import json
+
+    from atlas.io import read_image
+    from propagation.export import export
+
+    names, t = fitted.layer_names, 3
+    guided = export(fitted, tmp_path / "guided", source=clip.frames)
+    assert json.loads((guided / "export.json").read_text())["matte"] == "guided"
+    expected = matted_maps(fitted, t, clip.frames[t], "guided").weights
+    assert torch.allclose(_exported_weights(guided, names, t), expected, atol=1e-6)
+    alpha = torch.from_numpy(read_image(guided / "alpha" / f"{t:05d}.png"))[..., 0]
+    assert (alpha - (1.0 - expected[..., 0])).abs().max() <= 0.5 / 255 + 1e-6
+    plain = export(fitted, tmp_path / "fitted", matte="fitted")
+    assert json.loads((plain / "export.json").read_text())["matte"] == "fitted"
+    assert torch.allclose(_exported_weights(plain, names, t), fitted.frame_maps(t).weights, atol=1e-6)
+    assert not torch.allclose(expected, fitted.frame_maps(t).weights, atol=0.02)
+    with pytest.warns(UserWarning, match="source video synthetic unavailable"):  # the fixture's source is not on disk
+        fallback = export(fitted, tmp_path / "fallback")
+    assert json.loads((fallback / "export.json").read_text())["matte"] == "fitted"
+    with pytest.raises(AtlasInputError, match="matte must be one of"):
+        export(fitted, tmp_path / "bad", matte="soft")
+    with pytest.raises(AtlasInputError, match="the bundle expects"):
+        export(fitted, tmp_path / "short", source=clip.frames[:5])
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "short").exists()
+
+
+def test_cli_export_reads_the_source_it_is_given(fitted, clip, tmp_path):
+    """--source: a sequence read at the maps' size; one shorter than the fit fails with exit
+    2 and leaves nothing behind."""
+    import json
+
+    from atlas.cli import main
+    from atlas.io import read_video, write_video
+
+    write_video(clip.frames, tmp_path / "plate")
+    out = tmp_path / "exp"
+    assert main(["export", str(fitted.path), "-o", str(out), "--source", str(tmp_path / "plate"), "--quiet"]) == 0
+    assert json.loads((out / "export.json").read_text())["matte"] == "guided"
+    plate = read_video(tmp_path / "plate").frames.float() / 255.0
+    expected = matted_maps(fitted, 5, plate[5], "guided").weights
+    assert torch.allclose(_exported_weights(out, fitted.layer_names, 5), expected, atol=1e-6)
+    write_video(clip.frames[:5], tmp_path / "short")
+    bad = tmp_path / "bad"
+    assert main(["export", str(fitted.path), "-o", str(bad), "--source", str(tmp_path / "short"), "--quiet"]) == 2
+    assert not bad.exists() and not list(tmp_path.glob(".bad*"))

@@ -143,7 +143,7 @@ def test_export_stmap_round_trip(fitted, tmp_path):
     from propagation.export import export
     from propagation.render import replace_frame
 
-    out = export(fitted, tmp_path / "exp")
+    out = export(fitted, tmp_path / "exp", matte="fitted")
     info = json.loads((out / "export.json").read_text())
     assert info["layers"] == fitted.layer_names and info["frames"] == fitted.num_frames
     assert len(list((out / "stmap" / "background").glob("*.exr"))) == fitted.num_frames
@@ -203,6 +203,15 @@ def test_export_of_a_reduced_fit_is_at_the_source_resolution(clip, tmp_path):
             quad = src[ch].reshape(30, 2, 40, 2).mean(axis=(1, 3))
             assert np.median(np.abs(quad - small[ch])) * texels < 0.05
     assert len(list((out / "alpha").glob("*.png"))) == half.num_frames
+    # the guided matte at the source's size: its window covers as many opacity cells as at the fitted size
+    from propagation.matte import guided_weights, matte_radius
+
+    guided = export(half, tmp_path / "guided", source=clip.frames)
+    radius = matte_radius(half.model, 2.0)
+    assert radius == 2 * matte_radius(half.model)
+    expected = guided_weights(half.frame_maps(t, (80, 60), colour=False).weights, clip.frames[t], radius)
+    for i, name in enumerate(half.layer_names):
+        assert np.allclose(read_exr_channels(guided / "uv" / name / f"{t:05d}.exr")["A"], expected[..., i].numpy(), atol=1e-6)
 
 
 def test_cli_edit_writes_video_and_atlases(fitted, tmp_path, capsys):
