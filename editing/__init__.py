@@ -71,7 +71,7 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
     generated: dict[str, np.ndarray] = {}
     weights = None  # keyframes' own layer weights (editing.manual.keyframe_edits)
     if prompt:
-        edits, generated, rendered = prompt_edits(bundle, src, prompt, method, layer, options)
+        edits, generated, rendered = prompt_edits(bundle, src, prompt, method, layer, options, matte)
         if rendered is not bundle:  # a re-fitted silhouette: the source frames' edges are not its edges
             bundle, matte = rendered, "fitted"
     elif options:
@@ -92,9 +92,10 @@ def default_layer(bundle: AtlasBundle) -> str:
 
 
 def prompt_edits(bundle: AtlasBundle, source: torch.Tensor, prompt: str | dict[str, str], method: str | None, layer: str | None,
-                 options: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], AtlasBundle]:
+                 options: dict, matte: str = "guided") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], AtlasBundle]:
     """({layer: RGBA edit}, {"<layer>_<frame>": generated keyframe}, the bundle to render
-    with: DiffusionAtlas may re-fit opacity to an edited silhouette) from a diffusion editor."""
+    with: DiffusionAtlas may re-fit opacity to an edited silhouette) from a diffusion editor
+    (StableVideo splats its keyframes with the layer weights of `matte`)."""
     from .diffuse import PromptEdit
 
     prompts = dict(prompt) if isinstance(prompt, dict) else {layer or default_layer(bundle): prompt}
@@ -122,7 +123,7 @@ def prompt_edits(bundle: AtlasBundle, source: torch.Tensor, prompt: str | dict[s
         return edits, {}, bundle
     from .stablevideo import stablevideo
 
-    return (*_call(stablevideo, bundle, source, settings, **extra), bundle)
+    return (*_call(stablevideo, bundle, source, settings, matte=matte, **extra), bundle)
 
 
 def _call(fn, *args, **extra):

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from atlas.bundle import AtlasBundle
 from atlas.errors import AtlasInputError
+from propagation.render import matted_maps
 from propagation.sample import sample
 from propagation.splat import SplatAccumulator, splat_layer
 
@@ -135,8 +136,10 @@ def fill_gaps(rgb: np.ndarray, covered: np.ndarray, seen: np.ndarray, reach: flo
 
 def stablevideo(bundle: AtlasBundle, source: torch.Tensor, settings: dict[str, PromptEdit], keyframe_stride: int | None = None,
                 max_keyframes: int = 8, coverage: float = 0.95, next_strength: float | None = None,
-                fusion_steps: int = 300) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """({layer: RGBA edit}, {"<layer>_<frame>": generated keyframe}) for layers edited by prompt."""
+                fusion_steps: int = 300, matte: str = "guided") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """({layer: RGBA edit}, {"<layer>_<frame>": generated keyframe}) for layers edited by
+    prompt; each keyframe's pixels go to the layers its `matte` gives them
+    (propagation.render.matted_maps), as in the final render."""
     edits, generated = {}, {}
     for name, edit in settings.items():
         layer = bundle.layer_names.index(name)
@@ -146,7 +149,7 @@ def stablevideo(bundle: AtlasBundle, source: torch.Tensor, settings: dict[str, P
         union = np.zeros((h, w, 4), np.float32)
         edited_parts, source_parts = [], []
         for i, t in enumerate(frames):
-            maps = bundle.frame_maps(t)
+            maps = matted_maps(bundle, t, source[t], matte)
             start = source[t].numpy()
             if i > 0:  # what the atlas already holds, rendered into this keyframe
                 known = sample(union, maps.uv[..., layer, :])

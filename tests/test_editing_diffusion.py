@@ -259,6 +259,27 @@ def test_stablevideo_carries_the_first_keyframe_forward(fitted, clip, monkeypatc
     assert red(out.frames.numpy())[fg.numpy()].mean() > 0.8
 
 
+@pytest.mark.parametrize("matte", ["guided", "fitted"])
+def test_stablevideo_splats_keyframes_with_the_edits_matte(fitted, clip, monkeypatch, matte):
+    """Each keyframe goes into the atlas with the layer weights the render composites with."""
+    import editing.stablevideo as sv
+    from propagation.render import matted_maps
+
+    used = {}
+    real = sv._splat
+
+    def recording(width, height, maps, layer, image):
+        used.setdefault(len(used), maps.weights.clone())
+        return real(width, height, maps, layer, image)
+
+    monkeypatch.setattr(sv, "sdedit", lambda edit, image, **_: image)
+    monkeypatch.setattr(sv, "_splat", recording)
+    edit(fitted, frames=clip.frames, prompt="x", method="stablevideo", max_keyframes=2, fusion_steps=5, matte=matte, **FAST)
+    first = used[0]  # keyframe 0's edited splat
+    assert torch.equal(first, matted_maps(fitted, 0, clip.frames[0], matte).weights)
+    assert torch.equal(first, fitted.frame_maps(0).weights) == (matte == "fitted")
+
+
 def test_thin_gaps_between_keyframes_are_filled_far_ones_are_not():
     from editing.stablevideo import fill_gaps
 
