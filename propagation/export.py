@@ -60,7 +60,7 @@ def export(bundle: AtlasBundle, out: str | Path, size: tuple[int, int] | None = 
         raise AtlasInputError(f"{out} exists and is not an atlas export; choose another -o path")
     check_matte(matte)
     w, h = size = tuple(size or bundle.source_size)
-    guides = stream_source(bundle, size, source) if matte == "guided" else None
+    guides = stream_source(bundle, size, source) if matte == "guided" and bundle.model.num_fg else None  # one layer: nothing to cut
     radius = matte_radius(bundle.model, w / bundle.size[0])
     names = bundle.layer_names
     shaded = bundle.model.shading is not None

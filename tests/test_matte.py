@@ -163,3 +163,18 @@ def test_cli_export_reads_the_source_it_is_given(fitted, clip, tmp_path):
     bad = tmp_path / "bad"
     assert main(["export", str(fitted.path), "-o", str(bad), "--source", str(tmp_path / "short"), "--quiet"]) == 2
     assert not bad.exists() and not list(tmp_path.glob(".bad*"))
+
+
+def test_a_one_layer_export_reads_no_source(tiny_video, tmp_path):
+    """With a single layer there is no edge to cut: the export neither reads nor asks for the source."""
+    import json
+    import warnings
+
+    import atlas
+    from propagation.export import export
+
+    one = atlas.fit(tiny_video, tmp_path / "one.atlas", "fast", ["model.num_foregrounds=0", "train.checkpoint_every=0"], iters=5, quiet=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the source ("tiny") is not on disk: reading it would warn
+        out = export(one, tmp_path / "exp")
+    assert json.loads((out / "export.json").read_text())["matte"] == "fitted"
