@@ -1,7 +1,7 @@
 """Point tracking through the atlas, scored with the TAP-Vid protocol.
 
     python bench/track_bench.py [--presets fast default] [--budget 90] [--size 427x240]
-                                [--clips blackswan ...] [--device auto] [--set key=value ...]
+                                [--clips blackswan ...] [--device auto] [--set key=value ...] [--seeds 0 1 ...]
 
 For every clip (the shared DAVIS clips with their human-annotated TAP-Vid tracks, first
 32 frames; two real-texture synthetic clips (bench/scenes.py) and a procedural synthetic
@@ -16,8 +16,8 @@ zero motion, with the atlas's delta_avg minus chained DIS's and its 90% bootstra
 over the clip's tracks (atlas.track_metrics.delta_avg_difference: a clip's few dozen
 tracks make a gap of a few points chance). `--gt-masks` fits the DAVIS clips with their
 ground-truth masks (the ceiling of a perfect foreground guess). Each fit runs in a fresh
-subprocess. Prints one table per preset with the means, and the time to track 1,000
-points through the frames.
+subprocess. Prints one table per preset and seed with the means, and the time to track 1,000
+points through the frames; with several `--seeds`, each clip's spread over them.
 `--json` rows also hold "atlas_by_weight": the same fit's tracks with each query's layer
 taken from the (checked) compositing weights alone (atlas.track without its flow check), and "step":
 the median error of one-frame steps (queried at every visible ground-truth point, predicted
@@ -184,6 +184,76 @@ def nanmean(rows: list[dict], part: str, method: str) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def run_table(a: argparse.Namespace, clips: list[str], preset: str, seed: int) -> list[dict]:
+    """Fit and score every clip with one preset and seed, printing a row per clip and the means."""
+    print(f"\npreset {preset}, {a.size}, first {FRAMES} frames, fit budget {a.budget:g} s, device {a.device}, seed {seed}"
+          + (", ground-truth masks" if a.gt_masks else ""))
+    head = (f"{'clip':<20}{'PSNR':>7}{'fit s':>7}{'d_avg':>7}{'AJ':>7}{'OA':>7}{'DIS d':>7}{'DIS AJ':>7}{'zero d':>7}"
+            f"{'vs DIS [90% over tracks]':>26}{'fg d':>7}{'DIS':>6}{'bg d':>7}{'DIS':>6}{'layer%':>7}{'IoU0':>6}{'IoU':>6}  bg atlas")
+    print(head)
+    print("-" * len(head))
+    done = []
+    for clip in clips:
+        cmd = [sys.executable, __file__, "--worker", clip, preset, "--budget", str(a.budget), "--size", a.size, "--device", a.device, "--seed", str(seed)]
+        for o in a.overrides:
+            cmd += ["--set", o]
+        cmd += ["--gt-masks"] if a.gt_masks else []
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            print(f"{clip:<20} failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
+            continue
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        r["preset"] = preset
+        r["seed"] = seed
+        r["libraries"] = versions()
+        done.append(r)
+        bg = r["atlas_size"][0]
+        print(f"{clip:<20}{r['psnr']:>7.2f}{r['fit_s']:>7.0f}{r['atlas']['delta_avg']:>7.1f}{r['atlas']['aj']:>7.1f}"
+              f"{r['atlas']['oa']:>7.1f}{r['dis']['delta_avg']:>7.1f}{r['dis']['aj']:>7.1f}{r['zero']['delta_avg']:>7.1f}"
+              f"{interval(r['vs_dis']):>26}{r['fg']['atlas']:>7.1f}{r['fg']['dis']:>6.1f}{r['bg']['atlas']:>7.1f}{r['bg']['dis']:>6.1f}{r['layer_acc']:>7.1f}"
+              f"{r['iou']['bootstrap']:>6.2f}{r['iou']['fitted']:>6.2f}  {bg[0]}x{bg[1]}",
+              flush=True)
+    for label, sel in (("mean (real clips)", [r for r in done if r["clip"] in CLIPS]), ("mean (all)", done)):
+        if sel:
+            mean = lambda f: float(np.mean([f(r) for r in sel]))  # noqa: E731
+            print(f"{label:<20}{mean(lambda r: r['psnr']):>7.2f}{mean(lambda r: r['fit_s']):>7.0f}"
+                  f"{mean(lambda r: r['atlas']['delta_avg']):>7.1f}{mean(lambda r: r['atlas']['aj']):>7.1f}"
+                  f"{mean(lambda r: r['atlas']['oa']):>7.1f}{mean(lambda r: r['dis']['delta_avg']):>7.1f}"
+                  f"{mean(lambda r: r['dis']['aj']):>7.1f}{mean(lambda r: r['zero']['delta_avg']):>7.1f}{'':>26}"
+                  f"{nanmean(sel, 'fg', 'atlas'):>7.1f}{nanmean(sel, 'fg', 'dis'):>6.1f}{nanmean(sel, 'bg', 'atlas'):>7.1f}"
+                  f"{nanmean(sel, 'bg', 'dis'):>6.1f}{mean(lambda r: r['layer_acc']):>7.1f}"
+                  f"{mean(lambda r: r['iou']['bootstrap']):>6.2f}{mean(lambda r: r['iou']['fitted']):>6.2f}")
+    if done:
+        below = [r["clip"] for r in done if r["atlas"]["delta_avg"] < r["dis"]["delta_avg"]]
+        surely = [r["clip"] for r in done if r["vs_dis"]["high"] < 0]
+        print(f"atlas below chained DIS on: {', '.join(below) or 'none'}; "
+              f"with its whole 90% interval below 0 on: {', '.join(surely) or 'none'}")
+        print(f"1,000 tracks through {FRAMES} frames: {np.median([r['thousand_s'] for r in done]):.2f} s (median over clips)")
+    return done
+
+
+def print_seed_spread(by_seed: dict[int, list[dict]]) -> None:
+    """Each clip's delta_avg and AJ over the seeds (mean, lowest, highest) and the real
+    clips' mean per seed: a change to the fit that moves a clip by less than its spread
+    here has not shown anything on that clip."""
+    seeds = list(by_seed)
+    print(f"\nover seeds {', '.join(map(str, seeds))}: mean [lowest, highest]")
+    print(f"{'clip':<20}{'d_avg':>22}{'AJ':>22}{'atlas - DIS':>22}")
+    per_clip: dict[str, list[dict]] = {}
+    for done in by_seed.values():
+        for r in done:
+            per_clip.setdefault(r["clip"], []).append(r)
+    spread = lambda vals: f"{np.mean(vals):.1f} [{min(vals):.1f}, {max(vals):.1f}]"  # noqa: E731
+    for clip, rs in per_clip.items():
+        print(f"{clip:<20}{spread([r['atlas']['delta_avg'] for r in rs]):>22}{spread([r['atlas']['aj'] for r in rs]):>22}"
+              f"{spread([r['vs_dis']['delta_avg'] for r in rs]):>22}")
+    real = {seed: [r for r in done if r["clip"] in CLIPS] for seed, done in by_seed.items()}
+    if all(real.values()):
+        means = [float(np.mean([r["atlas"]["delta_avg"] for r in rs])) for rs in real.values()]
+        ajs = [float(np.mean([r["atlas"]["aj"] for r in rs])) for rs in real.values()]
+        print(f"{'mean (real clips)':<20}{spread(means):>22}{spread(ajs):>22}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["fast", "default"])
@@ -193,7 +263,9 @@ def main() -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--json", help="also write every row to this JSON file")
-    p.add_argument("--seed", type=int, default=0, help="the fits' seed (another seed shows how much a clip's row moves by chance)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="the fits' seeds: a table per seed, then each clip's spread over them (how much a row moves by chance)")
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # a worker's seed
     p.add_argument("--gt-masks", action="store_true", help="fit the DAVIS clips with their ground-truth masks (the ceiling of a perfect foreground guess)")
     p.add_argument("--worker", nargs=2, metavar=("CLIP", "PRESET"), help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -204,49 +276,10 @@ def main() -> int:
     rows = []
     print(describe())
     for preset in a.presets:
-        print(f"\npreset {preset}, {a.size}, first {FRAMES} frames, fit budget {a.budget:g} s, device {a.device}, seed {a.seed}"
-              + (", ground-truth masks" if a.gt_masks else ""))
-        head = (f"{'clip':<20}{'PSNR':>7}{'fit s':>7}{'d_avg':>7}{'AJ':>7}{'OA':>7}{'DIS d':>7}{'DIS AJ':>7}{'zero d':>7}"
-                f"{'vs DIS [90% over tracks]':>26}{'fg d':>7}{'DIS':>6}{'bg d':>7}{'DIS':>6}{'layer%':>7}{'IoU0':>6}{'IoU':>6}  bg atlas")
-        print(head)
-        print("-" * len(head))
-        done = []
-        for clip in clips:
-            cmd = [sys.executable, __file__, "--worker", clip, preset, "--budget", str(a.budget), "--size", a.size, "--device", a.device, "--seed", str(a.seed)]
-            for o in a.overrides:
-                cmd += ["--set", o]
-            cmd += ["--gt-masks"] if a.gt_masks else []
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                print(f"{clip:<20} failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
-                continue
-            r = json.loads(res.stdout.strip().splitlines()[-1])
-            r["preset"] = preset
-            r["libraries"] = versions()
-            done.append(r)
-            bg = r["atlas_size"][0]
-            print(f"{clip:<20}{r['psnr']:>7.2f}{r['fit_s']:>7.0f}{r['atlas']['delta_avg']:>7.1f}{r['atlas']['aj']:>7.1f}"
-                  f"{r['atlas']['oa']:>7.1f}{r['dis']['delta_avg']:>7.1f}{r['dis']['aj']:>7.1f}{r['zero']['delta_avg']:>7.1f}"
-                  f"{interval(r['vs_dis']):>26}{r['fg']['atlas']:>7.1f}{r['fg']['dis']:>6.1f}{r['bg']['atlas']:>7.1f}{r['bg']['dis']:>6.1f}{r['layer_acc']:>7.1f}"
-                  f"{r['iou']['bootstrap']:>6.2f}{r['iou']['fitted']:>6.2f}  {bg[0]}x{bg[1]}",
-                  flush=True)
-        for label, sel in (("mean (real clips)", [r for r in done if r["clip"] in CLIPS]), ("mean (all)", done)):
-            if sel:
-                mean = lambda f: float(np.mean([f(r) for r in sel]))
-                print(f"{label:<20}{mean(lambda r: r['psnr']):>7.2f}{mean(lambda r: r['fit_s']):>7.0f}"
-                      f"{mean(lambda r: r['atlas']['delta_avg']):>7.1f}{mean(lambda r: r['atlas']['aj']):>7.1f}"
-                      f"{mean(lambda r: r['atlas']['oa']):>7.1f}{mean(lambda r: r['dis']['delta_avg']):>7.1f}"
-                      f"{mean(lambda r: r['dis']['aj']):>7.1f}{mean(lambda r: r['zero']['delta_avg']):>7.1f}{'':>26}"
-                      f"{nanmean(sel, 'fg', 'atlas'):>7.1f}{nanmean(sel, 'fg', 'dis'):>6.1f}{nanmean(sel, 'bg', 'atlas'):>7.1f}"
-                      f"{nanmean(sel, 'bg', 'dis'):>6.1f}{mean(lambda r: r['layer_acc']):>7.1f}"
-                      f"{mean(lambda r: r['iou']['bootstrap']):>6.2f}{mean(lambda r: r['iou']['fitted']):>6.2f}")
-        if done:
-            below = [r["clip"] for r in done if r["atlas"]["delta_avg"] < r["dis"]["delta_avg"]]
-            surely = [r["clip"] for r in done if r["vs_dis"]["high"] < 0]
-            print(f"atlas below chained DIS on: {', '.join(below) or 'none'}; "
-                  f"with its whole 90% interval below 0 on: {', '.join(surely) or 'none'}")
-            print(f"1,000 tracks through {FRAMES} frames: {np.median([r['thousand_s'] for r in done]):.2f} s (median over clips)")
-        rows += done
+        by_seed = {seed: run_table(a, clips, preset, seed) for seed in a.seeds}
+        if len(a.seeds) > 1:
+            print_seed_spread(by_seed)
+        rows += [r for done in by_seed.values() for r in done]
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0
