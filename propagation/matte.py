@@ -35,42 +35,50 @@ def matte_radius(model: LayeredAtlas, scale: float = 1.0) -> int:
     return max(1, round(RADIUS_CELLS / model.cfg.alpha_finest_frac * scale))
 
 
-def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean of x [H, W, C] (float32, CPU) over the (2r+1)^2 window around each pixel, the
-    border mirrored (without repeating the edge pixel)."""
-    r = min(radius, x.shape[0] - 1, x.shape[1] - 1)
+def _planes(image: torch.Tensor) -> list[torch.Tensor]:
+    """The channels of image [H, W, C] as contiguous planes [H, W] (float32, CPU)."""
+    hwc = image.detach().float().cpu().contiguous().numpy()
+    return [torch.from_numpy(c) for c in cv2.split(hwc)] if hwc.shape[2] > 1 else [torch.from_numpy(hwc[..., 0].copy())]
+
+
+def box_mean(planes: list[torch.Tensor], radius: int) -> list[torch.Tensor]:
+    """Mean of each plane [H, W] (float32, CPU) over the (2r+1)^2 window around each
+    pixel, the border mirrored (without repeating the edge pixel)."""
+    h, w = planes[0].shape
+    r = min(radius, h - 1, w - 1)
     if r < 1:
-        return x
-    out = cv2.boxFilter(x.contiguous().numpy(), -1, (2 * r + 1, 2 * r + 1), borderType=cv2.BORDER_REFLECT_101)
-    return torch.from_numpy(out).reshape(x.shape)
+        return planes
+    hwc = cv2.merge([q.contiguous().numpy() for q in planes])  # OpenCV filters every channel of an image in one call
+    out = cv2.boxFilter(hwc, -1, (2 * r + 1, 2 * r + 1), borderType=cv2.BORDER_REFLECT_101)
+    return [torch.from_numpy(c) for c in cv2.split(out.reshape(h, w, len(planes)))]
 
 
 def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float = EPS) -> torch.Tensor:
     """The K channels of src [H, W, K] filtered with the colour image guide [H, W, 3]: in
     each window a channel's output is a linear function of the guide's colour fitted to
     it, averaged over the windows that cover a pixel; where the guide has an edge, the
-    output's edge follows it. The guide's statistics are shared by the channels."""
-    img = guide.detach().float().cpu()
-    p = src.detach().float().cpu()
-    k = p.shape[-1]
+    output's edge follows it. The guide's statistics are shared by the channels. The
+    arithmetic runs on whole planes: per-channel slices of a channels-last image are
+    strided, which at 4K made the filter several times slower."""
+    img, p = _planes(guide), _planes(src)
+    k = len(p)
     pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
-    products = torch.stack([img[..., i] * img[..., j] for i, j in pairs], -1)
-    img_p = (img[..., None, :] * p[..., None]).flatten(-2)  # [H, W, K * 3]
-    means = box_mean(torch.cat([img, products, p, img_p], -1), radius)  # one pass for every window mean
-    mean_i, mean_ii, mean_p = means[..., :3], means[..., 3:9], means[..., 9 : 9 + k]
-    cov_ip = means[..., 9 + k :].unflatten(-1, (k, 3)) - mean_p[..., None] * mean_i[..., None, :]  # [H, W, K, 3]
-    var = mean_ii - torch.stack([mean_i[..., i] * mean_i[..., j] for i, j in pairs], -1)
-    a00, a01, a02, a11, a12, a22 = (var + eps * torch.tensor([1.0, 0, 0, 1, 0, 1])).unbind(-1)
+    means = box_mean([*img, *(img[i] * img[j] for i, j in pairs), *p, *(p[c] * img[i] for c in range(k) for i in range(3))], radius)
+    mean_i, mean_ii, mean_p, mean_ip = means[:3], means[3:9], means[9 : 9 + k], means[9 + k :]
+    a00, a01, a02, a11, a12, a22 = (mean_ii[n] - mean_i[i] * mean_i[j] + (eps if i == j else 0.0) for n, (i, j) in enumerate(pairs))
     # the symmetric 3x3 covariance inverted by its cofactors (positive definite: eps > 0)
     c00, c01, c02 = a11 * a22 - a12 * a12, a02 * a12 - a01 * a22, a01 * a12 - a02 * a11
     c11, c12, c22 = a00 * a22 - a02 * a02, a01 * a02 - a00 * a12, a00 * a11 - a01 * a01
-    det = a00 * c00 + a01 * c01 + a02 * c02
-    inv = torch.stack([torch.stack([c00, c01, c02], -1), torch.stack([c01, c11, c12], -1), torch.stack([c02, c12, c22], -1)], -2)
-    a = torch.einsum("hwij,hwkj->hwki", inv / det[..., None, None], cov_ip)  # [H, W, K, 3]
-    b = mean_p - (a * mean_i[..., None, :]).sum(-1)  # [H, W, K]
-    ab = box_mean(torch.cat([a.flatten(-2), b], -1), radius)
-    out = (ab[..., : 3 * k].unflatten(-1, (k, 3)) * img[..., None, :]).sum(-1) + ab[..., 3 * k :]
-    return out.to(device=src.device, dtype=src.dtype)
+    inv_det = 1.0 / (a00 * c00 + a01 * c01 + a02 * c02)
+    coeffs = []
+    for c in range(k):
+        cov = [mean_ip[3 * c + i] - mean_p[c] * mean_i[i] for i in range(3)]
+        a = [(r0 * cov[0] + r1 * cov[1] + r2 * cov[2]) * inv_det for r0, r1, r2 in ((c00, c01, c02), (c01, c11, c12), (c02, c12, c22))]
+        coeffs += [*a, mean_p[c] - a[0] * mean_i[0] - a[1] * mean_i[1] - a[2] * mean_i[2]]
+    ab = box_mean(coeffs, radius)
+    out = [ab[4 * c] * img[0] + ab[4 * c + 1] * img[1] + ab[4 * c + 2] * img[2] + ab[4 * c + 3] for c in range(k)]
+    merged = cv2.merge([o.numpy() for o in out]) if k > 1 else out[0].numpy()[..., None]
+    return torch.from_numpy(merged.reshape(*out[0].shape, k)).to(device=src.device, dtype=src.dtype)
 
 
 def guided_weights(weights: torch.Tensor, frame: torch.Tensor, radius: int) -> torch.Tensor:
