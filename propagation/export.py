@@ -23,7 +23,6 @@ source and these maps as stmap input renders the layer into each frame.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -35,8 +34,8 @@ from atlas.bundle import AtlasBundle
 from atlas.errors import AtlasInputError
 from atlas.io import atomic_path, write_exr, write_png
 
-from .matte import check_matte, guided_weights, matte_radius
-from .render import stream_source
+from .matte import check_matte
+from .render import matted_maps, stream_source
 
 CONVENTIONS = {
     "uv": "u = (i + 0.5) / atlas_width, v = (j + 0.5) / atlas_height for texel (i, j); v grows downwards",
@@ -61,7 +60,6 @@ def export(bundle: AtlasBundle, out: str | Path, size: tuple[int, int] | None = 
     check_matte(matte)
     w, h = size = tuple(size or bundle.source_size)
     guides = stream_source(bundle, size, source) if matte == "guided" and bundle.model.num_fg else None  # one layer: nothing to cut
-    radius = matte_radius(bundle.model, w / bundle.size[0])
     names = bundle.layer_names
     shaded = bundle.model.shading is not None
     with atomic_path(out, is_dir=True) as tmp:
@@ -70,9 +68,7 @@ def export(bundle: AtlasBundle, out: str | Path, size: tuple[int, int] | None = 
         for name, tex in bundle.textures.items():
             write_png(tmp / "atlas" / f"{name}.png", tex)
         for t in range(bundle.num_frames):
-            maps = bundle.frame_maps(t, size, colour=False)
-            if guides is not None:
-                maps = dataclasses.replace(maps, weights=guided_weights(maps.weights, next(guides), radius))
+            maps = matted_maps(bundle, t, None if guides is None else next(guides), matte, size, colour=False)
             write_png(tmp / "alpha" / f"{t:05d}.png", 1.0 - maps.weights[..., 0])
             for i, name in enumerate(names):
                 u, v = maps.uv[..., i, 0].numpy(), maps.uv[..., i, 1].numpy()

@@ -118,14 +118,17 @@ def _counted(images: Iterator[torch.Tensor], count: int, name: str) -> Iterator[
     raise AtlasInputError(f"{name} holds {seen} frames, the bundle {count}; give its source (--source) or use --matte fitted")
 
 
-def matted_maps(bundle: AtlasBundle, t: int, frame: torch.Tensor | None, matte: str) -> FrameMaps:
-    """Frame t's maps with the layer weights of `matte` (guided: refined against the source
-    `frame` [H, W, 3], as fitted where there is none; fitted)."""
+def matted_maps(bundle: AtlasBundle, t: int, frame: torch.Tensor | None, matte: str, size: tuple[int, int] | None = None,
+                colour: bool = True) -> FrameMaps:
+    """Frame t's maps (bundle.frame_maps: at `size`, with `colour`) with the layer weights
+    of `matte` (guided: refined against the source `frame` [H, W, 3] of the maps' size, the
+    window scaled to it; as fitted where there is no frame; fitted)."""
     check_matte(matte)
-    maps = bundle.frame_maps(t)
+    maps = bundle.frame_maps(t, size, colour=colour)
     if matte == "fitted" or frame is None:
         return maps
-    return dataclasses.replace(maps, weights=guided_weights(maps.weights, frame, matte_radius(bundle.model)))
+    radius = matte_radius(bundle.model, frame.shape[1] / bundle.size[0])
+    return dataclasses.replace(maps, weights=guided_weights(maps.weights, frame, radius))
 
 
 def _frame_maps(bundle: AtlasBundle, t: int, weights: dict[int, torch.Tensor] | None, frame: torch.Tensor | None,
