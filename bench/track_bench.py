@@ -2,6 +2,7 @@
 
     python bench/track_bench.py [--presets fast default] [--budget 90] [--size 427x240]
                                 [--clips blackswan ...] [--device auto] [--set key=value ...] [--seeds 0 1 ...]
+                                [--frame-step N]
 
 For every clip (the shared DAVIS clips with their human-annotated TAP-Vid tracks, first
 32 frames; two real-texture synthetic clips (bench/scenes.py) and a procedural synthetic
@@ -14,7 +15,8 @@ of the motion-bootstrap masks and of the fitted opacity against the ground-truth
 beside two baselines on the same frames: chained OpenCV DIS flow (never occluded) and
 zero motion, with the atlas's delta_avg minus chained DIS's and its 90% bootstrap interval
 over the clip's tracks (atlas.track_metrics.delta_avg_difference: a clip's few dozen
-tracks make a gap of a few points chance). `--gt-masks` fits the DAVIS clips with their
+tracks make a gap of a few points chance). `--frame-step N` keeps every Nth of those frames (and of their ground truth): the same
+shots with N times their motion, as a fast, turning camera gives. `--gt-masks` fits the DAVIS clips with their
 ground-truth masks (the ceiling of a perfect foreground guess). Each fit runs in a fresh
 subprocess. Prints one table per preset and seed with the means, and the time to track 1,000
 points through the frames; with several `--seeds`, each clip's spread over them.
@@ -76,7 +78,7 @@ def warped_truth(clip, n: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndar
 
 
 def worker(clip: str, preset: str, budget: float, size: str, device: str, overrides: list[str], gt_masks: bool = False,
-           seed: int = 0) -> dict:
+           seed: int = 0, frame_step: int = 1) -> dict:
     import atlas
     from atlas.io import Video, parse_size, read_video
     from atlas.preprocess import dis_flow, read_masks
@@ -99,10 +101,15 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
         points = gt["points"] * np.array([w / float(gt["width"]), h / float(gt["height"])], np.float32)
         occluded = gt["occluded"]
         masks = read_masks(DATA / "davis" / clip / "masks", FRAMES, (0, FRAMES), (w, h))
+    if frame_step > 1:  # every frame_step-th frame: the same shot, its motion frame_step times as fast
+        frames = video.frames[::frame_step].contiguous()
+        video = Video(frames, video.fps / frame_step, video.source, (0, len(frames)))  # a range the bundle can hold
+        points, occluded, masks = points[:, ::frame_step], occluded[:, ::frame_step], masks[::frame_step]
+    num_frames = len(video.frames)
     masks_dir = None
     if gt_masks:
-        if clip in SCENES or clip == SYNTHETIC:
-            raise SystemExit(f"--gt-masks: {clip} has its masks in memory only")
+        if clip in SCENES or clip == SYNTHETIC or frame_step > 1:
+            raise SystemExit(f"--gt-masks: {clip}'s masks for these frames are in memory only")
         masks_dir = str(DATA / "davis" / clip / "masks")
     seen = ~occluded.all(axis=1)
     points, occluded = points[seen], occluded[seen]
@@ -130,7 +137,7 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
         "atlas": tapvid_metrics(points, occluded, tracks.positions, ~tracks.visible, (w, h)),
         "atlas_by_weight": tapvid_metrics(points, occluded, by_weight.positions, ~by_weight.visible, (w, h)),
         "dis": tapvid_metrics(points, occluded, dis, never, (w, h)),
-        "zero": tapvid_metrics(points, occluded, np.repeat(queries[:, None, :2], FRAMES, 1), never, (w, h)),
+        "zero": tapvid_metrics(points, occluded, np.repeat(queries[:, None, :2], num_frames, 1), never, (w, h)),
     }
     diff, lo, hi = delta_avg_difference(points, occluded, tracks.positions, dis, (w, h))
     scores["vs_dis"] = {"delta_avg": diff, "low": lo, "high": hi}  # and its 90% interval over the clip's tracks
@@ -145,10 +152,10 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     # foreground IoU over the clip (fitted without masks): of the motion bootstrap, and of the fitted opacity
     gt_fg = masks > 0.5
     iou = lambda pred: float((pred & gt_fg).sum() / max((pred | gt_fg).sum(), 1))
-    fitted = np.stack([1.0 - bundle.frame_maps(t).weights[..., 0].numpy() for t in range(FRAMES)]) > 0.5
+    fitted = np.stack([1.0 - bundle.frame_maps(t).weights[..., 0].numpy() for t in range(num_frames)]) > 0.5
     scores["iou"] = {"bootstrap": iou(bundle.cache.masks.numpy() > 0.5) if bundle.cache is not None else float("nan"), "fitted": iou(fitted)}
     m = bundle.meta
-    return {"clip": clip, "psnr": m.metrics["psnr_mean"], "fit_s": m.timings["fit_s"], "tracks": len(queries), "track_s": track_s,
+    return {"clip": clip, "frames": num_frames, "psnr": m.metrics["psnr_mean"], "fit_s": m.timings["fit_s"], "tracks": len(queries), "track_s": track_s,
             "thousand_s": thousand_s, "atlas_size": [layer.atlas_size for layer in m.layers], **scores}
 
 
@@ -186,7 +193,8 @@ def nanmean(rows: list[dict], part: str, method: str) -> float:
 
 def run_table(a: argparse.Namespace, clips: list[str], preset: str, seed: int) -> list[dict]:
     """Fit and score every clip with one preset and seed, printing a row per clip and the means."""
-    print(f"\npreset {preset}, {a.size}, first {FRAMES} frames, fit budget {a.budget:g} s, device {a.device}, seed {seed}"
+    every = f", one frame in {a.frame_step} ({len(range(0, FRAMES, a.frame_step))} frames)" if a.frame_step > 1 else ""
+    print(f"\npreset {preset}, {a.size}, first {FRAMES} frames{every}, fit budget {a.budget:g} s, device {a.device}, seed {seed}"
           + (", ground-truth masks" if a.gt_masks else ""))
     head = (f"{'clip':<20}{'PSNR':>7}{'fit s':>7}{'d_avg':>7}{'AJ':>7}{'OA':>7}{'DIS d':>7}{'DIS AJ':>7}{'zero d':>7}"
             f"{'vs DIS [90% over tracks]':>26}{'fg d':>7}{'DIS':>6}{'bg d':>7}{'DIS':>6}{'layer%':>7}{'IoU0':>6}{'IoU':>6}  bg atlas")
@@ -194,7 +202,8 @@ def run_table(a: argparse.Namespace, clips: list[str], preset: str, seed: int) -
     print("-" * len(head))
     done = []
     for clip in clips:
-        cmd = [sys.executable, __file__, "--worker", clip, preset, "--budget", str(a.budget), "--size", a.size, "--device", a.device, "--seed", str(seed)]
+        cmd = [sys.executable, __file__, "--worker", clip, preset, "--budget", str(a.budget), "--size", a.size, "--device", a.device, "--seed", str(seed),
+               "--frame-step", str(a.frame_step)]
         for o in a.overrides:
             cmd += ["--set", o]
         cmd += ["--gt-masks"] if a.gt_masks else []
@@ -228,7 +237,7 @@ def run_table(a: argparse.Namespace, clips: list[str], preset: str, seed: int) -
         surely = [r["clip"] for r in done if r["vs_dis"]["high"] < 0]
         print(f"atlas below chained DIS on: {', '.join(below) or 'none'}; "
               f"with its whole 90% interval below 0 on: {', '.join(surely) or 'none'}")
-        print(f"1,000 tracks through {FRAMES} frames: {np.median([r['thousand_s'] for r in done]):.2f} s (median over clips)")
+        print(f"1,000 tracks through {done[0]['frames']} frames: {np.median([r['thousand_s'] for r in done]):.2f} s (median over clips)")
     return done
 
 
@@ -267,10 +276,14 @@ def main() -> int:
                    help="the fits' seeds: a table per seed, then each clip's spread over them (how much a row moves by chance)")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # a worker's seed
     p.add_argument("--gt-masks", action="store_true", help="fit the DAVIS clips with their ground-truth masks (the ceiling of a perfect foreground guess)")
+    p.add_argument("--frame-step", type=int, default=1,
+                   help="fit and score every Nth of the first 32 frames: the same shots with N times their motion (fast cameras)")
     p.add_argument("--worker", nargs=2, metavar=("CLIP", "PRESET"), help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.frame_step < 1:
+        p.error("--frame-step must be at least 1")
     if a.worker:
-        print(json.dumps(worker(a.worker[0], a.worker[1], a.budget, a.size, a.device, a.overrides, a.gt_masks, a.seed)))
+        print(json.dumps(worker(a.worker[0], a.worker[1], a.budget, a.size, a.device, a.overrides, a.gt_masks, a.seed, a.frame_step)))
         return 0
     clips = available(a.clips)
     rows = []
