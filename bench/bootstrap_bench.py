@@ -1,12 +1,14 @@
 """Motion bootstrap (the foreground guess made without masks) against ground-truth masks.
 
     python bench/bootstrap_bench.py [--size 427x240] [--frames 32] [--clips ...] [--colour-refine none|grow|trim]
+                                    [--frame-step N]
 
 For the shared DAVIS clips, the real-texture synthetic clips (bench/scenes.py) and the
 procedural synthetic clip, computes DIS flow and `atlas.preprocess.motion_masks`, and
 prints precision, recall and IoU over the clip, and the recall of the object's thin
 parts (ground-truth foreground within 3 px of the mask's edge), where a fit that starts
-from a mask without them leaves them to the background. No fitting: a few seconds a clip.
+from a mask without them leaves them to the background. `--frame-step N` keeps every Nth
+of those frames: the same shots with N times their motion. No fitting: a few seconds a clip.
 """
 from __future__ import annotations
 
@@ -56,18 +58,23 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=32, help="first frames of each clip (a large number: whole clips)")
     p.add_argument("--clips", nargs="+", default=CLIPS + list(SCENES) + [SYNTHETIC])
     p.add_argument("--colour-refine", default="none", choices=COLOUR_REFINES, help="re-cut the masks by colour (preprocess.colour_refine)")
+    p.add_argument("--frame-step", type=int, default=1, help="every Nth of those frames: N times the motion (fast cameras)")
     a = p.parse_args()
+    if a.frame_step < 1:
+        p.error("--frame-step must be at least 1")
     from atlas.io import parse_size
     from atlas.preprocess import consistency, dis_flow, motion_masks
 
     w, h = parse_size(a.size)
     clips = available(a.clips)
-    print(f"motion bootstrap, {a.size}, first {a.frames} frames, colour refinement {a.colour_refine}")
+    every = f", one frame in {a.frame_step}" if a.frame_step > 1 else ""
+    print(f"motion bootstrap, {a.size}, first {a.frames} frames{every}, colour refinement {a.colour_refine}")
     head = f"{'clip':<20}{'precision':>10}{'recall':>8}{'IoU':>7}{'thin recall':>12}{'s':>6}"
     print(head + "\n" + "-" * len(head))
     rows = []
     for clip in clips:
         frames, gt = clip_frames(clip, a.frames, w, h)
+        frames, gt = frames[:: a.frame_step], gt[:: a.frame_step]
         fwd, bwd = dis_flow(frames)
         vf = np.stack([consistency(fwd[i], bwd[i]) for i in range(len(fwd))])
         vb = np.stack([consistency(bwd[i], fwd[i]) for i in range(len(fwd))])
