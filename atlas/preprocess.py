@@ -95,21 +95,51 @@ def grey_u8(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(to_uint8(frame), cv2.COLOR_RGB2GRAY)
 
 
-def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty) -> tuple[np.ndarray, np.ndarray]:
+def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty, temporal: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV DIS flow between consecutive frames: (fwd, bwd), each [T-1, H, W, 2].
 
     The medium preset stops its pyramid at half resolution; frames up to ANALYSIS_SIDE run it
     down to full resolution, which roughly halves the one-frame error on small and thin moving
     things (chained mappings accumulate it as drift). Plates keep half resolution, where
-    the cost is high and half resolution is still about ANALYSIS_SIDE or finer."""
+    the cost is high and half resolution is still about ANALYSIS_SIDE or finer.
+
+    With `temporal`, each pair after the first is also computed from the previous pair's flow
+    carried along itself (each point keeping its velocity), and each pixel keeps whichever of
+    the two flows warps better (_dis_pair): DIS's coarsest scale cannot see a fast object over
+    a background of its own brightness and gives it the background's motion, while from its
+    velocity one frame earlier the search only refines. `temporal=False` is plain
+    frame-to-frame DIS (the benches' chained-flow baseline)."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     dis.setFinestScale(0 if max(frames.shape[1:3]) <= ANALYSIS_SIDE else 1)
     grey = [grey_u8(f) for f in frames]
     fwd, bwd = _flow_arrays(frames.shape, alloc)
     for i in _pairs(len(grey), "flow (DIS)", progress):
-        fwd[i] = dis.calc(grey[i], grey[i + 1], None)
-        bwd[i] = dis.calc(grey[i + 1], grey[i], None)
+        fwd[i] = _dis_pair(dis, grey[i], grey[i + 1], _carried_on(fwd[i - 1], -1.0) if temporal and i else None)
+        bwd[i] = _dis_pair(dis, grey[i + 1], grey[i], _carried_on(bwd[i - 1], 1.0) if temporal and i else None)
     return fwd, bwd
+
+
+FUSE_WINDOW = 9  # px: the neighbourhood whose warping error picks a pixel's flow (_dis_pair)
+
+
+def _dis_pair(dis: cv2.DISOpticalFlow, a: np.ndarray, b: np.ndarray, start: np.ndarray | None) -> np.ndarray:
+    """DIS flow a -> b; with a `start`, also from it, each pixel taking the one of the two
+    flows that warps b onto a better over its neighbourhood: the start is the previous
+    pair's motion, wrong where a moving object has just uncovered the background."""
+    plain = dis.calc(a, b, None)
+    if start is None:
+        return plain
+    warm = dis.calc(a, b, start)
+    af = a.astype(np.float32)
+    err = [cv2.blur(np.abs(af - warp_sample(b, f)), (FUSE_WINDOW, FUSE_WINDOW)) for f in (plain, warm)]
+    return np.where((err[1] < err[0])[..., None], warm, plain)
+
+
+def _carried_on(flow: np.ndarray, sign: float) -> np.ndarray:
+    """A start for the next pair's flow [H, W, 2] float32: `flow` read where each pixel's
+    point came from (sign -1, forward flows) or goes to (sign 1, backward flows) along it."""
+    flow = flow.astype(np.float32)
+    return warp_sample(flow, sign * flow)
 
 
 def _pairs(num_frames: int, desc: str, progress: bool) -> Iterable[int]:

@@ -129,7 +129,7 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     bundle.track(np.concatenate([grid, np.zeros((len(grid), 1))], 1))
     thousand_s = time.perf_counter() - t0
     frames = video.frames.numpy()
-    fwd, _ = dis_flow(frames)
+    fwd, _ = dis_flow(frames, temporal=False)  # the baseline: plain frame-to-frame DIS
     never = np.zeros_like(occluded)
     dis = chained_flow_tracks(fwd, queries)
     by_weight = track_points(bundle.model, queries)  # each query's layer by its compositing weight alone, no flow check
