@@ -16,9 +16,10 @@ beside two baselines on the same frames: chained OpenCV DIS flow (plain frame-to
 DIS, without the fit's start from the previous pair; never occluded) and
 zero motion, with the atlas's delta_avg minus chained DIS's and its 90% bootstrap interval
 over the clip's tracks (atlas.track_metrics.delta_avg_difference: a clip's few dozen
-tracks make a gap of a few points chance). `--frame-step N` keeps every Nth of those frames (and of their ground truth): the same
-shots with N times their motion, as a fast, turning camera gives. `--gt-masks` fits the DAVIS clips with their
-ground-truth masks (the ceiling of a perfect foreground guess). Each fit runs in a fresh
+tracks make a gap of a few points chance). `--frame-step N` keeps every Nth of those
+frames (and of their ground truth): the same shots with N times their motion, as a fast,
+turning camera gives. `--gt-masks` fits the DAVIS clips with their ground-truth masks
+(the ceiling of a perfect foreground guess). Each fit runs in a fresh
 subprocess. Prints one table per preset and seed with the means, and the time to track 1,000
 points through the frames; with several `--seeds`, each clip's spread over them.
 `--json` rows also hold "atlas_by_weight": the same fit's tracks with each query's layer
