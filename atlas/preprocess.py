@@ -95,7 +95,8 @@ def grey_u8(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(to_uint8(frame), cv2.COLOR_RGB2GRAY)
 
 
-def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty, temporal: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty,
+             temporal: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV DIS flow between consecutive frames: (fwd, bwd), each [T-1, H, W, 2].
 
     The medium preset stops its pyramid at half resolution; frames up to ANALYSIS_SIDE run it
@@ -130,8 +131,8 @@ def _dis_pair(dis: cv2.DISOpticalFlow, a: np.ndarray, b: np.ndarray, start: np.n
     if start is None:
         return plain
     warm = dis.calc(a, b, start)
-    af = a.astype(np.float32)
-    err = [cv2.blur(np.abs(af - warp_sample(b, f)), (FUSE_WINDOW, FUSE_WINDOW)) for f in (plain, warm)]
+    af, bf = a.astype(np.float32), b.astype(np.float32)  # converted once for both warps
+    err = [cv2.blur(np.abs(af - warp_sample(bf, f)), (FUSE_WINDOW, FUSE_WINDOW)) for f in (plain, warm)]
     return np.where((err[1] < err[0])[..., None], warm, plain)
 
 
