@@ -108,26 +108,33 @@ def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty
     carried along itself (each point keeping its velocity), and each pixel keeps whichever of
     the two flows warps better (_dis_pair): DIS's coarsest scale cannot see a fast object over
     a background of its own brightness and gives it the background's motion, while from its
-    velocity one frame earlier the search only refines. `temporal=False` is plain
-    frame-to-frame DIS (the benches' chained-flow baseline)."""
+    velocity one frame earlier the search only refines. A second pass, backwards in time, does
+    the same from the next pair, for objects already fast in the first frames or where they
+    enter. `temporal=False` is plain frame-to-frame DIS (the benches' chained-flow baseline)."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     dis.setFinestScale(0 if max(frames.shape[1:3]) <= ANALYSIS_SIDE else 1)
     grey = [grey_u8(f) for f in frames]
     fwd, bwd = _flow_arrays(frames.shape, alloc)
-    for i in _pairs(len(grey), "flow (DIS)", progress):
+    for i in _pairs(range(len(grey) - 1), "flow (DIS)", progress):
         fwd[i] = _dis_pair(dis, grey[i], grey[i + 1], _carried_on(fwd[i - 1], -1.0) if temporal and i else None)
         bwd[i] = _dis_pair(dis, grey[i + 1], grey[i], _carried_on(bwd[i - 1], 1.0) if temporal and i else None)
+    if temporal:
+        for i in _pairs(range(len(grey) - 3, -1, -1), "flow (DIS, backwards)", progress):
+            fwd[i] = _dis_pair(dis, grey[i], grey[i + 1], _carried_on(fwd[i + 1], 1.0), fwd[i])
+            bwd[i] = _dis_pair(dis, grey[i + 1], grey[i], _carried_on(bwd[i + 1], -1.0), bwd[i])
     return fwd, bwd
 
 
 FUSE_WINDOW = 9  # px: the neighbourhood whose warping error picks a pixel's flow (_dis_pair)
 
 
-def _dis_pair(dis: cv2.DISOpticalFlow, a: np.ndarray, b: np.ndarray, start: np.ndarray | None) -> np.ndarray:
+def _dis_pair(dis: cv2.DISOpticalFlow, a: np.ndarray, b: np.ndarray, start: np.ndarray | None,
+              current: np.ndarray | None = None) -> np.ndarray:
     """DIS flow a -> b; with a `start`, also from it, each pixel taking the one of the two
-    flows that warps b onto a better over its neighbourhood: the start is the previous
-    pair's motion, wrong where a moving object has just uncovered the background."""
-    plain = dis.calc(a, b, None)
+    flows (the one from `start` and `current`, or DIS from scratch) that warps b onto a better
+    over its neighbourhood: the start is a neighbouring pair's motion, wrong where a moving
+    object uncovers or covers the background."""
+    plain = dis.calc(a, b, None) if current is None else current.astype(np.float32)
     if start is None:
         return plain
     warm = dis.calc(a, b, start)
@@ -143,9 +150,9 @@ def _carried_on(flow: np.ndarray, sign: float) -> np.ndarray:
     return warp_sample(flow, sign * flow)
 
 
-def _pairs(num_frames: int, desc: str, progress: bool) -> Iterable[int]:
-    """Indices of consecutive frame pairs, with a progress bar (flow on a long shot takes minutes)."""
-    return tqdm(range(num_frames - 1), desc=desc, unit="pair", disable=not progress, leave=False, dynamic_ncols=True)
+def _pairs(indices: range, desc: str, progress: bool) -> Iterable[int]:
+    """Indices of frame pairs, with a progress bar (flow on a long shot takes minutes)."""
+    return tqdm(indices, desc=desc, unit="pair", disable=not progress, leave=False, dynamic_ncols=True)
 
 
 def _flow_arrays(shape: tuple[int, ...], alloc: Alloc = np.empty) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +209,7 @@ def raft_flow(frames: np.ndarray, model: torch.nn.Module, device: torch.device, 
 
     fwd, bwd = _flow_arrays(frames.shape, alloc)
     b = net_input(0)
-    for i in _pairs(t, "flow (RAFT)", progress):
+    for i in _pairs(range(t - 1), "flow (RAFT)", progress):
         a, b = b, net_input(i + 1)
         pair = model(torch.cat([a, b]), torch.cat([b, a]), num_flow_updates=iters)[-1]
         fwd[i] = pair[0, :, :h, :w].permute(1, 2, 0).cpu().numpy()

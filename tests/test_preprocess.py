@@ -38,13 +38,15 @@ def test_dis_flow_follows_a_small_sprite(pre, clip):
     assert err.median() < 0.2, err.median()
 
 
-def test_dis_flow_keeps_a_fast_faint_object_by_its_velocity():
+@pytest.mark.parametrize("seed", [0, 2])
+def test_dis_flow_keeps_a_fast_faint_object_by_its_velocity(seed):
     """A faint sprite 20 px a frame over a busy background: plain frame-to-frame DIS
-    (temporal=False) loses it in one of the pairs here (about 17 px off: it takes the
-    background's motion); started from each point's velocity one frame earlier, it keeps
-    it in every pair, both ways."""
+    (temporal=False) loses it in one of the pairs (seed 0: about 17 px off, it takes the
+    background's motion; seed 2: in the first pair, about 13 px off, where no earlier pair
+    gives a start and the backward pass is what finds it); started from each point's
+    velocity in the neighbouring pairs, it keeps it in every pair, both ways."""
     speed = np.array([-20.0, 4.0])
-    clip = make_clip(num_frames=6, width=160, height=120, seed=0, camera_speed=(2.0, 0.5), sprite_speed=tuple(speed))
+    clip = make_clip(num_frames=6, width=160, height=120, seed=seed, camera_speed=(2.0, 0.5), sprite_speed=tuple(speed))
     frames, on = clip.frames.numpy(), clip.masks.numpy() > 0.5
     mean = frames[on].mean()
     frames = to_uint8(np.where(on[..., None], mean + 0.3 * (frames - mean), frames))
