@@ -13,7 +13,7 @@ coordinates; also delta_avg split by whether the query lies on the ground-truth
 foreground, the share of tracks that followed the right layer, and the foreground IoU
 of the motion-bootstrap masks and of the fitted opacity against the ground-truth masks)
 beside two baselines on the same frames: chained OpenCV DIS flow (plain frame-to-frame
-DIS, without the fit's start from the previous pair; never occluded) and
+DIS, without the fit's start from the neighbouring pairs; never occluded) and
 zero motion, with the atlas's delta_avg minus chained DIS's and its 90% bootstrap interval
 over the clip's tracks (atlas.track_metrics.delta_avg_difference: a clip's few dozen
 tracks make a gap of a few points chance). `--frame-step N` keeps every Nth of those
