@@ -130,10 +130,10 @@ FUSE_WINDOW = 9  # px: the neighbourhood whose warping error picks a pixel's flo
 
 def _dis_pair(dis: cv2.DISOpticalFlow, a: np.ndarray, b: np.ndarray, start: np.ndarray | None,
               current: np.ndarray | None = None) -> np.ndarray:
-    """DIS flow a -> b; with a `start`, also from it, each pixel taking the one of the two
-    flows (the one from `start` and `current`, or DIS from scratch) that warps b onto a better
-    over its neighbourhood: the start is a neighbouring pair's motion, wrong where a moving
-    object uncovers or covers the background."""
+    """DIS flow a -> b (from scratch, or `current` when given); with a `start`, DIS also runs
+    from it and each pixel takes whichever of the two flows warps b onto a better over its
+    neighbourhood: the start is a neighbouring pair's motion, wrong where a moving object
+    uncovers or covers the background."""
     plain = dis.calc(a, b, None) if current is None else current.astype(np.float32)
     if start is None:
         return plain
