@@ -108,9 +108,9 @@ def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty
     carried along itself (each point keeping its velocity), and each pixel keeps whichever of
     the two flows warps better (_dis_pair): DIS's coarsest scale cannot see a fast object over
     a background of its own brightness and gives it the background's motion, while from its
-    velocity one frame earlier the search only refines. A second pass, backwards in time, does
-    the same from the next pair, for objects already fast in the first frames or where they
-    enter. `temporal=False` is plain frame-to-frame DIS (the benches' chained-flow baseline)."""
+    velocity one frame earlier the search only refines. The first pair, with no earlier one,
+    is then redone the same way from the second, for objects already fast in the first
+    frames. `temporal=False` is plain frame-to-frame DIS (the benches' chained-flow baseline)."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     dis.setFinestScale(0 if max(frames.shape[1:3]) <= ANALYSIS_SIDE else 1)
     grey = [grey_u8(f) for f in frames]
@@ -118,10 +118,9 @@ def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty
     for i in _pairs(range(len(grey) - 1), "flow (DIS)", progress):
         fwd[i] = _dis_pair(dis, grey[i], grey[i + 1], _carried_on(fwd[i - 1], -1.0) if temporal and i else None)
         bwd[i] = _dis_pair(dis, grey[i + 1], grey[i], _carried_on(bwd[i - 1], 1.0) if temporal and i else None)
-    if temporal:
-        for i in _pairs(range(len(grey) - 3, -1, -1), "flow (DIS, backwards)", progress):
-            fwd[i] = _dis_pair(dis, grey[i], grey[i + 1], _carried_on(fwd[i + 1], 1.0), fwd[i])
-            bwd[i] = _dis_pair(dis, grey[i + 1], grey[i], _carried_on(bwd[i + 1], -1.0), bwd[i])
+    if temporal and len(grey) > 2:
+        fwd[0] = _dis_pair(dis, grey[0], grey[1], _carried_on(fwd[1], 1.0), fwd[0])
+        bwd[0] = _dis_pair(dis, grey[1], grey[0], _carried_on(bwd[1], -1.0), bwd[0])
     return fwd, bwd
 
 
