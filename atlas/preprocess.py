@@ -115,7 +115,7 @@ def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty
     dis.setFinestScale(0 if max(frames.shape[1:3]) <= ANALYSIS_SIDE else 1)
     grey = [grey_u8(f) for f in frames]
     fwd, bwd = _flow_arrays(frames.shape, alloc)
-    for i in _pairs(range(len(grey) - 1), "flow (DIS)", progress):
+    for i in _pairs(len(grey), "flow (DIS)", progress):
         fwd[i] = _dis_pair(dis, grey[i], grey[i + 1], _carried_on(fwd[i - 1], -1.0) if temporal and i else None)
         bwd[i] = _dis_pair(dis, grey[i + 1], grey[i], _carried_on(bwd[i - 1], 1.0) if temporal and i else None)
     if temporal and len(grey) > 2:
@@ -149,9 +149,9 @@ def _carried_on(flow: np.ndarray, sign: float) -> np.ndarray:
     return warp_sample(flow, sign * flow)
 
 
-def _pairs(indices: range, desc: str, progress: bool) -> Iterable[int]:
-    """Indices of frame pairs, with a progress bar (flow on a long shot takes minutes)."""
-    return tqdm(indices, desc=desc, unit="pair", disable=not progress, leave=False, dynamic_ncols=True)
+def _pairs(num_frames: int, desc: str, progress: bool) -> Iterable[int]:
+    """Indices of consecutive frame pairs, with a progress bar (flow on a long shot takes minutes)."""
+    return tqdm(range(num_frames - 1), desc=desc, unit="pair", disable=not progress, leave=False, dynamic_ncols=True)
 
 
 def _flow_arrays(shape: tuple[int, ...], alloc: Alloc = np.empty) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +208,7 @@ def raft_flow(frames: np.ndarray, model: torch.nn.Module, device: torch.device, 
 
     fwd, bwd = _flow_arrays(frames.shape, alloc)
     b = net_input(0)
-    for i in _pairs(range(t - 1), "flow (RAFT)", progress):
+    for i in _pairs(t, "flow (RAFT)", progress):
         a, b = b, net_input(i + 1)
         pair = model(torch.cat([a, b]), torch.cat([b, a]), num_flow_updates=iters)[-1]
         fwd[i] = pair[0, :, :h, :w].permute(1, 2, 0).cpu().numpy()
