@@ -43,8 +43,8 @@ def test_dis_flow_keeps_a_fast_faint_object_by_its_velocity(seed):
     """A faint sprite 20 px a frame over a busy background: plain frame-to-frame DIS
     (temporal=False) loses it in one of the pairs (seed 0: about 17 px off, it takes the
     background's motion; seed 2: in the first pair, about 13 px off, where no earlier pair
-    gives a start and the redo from the second pair is what finds it); started from each point's
-    velocity in the neighbouring pairs, it keeps it in every pair, both ways."""
+    gives a start and the redo from the second pair is what finds it); started from each
+    point's velocity in the neighbouring pairs, it keeps it in every pair, both ways."""
     speed = np.array([-20.0, 4.0])
     clip = make_clip(num_frames=6, width=160, height=120, seed=seed, camera_speed=(2.0, 0.5), sprite_speed=tuple(speed))
     frames, on = clip.frames.numpy(), clip.masks.numpy() > 0.5
