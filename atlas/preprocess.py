@@ -20,6 +20,7 @@ from .config import COLOUR_REFINES, FLOW_METHODS
 from .errors import AtlasInputError, first_line
 from .histogram import LogHistogram
 from .io import read_image, sequence_files, to_uint8, unit_float
+from .matches import features, matched_start, mutual_matches
 from .meta import BundleCorrupt
 from .spill import Alloc
 from .weights import load_weights
@@ -96,7 +97,7 @@ def grey_u8(frame: np.ndarray) -> np.ndarray:
 
 
 def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty,
-             temporal: bool = True) -> tuple[np.ndarray, np.ndarray]:
+             guided: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV DIS flow between consecutive frames: (fwd, bwd), each [T-1, H, W, 2].
 
     The medium preset stops its pyramid at half resolution; frames up to ANALYSIS_SIDE run it
@@ -104,21 +105,30 @@ def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty
     things (chained mappings accumulate it as drift). Plates keep half resolution, where
     the cost is high and half resolution is still about ANALYSIS_SIDE or finer.
 
-    With `temporal`, each pair after the first is also computed from the previous pair's flow
-    carried along itself (each point keeping its velocity), and each pixel keeps whichever of
-    the two flows warps better (_dis_pair): DIS's coarsest scale cannot see a fast object over
-    a background of its own brightness and gives it the background's motion, while from its
-    velocity one frame earlier the search only refines. The first pair, with no earlier one,
-    is then redone the same way from the second, for objects already fast in the first
-    frames. `temporal=False` is plain frame-to-frame DIS (the benches' chained-flow baseline)."""
+    DIS's coarsest scale cannot see a fast object over a background of its own brightness
+    and gives it the background's motion. With `guided`, each pair is also computed from
+    two other starts, each pixel keeping whichever flow warps better (_dis_pair): the
+    previous pair's flow carried along itself (each point keeping its velocity; the first
+    pair, with no earlier one, is redone from the second after the sweep), and, around
+    SIFT matches that disagree with the flow, the matches' displacements (atlas.matches),
+    for an object already lost in the pair before. `guided=False` is plain frame-to-frame
+    DIS (the benches' chained-flow baseline)."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     dis.setFinestScale(0 if max(frames.shape[1:3]) <= ANALYSIS_SIDE else 1)
     grey = [grey_u8(f) for f in frames]
     fwd, bwd = _flow_arrays(frames.shape, alloc)
+    feats = features(grey[0], ANALYSIS_SIDE) if guided else None
     for i in _pairs(len(grey), "flow (DIS)", progress):
-        fwd[i] = _dis_pair(dis, grey[i], grey[i + 1], _carried_on(fwd[i - 1], -1.0) if temporal and i else None)
-        bwd[i] = _dis_pair(dis, grey[i + 1], grey[i], _carried_on(bwd[i - 1], 1.0) if temporal and i else None)
-    if temporal and len(grey) > 2:
+        fwd[i] = _dis_pair(dis, grey[i], grey[i + 1], _carried_on(fwd[i - 1], -1.0) if guided and i else None)
+        bwd[i] = _dis_pair(dis, grey[i + 1], grey[i], _carried_on(bwd[i - 1], 1.0) if guided and i else None)
+        if guided:
+            feats, prev = features(grey[i + 1], ANALYSIS_SIDE), feats  # one frame's features held at a time
+            src, dst = mutual_matches(prev, feats)
+            for flows, a, b, p, q in ((fwd, grey[i], grey[i + 1], src, dst), (bwd, grey[i + 1], grey[i], dst, src)):
+                start = matched_start(flows[i], p, q, a, b)
+                if start is not None:
+                    flows[i] = _dis_pair(dis, a, b, start, flows[i])
+    if guided and len(grey) > 2:
         fwd[0] = _dis_pair(dis, grey[0], grey[1], _carried_on(fwd[1], 1.0), fwd[0])
         bwd[0] = _dis_pair(dis, grey[1], grey[0], _carried_on(bwd[1], -1.0), bwd[0])
     return fwd, bwd

@@ -81,7 +81,7 @@ def throughput(tmp: str) -> None:
 
 def chained_flow(frames: torch.Tensor, keyframe: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Baseline: warp the edited keyframe and its mask frame to frame with DIS flow."""
-    _, bwd = dis_flow(frames.numpy(), temporal=False)  # the baseline: plain frame-to-frame DIS
+    _, bwd = dis_flow(frames.numpy(), guided=False)  # the baseline: plain frame-to-frame DIS
     out = [keyframe]
     cur, m = keyframe.numpy(), mask.numpy().astype(np.float32)
     for t in range(1, frames.shape[0]):

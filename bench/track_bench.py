@@ -13,7 +13,7 @@ coordinates; also delta_avg split by whether the query lies on the ground-truth
 foreground, the share of tracks that followed the right layer, and the foreground IoU
 of the motion-bootstrap masks and of the fitted opacity against the ground-truth masks)
 beside two baselines on the same frames: chained OpenCV DIS flow (plain frame-to-frame
-DIS, without the fit's start from the neighbouring pairs; never occluded) and
+DIS, without the fit's guided starts; never occluded) and
 zero motion, with the atlas's delta_avg minus chained DIS's and its 90% bootstrap interval
 over the clip's tracks (atlas.track_metrics.delta_avg_difference: a clip's few dozen
 tracks make a gap of a few points chance). `--frame-step N` keeps every Nth of those
@@ -131,7 +131,7 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     bundle.track(np.concatenate([grid, np.zeros((len(grid), 1))], 1))
     thousand_s = time.perf_counter() - t0
     frames = video.frames.numpy()
-    fwd, _ = dis_flow(frames, temporal=False)  # the baseline: plain frame-to-frame DIS
+    fwd, _ = dis_flow(frames, guided=False)  # the baseline: plain frame-to-frame DIS
     never = np.zeros_like(occluded)
     dis = chained_flow_tracks(fwd, queries)
     by_weight = track_points(bundle.model, queries)  # each query's layer by its compositing weight alone, no flow check

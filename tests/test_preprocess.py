@@ -41,7 +41,7 @@ def test_dis_flow_follows_a_small_sprite(pre, clip):
 @pytest.mark.parametrize("seed", [0, 2])
 def test_dis_flow_keeps_a_fast_faint_object_by_its_velocity(seed):
     """A faint sprite 20 px a frame over a busy background: plain frame-to-frame DIS
-    (temporal=False) loses it in one of the pairs (seed 0: about 17 px off, it takes the
+    (guided=False) loses it in one of the pairs (seed 0: about 17 px off, it takes the
     background's motion; seed 2: in the first pair, about 13 px off, where no earlier pair
     gives a start and the redo from the second pair is what finds it); started from each
     point's velocity in the neighbouring pairs, it keeps it in every pair, both ways."""
