@@ -4,9 +4,10 @@ DIS searches coarse to fine from zero motion (or from a neighbouring pair's): a 
 moves farther in one frame than its coarsest scale can see (a rider in the air, a fast pan
 over a small object) gets the motion of what surrounds it. SIFT keypoints matched across
 the pair (Lowe's ratio test, kept only when each is the other's best match) find such
-parts at any displacement. Where a match disagrees with the dense flow, the flow around
-it restarts from the match's displacement, and dis_flow keeps that restart only where it
-warps better (preprocess._dis_pair).
+parts at any displacement. Where a match found a motion that the dense flow lacks around
+it, and its pixels line up better than the flow's, the flow around it restarts from the
+match's displacement, and dis_flow keeps that restart only where it warps better
+(preprocess._dis_pair).
 
 Keypoints are found on frames of at most ANALYSIS_SIDE pixels a side (a plate is
 area-filtered down, the matches scaled back): their number, not the plate's size, sets the
