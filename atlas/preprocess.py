@@ -111,7 +111,7 @@ def dis_flow(frames: np.ndarray, progress: bool = False, alloc: Alloc = np.empty
     previous pair's flow carried along itself (each point keeping its velocity; the first
     pair, with no earlier one, is redone from the second after the sweep), and, around
     SIFT matches that disagree with the flow, the matches' displacements (atlas.matches),
-    for an object already lost in the pair before. `guided=False` is plain frame-to-frame
+    for an object the previous pair lost as well. `guided=False` is plain frame-to-frame
     DIS (the benches' chained-flow baseline)."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     dis.setFinestScale(0 if max(frames.shape[1:3]) <= ANALYSIS_SIDE else 1)

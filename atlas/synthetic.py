@@ -40,7 +40,7 @@ class SyntheticClip:
         return torch.from_numpy(frames).float()
 
 
-def _texture(h: int, w: int, rng: np.random.Generator, cells: int) -> np.ndarray:
+def texture(h: int, w: int, rng: np.random.Generator, cells: int) -> np.ndarray:
     """Smooth random colour texture with detail at several scales."""
     out = np.zeros((h, w, 3), np.float32)
     for scale, amp in ((cells, 0.5), (cells * 3, 0.3), (cells * 8, 0.2)):
@@ -87,10 +87,10 @@ def _layout(num_frames: int, width: int, height: int, seed: int, camera_speed: t
     cam -= cam.min(0)
     bw = int(np.ceil(width + cam[:, 0].max())) + 2
     bh = int(np.ceil(height + cam[:, 1].max())) + 2
-    background = _texture(bh, bw, rng, 6)
+    background = texture(bh, bw, rng, 6)
     radius = 0.22 * min(width, height)
     size = int(2 * radius + 3)
-    sprite_tex = _texture(size, size, rng, 3)
+    sprite_tex = texture(size, size, rng, 3)
     sprite_tex = 0.35 + 0.65 * sprite_tex[..., ::-1]  # a different palette from the background
     start = np.array([0.7 * width, 0.4 * height], np.float32)
     centres = np.array([start + np.array(sprite_speed) * t for t in range(num_frames)], np.float32)

@@ -1,21 +1,16 @@
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from atlas.io import to_uint8
 from atlas.matches import MATCH_REACH, features, matched_start, mutual_matches
-from atlas.preprocess import dis_flow
-from atlas.synthetic import make_clip
+from atlas.preprocess import dis_flow, grey_u8
+from atlas.synthetic import make_clip, texture
 
 
 def _textured(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A grey frame with blobs of every size (SIFT finds keypoints at several scales)."""
-    rng = np.random.default_rng(seed)
-    noise = rng.random((h, w)).astype(np.float32)
-    image = sum(cv2.GaussianBlur(noise, (0, 0), s) * s for s in (1.0, 2.0, 4.0))
-    image = (image - image.min()) / (image.max() - image.min())
-    return (image * 255).astype(np.uint8)
+    """A grey frame of the synthetic clips' texture (detail at several scales, for SIFT)."""
+    return grey_u8(texture(h, w, np.random.default_rng(seed), 12))
 
 
 def test_mutual_matches_find_a_large_shift():
