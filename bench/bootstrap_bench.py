@@ -3,7 +3,7 @@
     python bench/bootstrap_bench.py [--size 427x240] [--frames 32] [--clips ...] [--colour-refine none|grow|trim]
                                     [--frame-step N]
 
-For the shared DAVIS clips, the real-texture synthetic clips (bench/scenes.py) and the
+For the DAVIS clips and the real-texture synthetic clips (both bench/scenes.py) and the
 procedural synthetic clip, computes DIS flow and `atlas.preprocess.motion_masks`, and
 prints precision, recall and IoU over the clip, and the recall of the object's thin
 parts (ground-truth foreground within 3 px of the mask's edge), where a fit that starts

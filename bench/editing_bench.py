@@ -2,7 +2,7 @@
 
     python bench/editing_bench.py                         # tiny random models, CPU (what CI-like machines can run)
     python bench/editing_bench.py --model PATH_OR_ID --controlnet PATH_OR_ID \\
-        --resolution 512 --steps 30 --clip ../shared/data/davis/blackswan --frames 70   # real SD 1.5 on a GPU
+        --resolution 512 --steps 30 --clip $ATLAS_BENCH_DATA/davis/blackswan --frames 70   # real SD 1.5 on a GPU
     python bench/editing_bench.py --random-sd15 --resolution 512 --steps 30 --frames 70   # SD 1.5's cost, no weights
 
 Without --model it builds randomly initialised Stable Diffusion parts as the tests do:

@@ -1,4 +1,4 @@
-"""Fitting benchmark on the shared DAVIS clips (first 30 frames at 427x240).
+"""Fitting benchmark on the DAVIS clips (first 30 frames at 427x240; bench/scenes.py says where they are read).
 
     python bench/fit_bench.py [--preset fast] [--budget 300] [--clips blackswan car-shadow]
                               [--device auto] [--seed 0] [--set train.cuda_graph=true ...]
@@ -20,8 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from scenes import DAVIS
+
 ROOT = Path(__file__).resolve().parent.parent
-DAVIS = ROOT.parent / "shared" / "data" / "davis"
 
 
 def worker(clip: str, masks: bool, preset: str, budget: float, frames: str, size: str, device: str, overrides: list[str],
@@ -64,7 +65,7 @@ def main() -> int:
         print(json.dumps(worker(a.worker[0], a.worker[1] == "given", a.preset, a.budget, a.frames, a.size, a.device, a.overrides, a.seed)))
         return 0
     if not DAVIS.is_dir():
-        print(f"skipped: {DAVIS} not found (the shared DAVIS clips are not part of a user checkout)")
+        print(f"skipped: {DAVIS} not found (set ATLAS_BENCH_DATA to a folder holding davis/<clip>/frames and masks)")
         return 0
     print(f"preset {a.preset} {' '.join(a.overrides)}, budget {a.budget:g} s, frames {a.frames} at {a.size}, device {a.device}, seed {a.seed}; "
           "t@X = fit seconds until the running PSNR reached X dB")

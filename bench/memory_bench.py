@@ -3,13 +3,14 @@
     python bench/memory_bench.py [--clip car-shadow] [--sizes 854x480 427x240] [--foregrounds 0 1 2]
                                  [--preset fast] [--iters 20] [--map-cache-mb MB] [--device cpu|cuda]
 
-Each fit runs in a fresh subprocess on the first 40 frames of a shared DAVIS clip (a
-synthetic clip where ../shared is missing) and reports its own peak RSS. The table gives,
-per layer count, the measured peak, the estimate, and the per-pixel slope between the two
-sizes: the per-pixel numbers in atlas/memory.py come from here. `--map-cache-mb 0` stops
-the fit from keeping any frame's maps for the bundle's cache (capped at 1 GB), which is
-how a shot too long for that cache behaves. With `--device cuda` the fit runs on the GPU
-and two more columns compare its peak GPU memory (reserved by torch) with the estimate.
+Each fit runs in a fresh subprocess on the first 40 frames of a DAVIS clip (a synthetic
+clip where the benches' data folder, bench/scenes.py, lacks it) and reports its own peak
+RSS. The table gives, per layer count, the measured peak, the estimate, and the
+per-pixel slope between the two sizes: the per-pixel numbers in atlas/memory.py come from
+here. `--map-cache-mb 0` stops the fit from keeping any frame's maps for the bundle's
+cache (capped at 1 GB), which is how a shot too long for that cache behaves. With
+`--device cuda` the fit runs on the GPU and two more columns compare its peak GPU memory
+(reserved by torch) with the estimate.
 """
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DAVIS = ROOT.parent / "shared" / "data" / "davis"
+from scenes import DAVIS
 
 
 def worker(clip: str, size: str, fg: int, preset: str, iters: int, map_cache_mb: float | None, device: str) -> dict:

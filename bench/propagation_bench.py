@@ -22,7 +22,7 @@
    (paint left where it does not belong), and in the keyframe's own edit region (key: how
    exactly the painted keyframe comes back), beside chained DIS flow; one row per matte
    (propagation.matte: the layers cut by the guided or the fitted weights).
-   Needs the shared DAVIS clips (skipped without them).
+   Needs the DAVIS clips (bench/scenes.py; skipped without them).
 """
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Real-texture synthetic clips for the benchmarks, built from the shared DAVIS clips.
+"""The benchmarks' clips: where their data lives, and real-texture synthetic clips built from it.
+
+The data folder is $ATLAS_BENCH_DATA, or else `shared/data` beside the checkout; it holds
+`davis/<clip>/frames/*.jpg` with `davis/<clip>/masks/*.png` (ground-truth foreground) and,
+for point tracking, `tapvid/<clip>.npz` (human-annotated tracks). Any DAVIS-layout clip
+placed there can be named with a bench's `--clips`.
 
 A DAVIS frame is the background seen through a turning, zooming camera; a DAVIS object
 cut out with its ground-truth mask is the sprite (atlas.synthetic.make_warped_clip), so
@@ -6,6 +11,7 @@ edits and point tracks have exact ground truth on real textures.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -13,21 +19,23 @@ import numpy as np
 
 from atlas.synthetic import WarpedClip, make_warped_clip
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DATA = Path(os.environ.get("ATLAS_BENCH_DATA") or Path(__file__).resolve().parent.parent.parent / "shared" / "data")
 DAVIS = DATA / "davis"
 # name: (background clip, sprite clip): a textured scene behind an animal, a plain one behind a car
 SCENES = {"warped-swan": ("bmx-trees", "blackswan"), "warped-car": ("paragliding-launch", "car-shadow")}
-# the shared DAVIS clips the benches score, and the procedural clip's name (atlas.synthetic.make_clip)
+# the DAVIS clips the benches score by default, and the procedural clip's name (atlas.synthetic.make_clip)
 CLIPS = ["blackswan", "bmx-trees", "car-shadow", "dance-twirl", "drift-chicane", "motocross-jump", "paragliding-launch"]
 SYNTHETIC = "synthetic"
 
 
-def available(clips: list[str]) -> list[str]:
-    """The clips (DAVIS names, SCENES names, SYNTHETIC) whose data is here, saying which are not."""
+def available(clips: list[str], tracks: bool = False) -> list[str]:
+    """The clips (DAVIS names, SCENES names, SYNTHETIC) whose data is here, saying which are
+    not; with `tracks`, a DAVIS clip also needs its TAP-Vid tracks (the others have exact ones)."""
     have = lambda c: (DAVIS / c).is_dir()
-    kept = [c for c in clips if c == SYNTHETIC or (c in SCENES and all(map(have, SCENES[c]))) or have(c)]
+    tracked = lambda c: have(c) and (not tracks or (DATA / "tapvid" / f"{c}.npz").is_file())
+    kept = [c for c in clips if c == SYNTHETIC or (c in SCENES and all(map(have, SCENES[c]))) or (c not in SCENES and tracked(c))]
     if len(kept) < len(clips):
-        print(f"skipping clips not found under {DAVIS}: {sorted(set(clips) - set(kept))}")
+        print(f"skipping clips whose data is not under {DATA}: {sorted(set(clips) - set(kept))}")
     return kept
 
 

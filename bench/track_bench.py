@@ -4,7 +4,7 @@
                                 [--clips blackswan ...] [--device auto] [--set key=value ...] [--seeds 0 1 ...]
                                 [--frame-step N]
 
-For every clip (the shared DAVIS clips with their human-annotated TAP-Vid tracks, first
+For every clip (the DAVIS clips, bench/scenes.py, with their human-annotated TAP-Vid tracks, first
 32 frames; two real-texture synthetic clips (bench/scenes.py) and a procedural synthetic
 clip, with exact ground truth for 256 tracks each), fits a bundle for `--budget`
 seconds, queries each ground-truth track at its first visible frame, and scores the atlas's
@@ -287,7 +287,7 @@ def main() -> int:
     if a.worker:
         print(json.dumps(worker(a.worker[0], a.worker[1], a.budget, a.size, a.device, a.overrides, a.gt_masks, a.seed, a.frame_step)))
         return 0
-    clips = available(a.clips)
+    clips = available(a.clips, tracks=True)
     rows = []
     print(describe())
     for preset in a.presets:
