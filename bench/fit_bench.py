@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scenes import DAVIS
+from scenes import DAVIS, available
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def main() -> int:
     head = f"{'clip':<18} {'masks':<6} {'DIS s':>6} {'t@25':>6} {'t@30':>6} {'t@33':>6} {'PSNR':>6} {'IoU':>5} {'iters':>6} {'it/s':>6} {'peak MB':>8} backend"
     print(head)
     print("-" * len(head))
-    for clip in a.clips:
+    for clip in available(a.clips):
         for mode in a.modes:
             cmd = [sys.executable, __file__, "--worker", clip, mode, "--preset", a.preset, "--budget", str(a.budget), "--frames", a.frames,
                    "--size", a.size, "--device", a.device, "--seed", str(a.seed), *[f"--set={o}" for o in a.overrides]]

@@ -4,8 +4,8 @@
                                 [--clips blackswan ...] [--device auto] [--set key=value ...] [--seeds 0 1 ...]
                                 [--frame-step N]
 
-For every clip (the DAVIS clips, bench/scenes.py, with their human-annotated TAP-Vid tracks, first
-32 frames; two real-texture synthetic clips (bench/scenes.py) and a procedural synthetic
+For every clip (the DAVIS clips with their human-annotated TAP-Vid tracks, first 32
+frames; two real-texture synthetic clips, both bench/scenes.py; and a procedural synthetic
 clip, with exact ground truth for 256 tracks each), fits a bundle for `--budget`
 seconds, queries each ground-truth track at its first visible frame, and scores the atlas's
 tracks (atlas.track_metrics: delta_avg, average Jaccard, occlusion accuracy, in 256x256
