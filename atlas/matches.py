@@ -62,7 +62,7 @@ def matched_start(flow: np.ndarray, src: np.ndarray, dst: np.ndarray, a: np.ndar
     (_lost, _better_than_flow), where each pixel takes its nearest such match's
     displacement. None where no match did (the flow has nothing to restart from)."""
     h, w = flow.shape[:2]
-    flow = flow.astype(np.float32)
+    flow = flow.astype(np.float32)  # this function's own copy: it becomes the start
     xi = np.clip(np.rint(src[:, 0]).astype(np.int64), 0, w - 1)
     yi = np.clip(np.rint(src[:, 1]).astype(np.int64), 0, h - 1)
     moved = dst - src
@@ -76,9 +76,8 @@ def matched_start(flow: np.ndarray, src: np.ndarray, dst: np.ndarray, a: np.ndar
     match_of = np.zeros(int(labels.max()) + 1, np.int64)  # each seed pixel's label -> a match on it
     match_of[labels[yi[off], xi[off]]] = off
     near = dist < MATCH_REACH * max(h, w)
-    start = flow.copy()
-    start[near] = moved[match_of[labels[near]]]
-    return start
+    flow[near] = moved[match_of[labels[near]]]
+    return flow
 
 
 def _lost(flow: np.ndarray, x: int, y: int, moved: np.ndarray) -> bool:

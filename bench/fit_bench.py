@@ -67,12 +67,13 @@ def main() -> int:
     if not DAVIS.is_dir():
         print(f"skipped: {DAVIS} not found (set ATLAS_BENCH_DATA to a folder holding davis/<clip>/frames and masks)")
         return 0
+    clips = available(a.clips)
     print(f"preset {a.preset} {' '.join(a.overrides)}, budget {a.budget:g} s, frames {a.frames} at {a.size}, device {a.device}, seed {a.seed}; "
           "t@X = fit seconds until the running PSNR reached X dB")
     head = f"{'clip':<18} {'masks':<6} {'DIS s':>6} {'t@25':>6} {'t@30':>6} {'t@33':>6} {'PSNR':>6} {'IoU':>5} {'iters':>6} {'it/s':>6} {'peak MB':>8} backend"
     print(head)
     print("-" * len(head))
-    for clip in available(a.clips):
+    for clip in clips:
         for mode in a.modes:
             cmd = [sys.executable, __file__, "--worker", clip, mode, "--preset", a.preset, "--budget", str(a.budget), "--frames", a.frames,
                    "--size", a.size, "--device", a.device, "--seed", str(a.seed), *[f"--set={o}" for o in a.overrides]]
