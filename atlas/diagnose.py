@@ -7,10 +7,12 @@ the frame to a sane quadrilateral (atlas.initialise.well_conditioned). It **drif
 its long-range correspondences (atlas.longrange: pixels matched 2 to 16 frames apart) land
 more than DRIFT_PX atlas pixels apart on average where the layer shows at both ends:
 edits painted on it will slide. A drifting layer's warning says in which frames (each
-frame's mean over the correspondences with an end there, where there are at least
-MIN_FRAME_PAIRS) and the longest run of frames where it holds (at least MIN_HELD_FRAMES
-frames and MIN_HELD_SHARE of the shot: a shorter one is no shot to fit), a --frames range
-the user can fit on its own. Reconstruction below LOW_PSNR dB is reported too.
+frame's median over the correspondences with an end there, where there are at least
+MIN_FRAME_PAIRS: part of an object that the fit left in the layer lands far off in every
+frame it crosses, and a mean would name those frames however well the layer holds there)
+and the longest run of frames where it holds (at least MIN_HELD_FRAMES frames and
+MIN_HELD_SHARE of the shot: a shorter one is no shot to fit), a --frames range the user
+can fit on its own. Reconstruction below LOW_PSNR dB is reported too.
 
 Health numbers index the fitted frames (0 = the first fitted one); warnings speak the
 source's frame numbers, the ones --frames takes.
@@ -66,12 +68,17 @@ def _long_range_error(model: LayeredAtlas, pairs: torch.Tensor) -> list[tuple[np
 
 
 def drift_by_frame(err: np.ndarray, frames: np.ndarray, num_frames: int) -> np.ndarray:
-    """[T] mean error of the correspondences (errors [M], frames (t, t2) [M, 2]) with an end
-    in each frame; NaN (unmeasured) where fewer than MIN_FRAME_PAIRS have: a handful of
+    """[T] median error of the correspondences (errors [M], frames (t, t2) [M, 2]) with an
+    end in each frame; NaN (unmeasured) where fewer than MIN_FRAME_PAIRS have: a handful of
     matches, one of them wrong, would name a frame as the worst."""
-    count = np.bincount(frames.ravel(), minlength=num_frames)
-    total = np.bincount(frames.ravel(), np.repeat(err, 2).astype(np.float64), minlength=num_frames)
-    return np.where(count >= MIN_FRAME_PAIRS, total / np.maximum(count, 1), np.nan)
+    ends, errs = frames.ravel(), np.repeat(err, 2).astype(np.float64)
+    order = np.lexsort((errs, ends))  # by frame, then by error
+    counts = np.bincount(ends, minlength=num_frames)
+    out = np.full(num_frames, np.nan)
+    for t, sorted_errs in enumerate(np.split(errs[order], np.cumsum(counts)[:-1])):
+        if counts[t] >= MIN_FRAME_PAIRS:
+            out[t] = np.median(sorted_errs)
+    return out
 
 
 def held_run(per_frame: np.ndarray, limit: float, min_frames: int = 2) -> tuple[int, int] | None:

@@ -368,6 +368,23 @@ def test_a_frame_with_a_handful_of_matches_is_not_named_the_worst():
     assert "the mapping drifts" in thin and "in frames" not in thin, thin
 
 
+def test_a_frame_is_named_by_where_most_of_its_correspondences_land():
+    """Frames 0-5 each hold 300 correspondences 0.5 px off and 90 (part of an object the fit
+    left in the layer) 300 px off; in frames 6-9 most land 8 px off. Only frames 6-9 drift,
+    and frame 0:6 is where the layer holds: a mean would put every frame over the limit."""
+    rows, err = [], []
+    for t in range(0, 6, 2):
+        rows += [np.c_[np.full((300, 1), t), np.full((300, 1), t + 1)], np.c_[np.full((90, 1), t), np.full((90, 1), t + 1)]]
+        err += [np.full(300, 0.5), np.full(90, 300.0)]
+    rows.append(np.c_[np.full((300, 1), 6), np.full((300, 1), 8)])
+    rows.append(np.c_[np.full((300, 1), 7), np.full((300, 1), 9)])
+    err += [np.r_[np.full(250, 8.0), np.full(50, 0.5)], np.full(300, 8.0)]
+    per_frame = drift_by_frame(np.concatenate(err), np.concatenate(rows), 10)
+    assert np.allclose(per_frame[:6], 0.5) and np.allclose(per_frame[6:], 8.0), per_frame
+    line = _drift_warning("background", float(np.concatenate(err).mean()), per_frame, 0)
+    assert "in frames 6-9, up to 8.0 px" in line and "--frames 0:6" in line, line
+
+
 def test_atlas_past_4096_bakes_at_source_density_and_past_the_cap_is_baked_smaller(fitted, tmp_path):
     """A panning plate's atlas may be many thousand texels wide: it bakes and exports at the
     source's density up to the texture cap; past it, it is baked smaller, with a warning."""
