@@ -23,10 +23,11 @@ turning camera gives. `--gt-masks` fits the DAVIS clips with their ground-truth 
 subprocess. Prints one table per preset and seed with the means, and the time to track 1,000
 points through the frames; with several `--seeds`, each clip's spread over them.
 `--json` rows also hold "atlas_by_weight": the same fit's tracks with each query's layer
-taken from the (checked) compositing weights alone (atlas.track without its flow check), and "step":
+taken from the (checked) compositing weights alone (atlas.track without its flow check), "step":
 the median error of one-frame steps (queried at every visible ground-truth point, predicted
 one frame on) of the atlas and of DIS, on the foreground and the background: per-step
-accuracy, apart from drift.
+accuracy, apart from drift; and "per_track": each track's query, layer and mean error beside
+DIS's (which tracks a gap comes from).
 """
 from __future__ import annotations
 
@@ -149,6 +150,7 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
         d_avg = lambda pred, hidden: tapvid_metrics(points[sel], occluded[sel], pred[sel], hidden[sel], (w, h))["delta_avg"] if sel.any() else float("nan")
         scores[part] = {"tracks": int(sel.sum()), "atlas": d_avg(tracks.positions, ~tracks.visible), "dis": d_avg(dis, never)}
     scores["step"] = one_frame_steps(bundle, points, occluded, masks, fwd)
+    scores["per_track"] = per_track(points, occluded, queries, on_fg, tracks, dis, (w, h))
     followed_fg = np.array([name != "background" for name in tracks.layers])
     scores["layer_acc"] = 100.0 * float((followed_fg == on_fg).mean())
     # foreground IoU over the clip (fitted without masks): of the motion bootstrap, and of the fitted opacity
@@ -159,6 +161,18 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
     m = bundle.meta
     return {"clip": clip, "frames": num_frames, "psnr": m.metrics["psnr_mean"], "fit_s": m.timings["fit_s"], "tracks": len(queries), "track_s": track_s,
             "thousand_s": thousand_s, "atlas_size": [layer.atlas_size for layer in m.layers], **scores}
+
+
+def per_track(points: np.ndarray, occluded: np.ndarray, queries: np.ndarray, on_fg: np.ndarray, tracks, dis: np.ndarray,
+              size: tuple[int, int]) -> list[dict]:
+    """Each track's query, whether it lies on the ground-truth foreground, the layer it
+    followed, and the mean error (256x256 px, over the frames where the ground truth shows
+    it) of the atlas's track and of chained DIS: which tracks a clip's gap to DIS comes from."""
+    scale = 256.0 / np.array(size, np.float64)
+    err = lambda pred: np.where(occluded, np.nan, np.linalg.norm((pred - points) * scale, axis=-1))
+    atlas_err, dis_err = np.nanmean(err(tracks.positions), axis=1), np.nanmean(err(dis), axis=1)
+    return [{"query": [round(float(v), 1) for v in q], "fg": bool(f), "layer": layer, "atlas_px": round(float(a), 2), "dis_px": round(float(d), 2)}
+            for q, f, layer, a, d in zip(queries, on_fg, tracks.layers, atlas_err, dis_err)]
 
 
 def one_frame_steps(bundle, points: np.ndarray, occluded: np.ndarray, masks: np.ndarray, fwd: np.ndarray) -> dict:
