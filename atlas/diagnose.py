@@ -72,13 +72,9 @@ def drift_by_frame(err: np.ndarray, frames: np.ndarray, num_frames: int) -> np.n
     end in each frame; NaN (unmeasured) where fewer than MIN_FRAME_PAIRS have: a handful of
     matches, one of them wrong, would name a frame as the worst."""
     ends, errs = frames.ravel(), np.repeat(err, 2).astype(np.float64)
-    order = np.lexsort((errs, ends))  # by frame, then by error
     counts = np.bincount(ends, minlength=num_frames)
-    out = np.full(num_frames, np.nan)
-    for t, sorted_errs in enumerate(np.split(errs[order], np.cumsum(counts)[:-1])):
-        if counts[t] >= MIN_FRAME_PAIRS:
-            out[t] = np.median(sorted_errs)
-    return out
+    by_frame = np.split(errs[np.argsort(ends, kind="stable")], np.cumsum(counts)[:-1])
+    return np.array([np.median(e) if len(e) >= MIN_FRAME_PAIRS else np.nan for e in by_frame])
 
 
 def held_run(per_frame: np.ndarray, limit: float, min_frames: int = 2) -> tuple[int, int] | None:
