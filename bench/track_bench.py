@@ -163,13 +163,18 @@ def worker(clip: str, preset: str, budget: float, size: str, device: str, overri
             "thousand_s": thousand_s, "atlas_size": [layer.atlas_size for layer in m.layers], **scores}
 
 
+def error_256(pred: np.ndarray, truth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Distances [...] between positions [..., 2] of a (width, height) frame, in the 256x256
+    pixels the TAP-Vid metrics use."""
+    return np.linalg.norm((pred - truth) * (256.0 / np.array(size, np.float64)), axis=-1)
+
+
 def per_track(points: np.ndarray, occluded: np.ndarray, queries: np.ndarray, on_fg: np.ndarray, tracks, dis: np.ndarray,
               size: tuple[int, int]) -> list[dict]:
     """Each track's query, whether it lies on the ground-truth foreground, the layer it
     followed, and the mean error (256x256 px, over the frames where the ground truth shows
     it) of the atlas's track and of chained DIS: which tracks a clip's gap to DIS comes from."""
-    scale = 256.0 / np.array(size, np.float64)
-    err = lambda pred: np.where(occluded, np.nan, np.linalg.norm((pred - points) * scale, axis=-1))
+    err = lambda pred: np.where(occluded, np.nan, error_256(pred, points, size))
     atlas_err, dis_err = np.nanmean(err(tracks.positions), axis=1), np.nanmean(err(dis), axis=1)
     return [{"query": [round(float(v), 1) for v in q], "fg": bool(f), "layer": layer, "atlas_px": round(float(a), 2), "dis_px": round(float(d), 2)}
             for q, f, layer, a, d in zip(queries, on_fg, tracks.layers, atlas_err, dis_err)]
@@ -186,8 +191,7 @@ def one_frame_steps(bundle, points: np.ndarray, occluded: np.ndarray, masks: np.
     i, t = np.nonzero(~occluded[:, :-1] & ~occluded[:, 1:])
     start = points[i, t]
     queries = np.concatenate([start, t[:, None].astype(np.float32)], axis=1)
-    scale = 256.0 / np.array([w, h])
-    err = lambda pred: np.linalg.norm((pred - points[i, t + 1]) * scale, axis=1)
+    err = lambda pred: error_256(pred, points[i, t + 1], (w, h))
     atlas_err = err(bundle.track(queries).positions[np.arange(len(i)), t + 1])
     dis_err = err(start + bilinear(fwd, t, start))
     on_fg = masks[t, np.clip(start[:, 1].astype(int), 0, h - 1), np.clip(start[:, 0].astype(int), 0, w - 1)] > 0.5
