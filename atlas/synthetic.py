@@ -172,6 +172,27 @@ class WarpedClip:
                                  self.sprite_alpha, self.bg_maps, self.fg_maps)
         return torch.from_numpy(frames)
 
+    def carried_keyframe(self, keyframe: torch.Tensor, t: int) -> torch.Tensor:
+        """Frame t [H, W, 3] as an (edited) frame-0 `keyframe` [H, W, 3] carried along the true
+        motion: each layer's pixels resampled (bilinear) from where the keyframe shows
+        them, composited by the true opacity; the clip's own frame where frame 0 does not
+        show the point (outside it, or a background point the sprite covers there). No
+        propagation that resamples a keyframe does better: the ceiling of its edit scores."""
+        m, key = self.motion, np.ascontiguousarray(keyframe.numpy(), np.float32)
+        h, w = key.shape[:2]
+        source = self.frames[t].numpy()
+        hidden0 = np.ascontiguousarray(self.masks[0].numpy() >= 0.5, np.float32)
+        layers = []
+        for to_pixel, maps, hidden in ((m.bg_pixel, self.bg_maps, hidden0), (m.fg_pixel, self.fg_maps, None)):
+            src = (to_pixel(0, maps[t].astype(np.float64)) - 0.5).astype(np.float32)
+            seen = (src[..., 0] >= 0) & (src[..., 0] <= w - 1) & (src[..., 1] >= 0) & (src[..., 1] <= h - 1)
+            if hidden is not None:
+                seen &= cv2.remap(hidden, src[..., 0], src[..., 1], cv2.INTER_LINEAR) < 0.5
+            warped = cv2.remap(key, src[..., 0], src[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            layers.append(np.where(seen[..., None], warped, source))
+        a = self.masks[t].numpy()[..., None]
+        return torch.from_numpy(layers[0] * (1 - a) + layers[1] * a)
+
     def true_tracks(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exact tracks of queries (x, y, t) [N, 3]: positions [N, T, 2], occluded [N, T]
         (outside the frame, or a background point under the sprite) and whether each

@@ -21,8 +21,8 @@
    layer's edit region, mean over frames 1.. and the worst frame, outside the edit regions
    (paint left where it does not belong), and in the keyframe's own edit region (key: how
    exactly the painted keyframe comes back), beside chained DIS flow and the ceiling of any
-   keyframe propagation (exact: the keyframe resampled along the clip's true motion, layer
-   by layer, composited by the true opacity); one row per matte (propagation.matte: the
+   keyframe propagation (exact: the keyframe carried along the clip's true motion,
+   WarpedClip.carried_keyframe); one row per matte (propagation.matte: the
    layers cut by the guided or the fitted weights).
    Needs the DAVIS clips (bench/scenes.py; skipped without them).
 """
@@ -90,31 +90,6 @@ def chained_flow(frames: torch.Tensor, keyframe: torch.Tensor, mask: torch.Tenso
         cur = warp_sample(cur, bwd[t - 1])
         m = warp_sample(m, bwd[t - 1])
         out.append(torch.from_numpy(np.where(m[..., None] > 0.5, cur, frames[t].numpy())))
-    return torch.stack(out)
-
-
-def exact_motion(clip, keyframe: torch.Tensor) -> torch.Tensor:
-    """Ceiling of keyframe propagation on a real-texture clip: each frame's background and
-    sprite pixels resampled (bilinear) from the edited keyframe 0 where the true motion
-    puts them, composited by the true opacity; the source frame where frame 0 does not show
-    the point (outside it, or a background point the sprite covers there). No method that
-    resamples a keyframe can do better, so this bounds the edit-region scores."""
-    motion, key = clip.motion, np.ascontiguousarray(keyframe.numpy())
-    h, w = key.shape[:2]
-    hidden0 = np.ascontiguousarray(clip.masks[0].numpy() >= 0.5, np.float32)
-    out = [keyframe]
-    for t in range(1, clip.frames.shape[0]):
-        source = clip.frames[t].numpy()
-        layers = []
-        for to_pixel, maps, hidden in ((motion.bg_pixel, clip.bg_maps, hidden0), (motion.fg_pixel, clip.fg_maps, None)):
-            src = (to_pixel(0, maps[t].astype(np.float64)) - 0.5).astype(np.float32)
-            seen = (src[..., 0] >= 0) & (src[..., 0] <= w - 1) & (src[..., 1] >= 0) & (src[..., 1] <= h - 1)
-            if hidden is not None:
-                seen &= cv2.remap(hidden, src[..., 0], src[..., 1], cv2.INTER_LINEAR) < 0.5
-            warped = cv2.remap(key, src[..., 0], src[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            layers.append(np.where(seen[..., None], warped, source))
-        a = clip.masks[t].numpy()[..., None]
-        out.append(torch.from_numpy(layers[0] * (1 - a) + layers[1] * a))
     return torch.stack(out)
 
 
@@ -194,7 +169,8 @@ def real_texture_accuracy(tmp: str, budget: float, preset: str, lengths: list[in
             chained = chained_flow(clip.frames, truth[0], changed[0])
             base = region_scores(chained, truth, changed, clip.masks)
             dis = " ".join(f"{base[k][0]:>6.2f} {base[k][1]:>5.2f}" for k in ("background", "foreground"))
-            best = region_scores(exact_motion(clip, truth[0]), truth, changed, clip.masks)
+            exact_frames = torch.stack([truth[0]] + [clip.carried_keyframe(truth[0], t) for t in range(1, n)])
+            best = region_scores(exact_frames, truth, changed, clip.masks)
             exact = " ".join(f"{best[k][0]:>8.2f} {best[k][1]:>5.2f}" for k in ("background", "foreground"))
             for matte in MATTES:
                 edited = edit(bundle, keyframes={0: truth[0]}, frames=clip.frames, matte=matte).frames

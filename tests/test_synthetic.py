@@ -1,4 +1,5 @@
 """The real-texture synthetic clips (atlas.synthetic.make_warped_clip) and their ground truth."""
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -50,6 +51,28 @@ def test_an_edit_painted_on_a_texture_appears_exactly_where_the_maps_say():
     truth = clip.render(sprite=striped).numpy()
     changed = np.abs(truth - clip.frames.numpy()).max(-1) > 1e-4
     assert changed.any() and not changed[clip.masks.numpy() == 0].any()
+
+
+def test_a_keyframe_carried_along_the_true_motion_is_each_frame_where_frame_0_shows_it():
+    bg, sprite, alpha = (cv2.GaussianBlur(x, (0, 0), 2.0) if x.ndim == 3 else x for x in textures())  # smooth: resampling is near exact
+    clip = make_warped_clip(bg, sprite, alpha, num_frames=6, width=64, height=36)
+    frames = clip.frames.numpy()
+    for t in range(1, 6):
+        carried = clip.carried_keyframe(clip.frames[0], t).numpy()
+        assert np.sqrt(np.mean((carried - frames[t]) ** 2)) < 0.01
+    # a black keyframe shows where frame 0 sees each point: black there, the frame's own colours where it does not
+    m, t = clip.motion, 5
+    carried = clip.carried_keyframe(torch.zeros_like(clip.frames[0]), t).numpy()
+    bg_at_0 = m.bg_pixel(0, clip.bg_maps[t].astype(np.float64))
+    fg_at_0 = m.fg_pixel(0, clip.fg_maps[t].astype(np.float64))
+    inside = lambda p, margin: ((p >= margin) & (p <= np.array([64, 36]) - margin)).all(-1)
+    ix = np.clip(bg_at_0.astype(int), 0, [63, 35])
+    covered0 = clip.masks[0].numpy()[ix[..., 1], ix[..., 0]]
+    background, sprite_px = clip.masks[t].numpy() == 0, clip.masks[t].numpy() == 1
+    assert np.all(carried[background & inside(bg_at_0, 2) & (covered0 == 0)] == 0)
+    unseen = background & (~inside(bg_at_0, -2) | (covered0 == 1))
+    assert unseen.any() and np.allclose(carried[unseen], frames[t][unseen])
+    assert np.all(carried[sprite_px & inside(fg_at_0, 2)] == 0)
 
 
 def test_true_tracks_follow_the_texels_they_start_on():
