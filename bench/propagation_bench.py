@@ -1,7 +1,7 @@
 """Propagation benchmark: render/edit throughput and keyframe-edit accuracy.
 
     python bench/propagation_bench.py [--fit-iters 1200] [--preset default]
-                                      [--only throughput|keyframe|real] [--budget 120] [--frames 30 60]
+                                      [--only throughput|keyframe|real|splat] [--budget 120] [--frames 30 60]
                                       [--set key=value ...]
 
 1. Throughput (frames/s) on synthetic clips at 427x240 and 854x480: evaluating the
@@ -25,6 +25,12 @@
    WarpedClip.carried_keyframe); one row per matte (propagation.matte: the
    layers cut by the guided or the fitted weights).
    Needs the DAVIS clips (bench/scenes.py; skipped without them).
+4. Splatting alone, no fit: the real-texture clips' striped sprite in keyframe 0 splatted
+   along its true mapping (the sprite texture's coordinates) into atlases 1 to 3 times as
+   dense as frame 0 sees it (an atlas is as dense as its layer's closest view), and
+   rendered back into frames 1..: edit-region PSNR (mean, worst frame) of each pixel
+   spread over its footprint (propagation.splat.footprint) and of bilinear weights alone.
+   Needs the DAVIS clips.
 """
 from __future__ import annotations
 
@@ -49,6 +55,8 @@ from editing import edit  # noqa: E402
 from environment import describe  # noqa: E402
 from propagation.matte import MATTES  # noqa: E402
 from propagation.render import iter_overlay, iter_replace  # noqa: E402
+from propagation.sample import sample  # noqa: E402
+from propagation.splat import SplatAccumulator, footprint  # noqa: E402
 from scenes import DAVIS, SCENES, scene_clip  # noqa: E402
 
 
@@ -182,11 +190,46 @@ def real_texture_accuracy(tmp: str, budget: float, preset: str, lengths: list[in
                       flush=True)
 
 
+def splat_accuracy(densities: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)) -> None:
+    if not DAVIS.is_dir():
+        print(f"\nsplat accuracy skipped: {DAVIS} not found")
+        return
+    print("\nkeyframe 0's sprite splatted along its true mapping and rendered back, 427x240, 30 frames "
+          "(dB in the sprite's edit region, frames 1..; mean / worst frame)")
+    print(f"{'clip':<14} {'texels per frame-0 px':>22} {'footprint':>14} {'bilinear':>14}")
+    for name in SCENES:
+        clip = scene_clip(name, 30)
+        truth = clip.render(*paint_edits(clip))
+        changed = (truth - clip.frames).abs().amax(-1) > 1e-3
+        hs, ws = clip.sprite.shape[:2]
+        to_uv = lambda maps: torch.from_numpy(maps / np.array([ws, hs], np.float32))
+        texel_step = torch.from_numpy(clip.fg_maps[0]).diff(dim=1).norm(dim=-1)
+        per_px = float(texel_step[clip.masks[0][:, 1:] >= 0.5].median())  # sprite texels per frame-0 pixel
+        on = clip.masks[0] >= 0.5
+        for density in densities:
+            w, h = round(ws / per_px * density), round(hs / per_px * density)
+            cells = []
+            for spread in (True, False):
+                acc = SplatAccumulator(w, h)
+                uv0 = to_uv(clip.fg_maps[0])
+                reach = footprint(uv0, w, h)[on] if spread else None
+                acc.add(uv0[on], torch.ones(int(on.sum())), changed[0][on].float(), truth[0][on], reach)
+                rgba = torch.from_numpy(acc.rgba())
+                scores = []
+                for t in range(1, clip.frames.shape[0]):
+                    region = changed[t] & (clip.masks[t] >= 0.5)
+                    paint = sample(rgba, to_uv(clip.fg_maps[t]))
+                    out = clip.frames[t] * (1 - paint[..., 3:]) + paint[..., :3] * paint[..., 3:]
+                    scores.append(psnr(out[region], truth[t][region]))
+                cells.append(f"{np.mean(scores):>6.2f} / {min(scores):>5.2f}")
+            print(f"{name:<14} {density:>22.2f} {cells[0]:>14} {cells[1]:>14}", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fit-iters", type=int, default=1200)
     p.add_argument("--preset", default="default", help="preset of the accuracy fit (throughput fits use fast)")
-    p.add_argument("--only", choices=["throughput", "keyframe", "real"], help="run one part")
+    p.add_argument("--only", choices=["throughput", "keyframe", "real", "splat"], help="run one part")
     p.add_argument("--budget", type=float, default=120.0, help="fitting seconds per real-texture clip")
     p.add_argument("--frames", type=int, nargs="+", default=[30, 60], help="lengths of the real-texture clips")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -200,6 +243,8 @@ def main() -> int:
             keyframe_accuracy(tmp, a.fit_iters, a.preset)
         if a.only in (None, "real"):
             real_texture_accuracy(tmp, a.budget, a.preset, a.frames, a.overrides)
+        if a.only in (None, "splat"):
+            splat_accuracy()
     return 0
 
 

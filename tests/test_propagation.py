@@ -68,6 +68,42 @@ def test_paint_on_an_object_the_keyframe_mislaid_lands_on_the_object(fitted, cli
     assert np.mean(on) > 18.0 and min(on) > 15.0, on
 
 
+def test_a_keyframe_seen_from_farther_than_its_atlas_fills_it_without_holes():
+    """A keyframe whose pixels land 3 texels apart (its layer's closest view is 3x nearer):
+    splatted with each pixel's footprint, every texel between its pixels is edited and a
+    linear ramp comes back as the ramp; the bilinear weights alone leave texels unedited."""
+    from atlas.evaluate import FrameMaps
+    from propagation.splat import SplatAccumulator, footprint, splat_layer
+
+    h, w, k = 12, 16, 3
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    uv = torch.stack([(k * xs + 1.5) / (k * w), (k * ys + 1.5) / (k * h)], -1)  # pixel (x, y) on texel (3x + 1, 3y + 1)
+    assert torch.allclose(footprint(uv, k * w, k * h), torch.full((h, w, 2), float(k), dtype=torch.float64))
+    maps = FrameMaps(None, uv[:, :, None].float(), torch.ones(h, w, 1))
+    ramp = torch.stack([xs / w, ys / h, torch.full_like(xs, 0.5)], -1).float()
+    acc = SplatAccumulator(k * w, k * h)
+    splat_layer(acc, maps, 0, ramp, torch.ones(h, w))
+    rgba = acc.rgba()
+    inner = (slice(1, k * (h - 1) + 2), slice(1, k * (w - 1) + 2))  # texels from the first pixel's to the last's
+    assert (rgba[inner][..., 3] == 1).all()
+    tx, ty = np.meshgrid(np.arange(k * w), np.arange(k * h))
+    assert np.abs(rgba[inner][..., 0] - ((tx - 1) / k / w)[inner]).max() < 1e-5
+    assert np.abs(rgba[inner][..., 1] - ((ty - 1) / k / h)[inner]).max() < 1e-5
+    bilinear = SplatAccumulator(k * w, k * h)
+    bilinear.add(uv.reshape(-1, 2), torch.ones(h * w), torch.ones(h * w), ramp.reshape(-1, 3))
+    assert (bilinear.rgba()[inner][..., 3] == 0).mean() > 0.5
+    # the same pixels turned by 45 degrees on a square atlas: no texel inside them is left out
+    side = 80
+    c, r = (xs - w / 2) * k, (ys - h / 2) * k
+    turned = torch.stack([(c - r) / 2**0.5 + side / 2, (c + r) / 2**0.5 + side / 2], -1) / side
+    acc = SplatAccumulator(side, side)
+    splat_layer(acc, FrameMaps(None, turned[:, :, None].float(), torch.ones(h, w, 1)), 0, ramp, torch.ones(h, w))
+    tx, ty = np.meshgrid(np.arange(side) + 0.5 - side / 2, np.arange(side) + 0.5 - side / 2)
+    back_x, back_y = (tx + ty) / 2**0.5, (ty - tx) / 2**0.5  # texel centres in the pixels' frame, times k
+    inside = (np.abs(back_x) < k * (w / 2 - 1.5)) & (np.abs(back_y) < k * (h / 2 - 1.5))
+    assert inside.sum() > 500 and (acc.rgba()[..., 3][inside] == 1).all()
+
+
 def test_background_edit_goes_behind_the_foreground(fitted, clip):
     bg = fitted.textures["background"]
     paint = bg.copy()
