@@ -205,22 +205,22 @@ def splat_accuracy(densities: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)) -> None:
         to_uv = lambda maps: torch.from_numpy(maps / np.array([ws, hs], np.float32))
         texel_step = torch.from_numpy(clip.fg_maps[0]).diff(dim=1).norm(dim=-1)
         per_px = float(texel_step[clip.masks[0][:, 1:] >= 0.5].median())  # sprite texels per frame-0 pixel
+        uvs = [to_uv(m) for m in clip.fg_maps]  # the sprite's true atlas coordinates in each frame
+        regions = changed & (clip.masks >= 0.5)
         on = clip.masks[0] >= 0.5
         for density in densities:
             w, h = round(ws / per_px * density), round(hs / per_px * density)
             cells = []
             for spread in (True, False):
                 acc = SplatAccumulator(w, h)
-                uv0 = to_uv(clip.fg_maps[0])
-                reach = footprint(uv0, w, h)[on] if spread else None
-                acc.add(uv0[on], torch.ones(int(on.sum())), changed[0][on].float(), truth[0][on], reach)
+                reach = footprint(uvs[0], w, h)[on] if spread else None
+                acc.add(uvs[0][on], torch.ones(int(on.sum())), changed[0][on].float(), truth[0][on], reach)
                 rgba = torch.from_numpy(acc.rgba())
                 scores = []
                 for t in range(1, clip.frames.shape[0]):
-                    region = changed[t] & (clip.masks[t] >= 0.5)
-                    paint = sample(rgba, to_uv(clip.fg_maps[t]))
+                    paint = sample(rgba, uvs[t])
                     out = clip.frames[t] * (1 - paint[..., 3:]) + paint[..., :3] * paint[..., 3:]
-                    scores.append(psnr(out[region], truth[t][region]))
+                    scores.append(psnr(out[regions[t]], truth[t][regions[t]]))
                 cells.append(f"{np.mean(scores):>6.2f} / {min(scores):>5.2f}")
             print(f"{name:<14} {density:>22.2f} {cells[0]:>14} {cells[1]:>14}", flush=True)
 
