@@ -55,7 +55,7 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
     method's own (see videdit, diffusion_atlas, stablevideo).
     """
     from propagation.matte import check_matte
-    from propagation.render import iter_overlay, iter_replace, source_frames
+    from propagation.render import iter_overlay, iter_replace, pin_keyframes, source_frames
 
     from .manual import atlas_edits, keyframe_edits
 
@@ -69,7 +69,7 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
         raise AtlasInputError(f"--prompt needs --method {'|'.join(METHODS)}")
     src = source_frames(bundle, frames)
     generated: dict[str, np.ndarray] = {}
-    weights = None  # keyframes' own layer weights (editing.manual.keyframe_edits)
+    weights, pins = None, {}  # keyframes' own layer weights and pixels (editing.manual.keyframe_edits)
     if prompt:
         edits, generated, rendered = prompt_edits(bundle, src, prompt, method, layer, options, matte)
         if rendered is not bundle:  # a re-fitted silhouette: the source frames' edges are not its edges
@@ -79,12 +79,12 @@ def edit(bundle: AtlasBundle, atlas: dict | None = None, keyframes: dict | None 
     elif atlas:
         edits = atlas_edits(bundle, atlas)
     else:
-        edits, weights = keyframe_edits(bundle, src, keyframes, keyframe_masks, matte)
+        edits, weights, pins = keyframe_edits(bundle, src, keyframes, keyframe_masks, matte)
     if mode == "overlay":
-        render = functools.partial(iter_overlay, bundle, edits, src, weights, matte)
+        frames_of = functools.partial(iter_overlay, bundle, edits, src, weights, matte)
     else:
-        render = functools.partial(iter_replace, bundle, edited_textures(bundle, edits), src, weights, matte)
-    return EditResult(render, edits, generated, bundle)
+        frames_of = functools.partial(iter_replace, bundle, edited_textures(bundle, edits), src, weights, matte)
+    return EditResult(lambda: pin_keyframes(frames_of(), pins), edits, generated, bundle)
 
 
 def default_layer(bundle: AtlasBundle) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -59,10 +60,17 @@ def atlas_edits(bundle: AtlasBundle, images: dict[str, ImageLike]) -> dict[str, 
     return out
 
 
+class KeyframeEdits(NamedTuple):
+    edits: dict[str, np.ndarray]  # {layer: RGBA} splatted from the keyframes
+    weights: dict[int, torch.Tensor]  # {frame index: layer weights [H, W, layers] it was splatted with}: render it with those
+    pins: dict[int, tuple[torch.Tensor, torch.Tensor]]  # {frame index: (edited keyframe [H, W, 3], its mask [H, W] in [0, 1])}
+
+
 def keyframe_edits(bundle: AtlasBundle, source: torch.Tensor, keyframes: dict[int, ImageLike],
-                   masks: dict[int, ImageLike] | None = None, matte: str = "guided") -> tuple[dict[str, np.ndarray], dict[int, torch.Tensor]]:
-    """({layer: RGBA} splatted from edited keyframes {frame index: image}, {frame index:
-    layer weights [H, W, layers] it was splatted with}: render the keyframes with those).
+                   masks: dict[int, ImageLike] | None = None, matte: str = "guided") -> KeyframeEdits:
+    """The atlas edits splatted from edited keyframes {frame index: image}, the layer weights
+    each keyframe was splatted with, and the keyframes with their masks: the rendered video
+    shows each keyframe's own paint exactly in its frame (propagation.render.pin_keyframes).
 
     A keyframe's mask (white = edited) defaults to where it differs from the source frame.
     Each keyframe's layer weights are its `matte`'s (propagation.render.matted_maps),
@@ -73,7 +81,7 @@ def keyframe_edits(bundle: AtlasBundle, source: torch.Tensor, keyframes: dict[in
     if unknown:
         raise AtlasInputError(f"--keyframe-mask given for frame(s) {sorted(unknown)} without a --keyframe")
     w, h = bundle.size
-    weights = {}
+    weights, pins = {}, {}
     acc = [SplatAccumulator(tex.shape[1], tex.shape[0]) for tex in (bundle.textures[n] for n in bundle.layer_names)]
     for index, image in sorted(keyframes.items()):
         if not 0 <= index < bundle.num_frames:
@@ -88,4 +96,5 @@ def keyframe_edits(bundle: AtlasBundle, source: torch.Tensor, keyframes: dict[in
         maps = matted_maps(bundle, index, source[index], matte)
         weights[index] = keyframe_weights(bundle.model, maps, index, mask)
         splat_frame(acc, maps, edited, mask, weights=weights[index])
-    return {name: a.rgba() for name, a in zip(bundle.layer_names, acc)}, weights
+        pins[index] = (edited, mask.clamp(0.0, 1.0))
+    return KeyframeEdits({name: a.rgba() for name, a in zip(bundle.layer_names, acc)}, weights, pins)

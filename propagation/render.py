@@ -11,7 +11,8 @@ s is the frame's shading (atlas.shading: its exposure and vignetting), so an edi
 like the frame it lands in. w_l are the fitted layer weights refined against the
 source frame (matte="guided", propagation.matte) or as fitted (matte="fitted"). Edited
 keyframes are rendered with the layer weights they were splatted with
-(propagation.splat.keyframe_weights), so each shows its paint where it was painted.
+(propagation.splat.keyframe_weights), so each shows its paint where it was painted, and
+their painted pixels are laid over their own frames exactly (pin_keyframes).
 """
 from __future__ import annotations
 
@@ -146,6 +147,17 @@ def iter_overlay(bundle: AtlasBundle, edits: dict[str, np.ndarray], frames: torc
     by_index = {_layer_index(bundle, name): tex for name, tex in edits.items()}
     for t in range(bundle.num_frames):
         yield overlay_frame(frames[t], _frame_maps(bundle, t, weights, frames[t], matte), by_index)
+
+
+def pin_keyframes(frames: Iterator[torch.Tensor], pins: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[torch.Tensor]:
+    """The rendered `frames`, each edited keyframe {index: (image [H, W, 3], mask [H, W])}
+    laid over its own frame by its mask: what the user painted comes back exactly there,
+    not resampled through the atlas (which blurs it by up to a texel)."""
+    for t, frame in enumerate(frames):
+        if t in pins:
+            image, mask = pins[t]
+            frame = frame + mask[..., None] * (image - frame)
+        yield frame
 
 
 def iter_replace(bundle: AtlasBundle, textures: dict[str, np.ndarray], frames: torch.Tensor | None = None,
