@@ -83,6 +83,17 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
+def finite(arr: np.ndarray, what: str) -> np.ndarray:
+    """A float image with its NaNs and infinities (a render's bad pixels) read as 0 (NaN,
+    -inf) or 1 (+inf), with a warning naming `what`: one such pixel would otherwise turn
+    a fit's loss into NaN."""
+    bad = np.count_nonzero(~np.isfinite(arr))
+    if not bad:
+        return arr
+    warnings.warn(f"{what}: {bad} NaN or infinite value(s) read as 0 (NaN, -inf) or 1 (+inf)", stacklevel=3)
+    return np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0)
+
+
 def _unit(arr: np.ndarray) -> np.ndarray:
     """An image of any depth as float32 in [0, 1]: integers over their full range."""
     if np.issubdtype(arr.dtype, np.integer):
@@ -115,7 +126,7 @@ def decode_image(path: str | Path) -> np.ndarray:
     except Exception as exc:  # decoder errors come in many types; all mean "unreadable"
         raise AtlasInputError(f"cannot read image {path}: {exc.__class__.__name__}: {exc}") from None
     if not np.issubdtype(arr.dtype, np.integer):
-        arr = np.clip(arr, 0.0, 1.0).astype(np.float32)
+        arr = np.clip(finite(arr, str(path)), 0.0, 1.0).astype(np.float32)
     elif arr.dtype not in (np.uint8, np.uint16):
         arr = _unit(arr)
     if arr.ndim == 2:
@@ -380,7 +391,9 @@ def read_video(
             raise AtlasInputError(f"frames in memory must be [T, H, W, C] with C in 1, 3, 4; got shape {tuple(given.shape)}")
         if not (np.issubdtype(given.dtype, np.integer) or np.issubdtype(given.dtype, np.floating)):
             raise AtlasInputError(f"frames in memory must be integer or float, got {given.dtype}")
-        count, images = len(given[start:stop]), iter(given[start:stop])
+        window = given[start:stop]
+        count = len(window)
+        images = iter(window) if np.issubdtype(given.dtype, np.integer) else (finite(f, f"frame {start + i} in memory") for i, f in enumerate(window))
     else:
         spath = str(path)
         count, images, fps = _open_frames(Path(spath), start, stop, allow_gaps)
@@ -401,7 +414,8 @@ def iter_frames(path: str | Path | np.ndarray | torch.Tensor, frames: tuple[int,
     plate at its full resolution without holding it in memory."""
     start, stop = frames
     if isinstance(path, (np.ndarray, torch.Tensor)):
-        images = (f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else f for f in path[start:stop])
+        arrays = (f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else f for f in path[start:stop])
+        images = (f if np.issubdtype(f.dtype, np.integer) else finite(f, f"frame {start + i} in memory") for i, f in enumerate(arrays))
     elif (p := Path(path)).is_file() and p.suffix.lower() in MOVIE_EXTS:
         images = _movie_frames(p, start, stop)
     else:

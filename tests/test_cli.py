@@ -43,6 +43,22 @@ def test_fit_render_export_info(bundle, tmp_path, capsys):
     assert len(list((tmp_path / "exp" / "shading").glob("*.exr"))) == 4
 
 
+def test_fit_of_an_exr_plate_with_nan_pixels(tiny_video, tmp_path):
+    """A NaN pixel in one frame of a plate used to stop the fit with a traceback-like error."""
+    from atlas.bundle import AtlasBundle
+    from atlas.io import write_exr
+
+    for i, f in enumerate(tiny_video.frames.float().numpy()):
+        if i == 1:
+            f = f.copy()
+            f[3:5, 3:5] = np.nan
+        write_exr((tmp_path / "plate").mkdir(exist_ok=True) or tmp_path / "plate" / f"plate.{i:04d}.exr", {"RGB": f})
+    out = tmp_path / "nan.atlas"
+    with pytest.warns(UserWarning, match=r"plate\.0001\.exr: 12 NaN or infinite"):
+        assert main(["fit", str(tmp_path / "plate" / "plate.####.exr"), "-o", str(out), "--config", "fast", "--iters", "3", "--quiet"]) == 0
+    assert AtlasBundle.load(out).meta.metrics["psnr_mean"] > 0
+
+
 def test_refit_replaces_bundle_atomically(bundle, clip_dir):
     before = json.loads((bundle / "bundle.json").read_text())
     assert main(["fit", str(clip_dir), "-o", str(bundle), "--config", "fast", "--iters", "2", "--seed", "5", "--quiet"]) == 0

@@ -102,6 +102,28 @@ def test_exr_sequence(tmp_path):
     assert read_image(tmp_path / "p.0000.exr").shape == (24, 32, 3)
 
 
+def test_nan_and_infinite_pixels_are_read_as_black_or_white_with_a_warning(tmp_path):
+    """A render's bad pixels (NaN, infinity) in an EXR plate, a keyframe or frames in memory
+    are read as 0 or 1, naming where they were: one NaN would make a fit's loss NaN."""
+    frames = _frames(t=3)
+    bad = frames.clone()
+    bad[1, 2, 3], bad[1, 4, 5, 0], bad[1, 6, 7, 1] = float("nan"), float("inf"), float("-inf")
+    for i, f in enumerate(bad):
+        write_exr(tmp_path / f"p.{i:04d}.exr", {"RGB": f.numpy()})
+    with pytest.warns(UserWarning, match=r"p\.0001\.exr: 5 NaN or infinite"):
+        v = read_video(tmp_path / "p.####.exr")
+    got = unit_float(v.frames)
+    assert torch.isfinite(got).all() and got[1, 2, 3].tolist() == [0.0, 0.0, 0.0]
+    assert got[1, 4, 5, 0] == 1.0 and got[1, 6, 7, 1] == 0.0
+    assert torch.equal(got[0], frames[0].half().float())  # good frames untouched
+    with pytest.warns(UserWarning, match="NaN or infinite"):
+        assert np.isfinite(read_image(tmp_path / "p.0001.exr")).all()
+    with pytest.warns(UserWarning, match="frame 1 in memory: 5 NaN"):
+        assert torch.isfinite(unit_float(read_video(bad).frames)).all()
+    with pytest.warns(UserWarning, match="frame 1 in memory"):
+        assert all(torch.isfinite(f).all() for f in iter_frames(bad, (0, 3), (32, 24)))
+
+
 @pytest.mark.parametrize(
     "make,kwargs,match",
     [
