@@ -220,11 +220,15 @@ def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise BundleCorrupt(f"{file.name} is missing")
     try:
-        return load_file(str(file))
+        tensors = load_file(str(file))
     except PermissionError:
         raise
     except Exception as exc:  # safetensors raises several types for truncated/corrupt files
         raise BundleCorrupt(f"cannot read {file.name}: {exc}") from None
+    for name, t in tensors.items():  # a NaN weight renders black frames without a word
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise BundleCorrupt(f"{file.name}: {name} holds NaN or infinite values")
+    return tensors
 
 
 def _texture(file: Path, channels: int) -> np.ndarray:

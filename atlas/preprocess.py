@@ -79,6 +79,8 @@ class Preprocessed:
                     out = alloc(shape, dtype)
                     for i in range(shape[0]):
                         out[i] = convert(stored[i : i + 1])[0].numpy()
+                        if dtype == np.float16 and not np.isfinite(out[i]).all():
+                            raise BundleCorrupt(f"the preprocessing cache's {key} holds NaN or infinite values")
                     arrays[key] = torch.from_numpy(out)
                 pairs = f.get_tensor("pairs").float() if "pairs" in keys else torch.zeros(0, 6)  # caches from before long-range pairs
         except (BundleCorrupt, PermissionError):

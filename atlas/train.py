@@ -128,6 +128,9 @@ class _RunningPsnr:
 
     def flush(self, elapsed: float) -> None:
         for v in torch.stack(self.pending).tolist() if self.pending else []:
+            if not np.isfinite(v):
+                raise AtlasInputError("the fit diverged (its loss became NaN or infinite): lower the learning rates "
+                                      "(train.lr_grid, train.lr_mlp, train.lr_transform) or use a preset's values")
             self.ema = v if self.ema is None else 0.95 * self.ema + 0.05 * v
             for target in (25, 30, 33):
                 if self.psnr >= target and target not in self.reached:
@@ -154,30 +157,29 @@ def _train(model: LayeredAtlas, video: Video, pre: Preprocessed, cfg: FitConfig,
             gen.set_state(resume_state["rng"])
             start, elapsed0 = int(resume_state["step"]), float(resume_state["elapsed"])
     running, t0 = _RunningPsnr(tc.eval_every), time.perf_counter()
-    bar = tqdm(total=tc.iters, initial=start, disable=quiet, desc="fit", unit="it", dynamic_ncols=True)
-    step = start
-    for step in range(start, tc.iters):
-        interrupt.check()
-        elapsed = elapsed0 + time.perf_counter() - t0
-        if time_budget is not None and elapsed >= time_budget:
-            break
-        # schedules follow whichever limit comes first: steps or the time budget
-        progress = step / max(tc.iters, 1)
-        if time_budget is not None:
-            progress = max(progress, elapsed / time_budget)
-        stepper.schedule(progress)
-        idx = torch.randint(0, g.num_frames * g.height * g.width, (tc.batch,), generator=gen, device=device)
-        running.add(stepper(idx), elapsed0 + time.perf_counter() - t0)
-        if not running.pending:  # just flushed
-            bar.set_postfix(psnr=f"{running.psnr:.2f}dB", refresh=False)
-        bar.update(1)
-        if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.iters:
-            ckpt.save_state(model, stepper.opt, step + 1, gen, elapsed0 + time.perf_counter() - t0)
-    else:
-        step = tc.iters
-    running.flush(elapsed0 + time.perf_counter() - t0)
-    stepper.opt.zero_grad(set_to_none=True)  # frees the gradients (a CUDA graph's pool) before evaluation
-    bar.close()
+    with tqdm(total=tc.iters, initial=start, disable=quiet, desc="fit", unit="it", dynamic_ncols=True) as bar:  # closed before an error is printed
+        step = start
+        for step in range(start, tc.iters):
+            interrupt.check()
+            elapsed = elapsed0 + time.perf_counter() - t0
+            if time_budget is not None and elapsed >= time_budget:
+                break
+            # schedules follow whichever limit comes first: steps or the time budget
+            progress = step / max(tc.iters, 1)
+            if time_budget is not None:
+                progress = max(progress, elapsed / time_budget)
+            stepper.schedule(progress)
+            idx = torch.randint(0, g.num_frames * g.height * g.width, (tc.batch,), generator=gen, device=device)
+            running.add(stepper(idx), elapsed0 + time.perf_counter() - t0)
+            if not running.pending:  # just flushed
+                bar.set_postfix(psnr=f"{running.psnr:.2f}dB", refresh=False)
+            bar.update(1)
+            if tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.iters:
+                ckpt.save_state(model, stepper.opt, step + 1, gen, elapsed0 + time.perf_counter() - t0)
+        else:
+            step = tc.iters
+        running.flush(elapsed0 + time.perf_counter() - t0)
+        stepper.opt.zero_grad(set_to_none=True)  # frees the gradients (a CUDA graph's pool) before evaluation
     fit_s = elapsed0 + time.perf_counter() - t0
     return {"iterations": step, "fit_s": round(fit_s, 2), "running_psnr_reached_s": {str(k): v for k, v in running.reached.items()},
             "iters_per_s": round((step - start) / max(time.perf_counter() - t0, 1e-9), 3)}

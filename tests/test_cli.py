@@ -89,6 +89,8 @@ def _masks(tmp_path, n, size=(40, 32)):
         (lambda c, t: ["fit", str(c), "-o", str(t / "o"), "--masks", str(t / "nomasks")], "not found"),
         (lambda c, t: ["fit", str(c), "-o", str(t / "o"), "--iters", "0"], "at least 1"),
         (lambda c, t: ["fit", str(c), "-o", str(t / "o"), "--time-budget", "-1"], "positive"),
+        (lambda c, t: ["fit", str(c), "-o", str(t / "o"), "--iters", "30", "--quiet", "--set", "train.lr_grid=1e9", "--set", "train.lr_mlp=1e9"],
+         "the fit diverged"),
         (lambda c, t: ["fit", str(c), "-o", str(t / "o"), "--flow", "raft", "--raft-weights", str(t / "no.pth")], "RAFT weights not found"),
         (lambda c, t: ["render", str(c), "-o", str(t / "x.mp4")], "not an atlas bundle"),
         (lambda c, t: ["info", str(t / "missing")], "not an atlas bundle"),

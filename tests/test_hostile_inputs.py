@@ -211,6 +211,22 @@ def test_bundle_files_share_one_mode(world):
     assert {m for p, m in modes.items() if (world["bundle"] / p).is_dir()} == {0o777 & ~umask}
 
 
+def test_nan_in_a_bundles_tensors_is_corrupt(world, capsys, tmp_path):
+    """A NaN weight would render black frames, a NaN flow poison tracks: both refused."""
+    from safetensors.torch import load_file, save_file
+
+    for name, key in (("model.safetensors", "alpha_grid.table"), ("cache/preprocess.safetensors", "flow_fwd")):
+        copy = tmp_path / name.replace("/", "_")
+        shutil.copytree(world["bundle"], copy)
+        tensors = load_file(str(copy / name))
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[7] = float("nan")
+        save_file(tensors, str(copy / name))
+        for argv in (["info", str(copy)], ["render", str(copy), "-o", str(tmp_path / "r.mp4")]):
+            _one_line_error(capsys, argv, "NaN or infinite")
+        assert not (tmp_path / "r.mp4").exists()
+
+
 def test_unreadable_bundle_file_is_a_permission_error(world, capsys, monkeypatch):
     import safetensors.torch
 
