@@ -276,8 +276,8 @@ def build_model(meta: BundleMeta, state: dict[str, torch.Tensor]) -> LayeredAtla
     for i in range(n):
         for key, shape in want.items():
             tensor = state.get(f"mappings.{i}.{key}")
-            if tensor is None or tuple(tensor.shape) != shape or not torch.isfinite(tensor).all():
-                raise BundleCorrupt(f"model.safetensors: mappings.{i}.{key} is missing or not a finite {list(shape)} tensor")
+            if tensor is None or tuple(tensor.shape) != shape:  # (every tensor is finite: _read_tensors)
+                raise BundleCorrupt(f"model.safetensors: mappings.{i}.{key} is missing or not a {list(shape)} tensor")
     transforms = torch.stack([state[f"mappings.{i}.transforms"] for i in range(n)])
     lo = torch.stack([state[f"mappings.{i}.uv_lo"] for i in range(n)])
     hi = torch.stack([state[f"mappings.{i}.uv_hi"] for i in range(n)])
@@ -288,8 +288,6 @@ def build_model(meta: BundleMeta, state: dict[str, torch.Tensor]) -> LayeredAtla
         model.load_state_dict(state)
     except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
         raise BundleCorrupt(f"model.safetensors does not match bundle.json: {first_line(exc)}") from None
-    if model.blur is not None and not bool(torch.isfinite(model.blur).all()):
-        raise BundleCorrupt("model.safetensors: blur is not finite")
     return model.eval()
 
 

@@ -176,7 +176,7 @@ def test_a_bundle_with_a_blur_that_is_not_finite_is_refused(fitted, tmp_path):
     state = load_file(str(copy / "model.safetensors"))
     state["blur"][0, 0] = float("nan")
     save_file(state, str(copy / "model.safetensors"))
-    with pytest.raises(AtlasInputError, match="blur is not finite"):
+    with pytest.raises(AtlasInputError, match="blur holds NaN or infinite values"):
         atlas.load(str(copy))
 
 
