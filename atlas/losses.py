@@ -115,11 +115,10 @@ def residual_change(res: torch.Tensor, res_next: torch.Tensor, px_per_uv: torch.
 
 
 def mask_bootstrap(alpha_union: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """BCE between total foreground opacity and the bootstrap mask. Written out rather than
-    F.binary_cross_entropy, which raises on a NaN opacity: a diverging fit's NaN then
-    reaches the loss, where the trainer reports it."""
-    a = alpha_union.clamp(1e-5, 1 - 1e-5)
-    return -(mask * torch.log(a) + (1.0 - mask) * torch.log1p(-a)).mean()
+    """BCE between total foreground opacity and the bootstrap mask. A NaN opacity (a
+    diverging fit, which the trainer reports from the reconstruction loss) is read as 0.5
+    here: F.binary_cross_entropy raises on it."""
+    return F.binary_cross_entropy(torch.nan_to_num(alpha_union, nan=0.5).clamp(1e-5, 1 - 1e-5), mask)
 
 
 def alpha_flow(alpha_a: torch.Tensor, alpha_b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
