@@ -278,7 +278,7 @@ def track_points(model: LayeredAtlas, queries: np.ndarray, layer: str | None = N
     if (frames_q != np.round(frames_q)).any() or frames_q.min() < 0 or frames_q.max() >= g.num_frames:
         bad = q[(frames_q != np.round(frames_q)) | (frames_q < 0) | (frames_q >= g.num_frames)][0]
         raise AtlasInputError(f"query frame {bad[2]:g} is not a frame of this bundle (0..{g.num_frames - 1})")
-    outside = (q[:, 0] < 0) | (q[:, 0] > g.width) | (q[:, 1] < 0) | (q[:, 1] > g.height)
+    outside = ~((q[:, 0] >= 0) & (q[:, 0] <= g.width) & (q[:, 1] >= 0) & (q[:, 1] <= g.height))  # NaN too
     if outside.any():
         x, y = q[outside][0, :2]
         raise AtlasInputError(f"point ({x:g}, {y:g}) lies outside the {g.width}x{g.height} frame")

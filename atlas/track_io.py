@@ -67,7 +67,7 @@ def read_points_csv(path: str | Path) -> list[tuple[float, float, float]]:
             if i == 0:
                 continue  # header
             raise AtlasInputError(f"--points {path}, row {i + 1}: expected numbers x,y[,t], got {','.join(row)!r}") from None
-        if len(values) not in (2, 3) or (len(values) == 3 and values[2] != round(values[2])):
+        if len(values) not in (2, 3) or not np.isfinite(values).all() or (len(values) == 3 and values[2] != round(values[2])):
             raise AtlasInputError(f"--points {path}, row {i + 1}: expected x,y or x,y,frame, got {','.join(row)!r}")
         points.append((values[0], values[1], values[2] if len(values) == 3 else 0.0))
     if not points:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from atlas.cli import main
+from atlas.errors import AtlasInputError
 from atlas.track_metrics import chained_flow_tracks, delta_avg_difference, tapvid_metrics
 
 
@@ -184,11 +185,19 @@ def test_cli_track_bad_input(bundle_path, tmp_path, capsys, extra, match):
 def test_cli_track_bad_points_file_and_extension(bundle_path, tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("x,y\n1,2\n3,four\n")
-    for argv, match in ((["--points", str(bad)], "row 3"), (["--point", "1,1", "-o", str(tmp_path / "t.txt")], ".csv, .json, .nk")):
+    nan = tmp_path / "nan.csv"
+    nan.write_text("x,y,t\n1,2,0\nnan,3,0\n")
+    for argv, match in ((["--points", str(bad)], "row 3"), (["--points", str(nan)], "row 3"),
+                        (["--point", "1,1", "-o", str(tmp_path / "t.txt")], ".csv, .json, .nk")):
         out = ["-o", str(tmp_path / "t.csv")] if "-o" not in argv else []
         assert main(["track", bundle_path, *argv, *out]) == 2
         err = capsys.readouterr().err.strip()
         assert match in err and len(err.splitlines()) == 1, err
+
+
+def test_a_nan_query_is_outside_the_frame(fitted):
+    with pytest.raises(AtlasInputError, match="outside"):
+        fitted.track(np.array([[5.0, 5.0, 0.0], [float("nan"), 3.0, 1.0]]))
 
 
 def test_carried_by_flow_steps_each_way_and_stops_at_the_border_and_unreliable_flow():
