@@ -175,6 +175,7 @@ def _flow_arrays(shape: tuple[int, ...], alloc: Alloc = np.empty) -> tuple[np.nd
     return alloc((t - 1, h, w, 2), np.float16), alloc((t - 1, h, w, 2), np.float16)
 
 
+DIS_MIN_SIDE = 12  # OpenCV's DIS refuses frames smaller on both sides
 RAFT_MIN_SIZE = 128  # RAFT's correlation pyramid needs 1/8-resolution features of >= 16 px
 
 
@@ -267,6 +268,10 @@ def compute_flow(frames: np.ndarray, method: str = "auto", raft_weights: str | N
     if weights is not None:
         fwd, bwd = raft_flow(frames, load_raft(weights), torch.device(device), progress=progress, alloc=alloc)
         return fwd, bwd, "raft"
+    if max(frames.shape[1:3]) < DIS_MIN_SIDE:
+        h, w = frames.shape[1:3]
+        raise AtlasInputError(f"frames of {w}x{h} are too small for optical flow (at least {DIS_MIN_SIDE} pixels on the longer side); "
+                              "enlarge them with --size")
     fwd, bwd = dis_flow(frames, progress, alloc)
     return fwd, bwd, "dis"
 

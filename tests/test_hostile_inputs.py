@@ -211,6 +211,14 @@ def test_bundle_files_share_one_mode(world):
     assert {m for p, m in modes.items() if (world["bundle"] / p).is_dir()} == {0o777 & ~umask}
 
 
+def test_frames_too_small_for_flow(capsys, tmp_path):
+    from atlas.io import write_video
+
+    write_video(torch.rand(4, 9, 9, 3), tmp_path / "tiny")
+    _one_line_error(capsys, ["fit", str(tmp_path / "tiny"), "-o", str(tmp_path / "o"), *FIT], "too small for optical flow")
+    assert not (tmp_path / "o").exists()
+
+
 def test_nan_in_a_bundles_tensors_is_corrupt(world, capsys, tmp_path):
     """A NaN weight would render black frames, a NaN flow poison tracks: both refused."""
     from safetensors.torch import load_file, save_file
