@@ -37,6 +37,7 @@ MIN_FRAME_PAIRS = 20
 MIN_HELD_FRAMES = 4
 MIN_HELD_SHARE = 0.1
 ADVICE = "try --masks, a shorter --frames range or a larger preset"
+ADVICE_MASKED = "try a shorter --frames range or a larger preset"  # where the masks were given
 
 
 def _a(word: str) -> str:
@@ -92,7 +93,7 @@ def held_run(per_frame: np.ndarray, limit: float, min_frames: int = 2) -> tuple[
     return best
 
 
-def _drift_warning(name: str, drift: float, per_frame: np.ndarray, first_frame: int) -> str:
+def _drift_warning(name: str, drift: float, per_frame: np.ndarray, first_frame: int, advice: str) -> str:
     """The one-line warning for a drifting layer: where it drifts, and where it holds."""
     over = np.flatnonzero(per_frame > DRIFT_PX)  # NaN (unmeasured) compares False
     where = ""
@@ -102,7 +103,7 @@ def _drift_warning(name: str, drift: float, per_frame: np.ndarray, first_frame: 
                  f"{worst + first_frame}")
     held = held_run(per_frame, DRIFT_PX, max(MIN_HELD_FRAMES, math.ceil(MIN_HELD_SHARE * len(per_frame))))
     span = None if held is None else f"{held[0] + first_frame}:{held[1] + first_frame}"
-    hint = ADVICE if span is None else f"it holds in frames {span} (fit those alone with --frames {span}), or {ADVICE}"
+    hint = advice if span is None else f"it holds in frames {span} (fit those alone with --frames {span}), or {advice}"
     return (f"layer {name}: the mapping drifts (long-range correspondences land {drift:.1f} atlas px apart on average, more "
             f"than {DRIFT_PX:g}{where}); edits will slide: {hint}")
 
@@ -114,6 +115,7 @@ def layer_health(model: LayeredAtlas, pre: Preprocessed, chains: list[Chain], te
     g = model.geom
     errors = _long_range_error(model, pre.pairs)
     health, warns = {}, []
+    advice = ADVICE if pre.mask_source == "motion" else ADVICE_MASKED
     for i, name in enumerate(model.layer_names):
         m, chain = model.mappings[i], chains[i]
         extent = (m.pixels_per_uv / torch.tensor([g.width, g.height])).tolist()
@@ -135,12 +137,12 @@ def layer_health(model: LayeredAtlas, pre: Preprocessed, chains: list[Chain], te
         if degenerate:
             where = f" from frame {bad_frame + first_frame}" if bad_frame is not None else ""
             warns.append(f"layer {name}: the mapping is degenerate{where} (atlas {extent[0]:.1f} x {extent[1]:.1f} frames, texture "
-                         f"{tex[1]}x{tex[0]}); edits will not hold: {ADVICE}")
+                         f"{tex[1]}x{tex[0]}); edits will not hold: {advice}")
         elif full != (tex[1], tex[0]):  # baked smaller than the extent needs: past the texture cap
             warns.append(f"layer {name}: its atlas needs {full[0]}x{full[1]} texels at the source's density, more than the "
                          f"texture cap; baked at {tex[1]}x{tex[0]}, so it is softer than the source")
         if not degenerate and drift is not None and drift > DRIFT_PX:
-            warns.append(_drift_warning(name, drift, per_frame, first_frame))
+            warns.append(_drift_warning(name, drift, per_frame, first_frame, advice))
     if psnr_mean < LOW_PSNR:
-        warns.append(f"the reconstruction is poor ({psnr_mean:.1f} dB mean PSNR, below {LOW_PSNR:g}): {ADVICE}")
+        warns.append(f"the reconstruction is poor ({psnr_mean:.1f} dB mean PSNR, below {LOW_PSNR:g}): {advice}")
     return health, warns

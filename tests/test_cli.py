@@ -59,6 +59,15 @@ def test_fit_of_an_exr_plate_with_nan_pixels(tiny_video, tmp_path):
     assert AtlasBundle.load(out).meta.metrics["psnr_mean"] > 0
 
 
+def test_fit_with_masks_does_not_advise_masks(clip_dir, tmp_path):
+    """A poor fit's advice leaves out --masks when the masks were given."""
+    with pytest.warns(UserWarning, match="reconstruction is poor") as caught:
+        assert main(["fit", str(clip_dir), "-o", str(tmp_path / "m.atlas"), "--masks", str(_masks(tmp_path, 4)), "--config", "fast",
+                     "--iters", "3", "--quiet"]) == 0
+    advice = [str(w.message) for w in caught if "reconstruction is poor" in str(w.message)]
+    assert advice and all("--masks" not in a and "a larger preset" in a for a in advice), advice
+
+
 def test_refit_replaces_bundle_atomically(bundle, clip_dir):
     before = json.loads((bundle / "bundle.json").read_text())
     assert main(["fit", str(clip_dir), "-o", str(bundle), "--config", "fast", "--iters", "2", "--seed", "5", "--quiet"]) == 0

@@ -346,7 +346,7 @@ def test_a_drifting_layers_warning_says_where_it_drifts_and_where_it_holds(fitte
     assert held_run(np.array([5.0, 1.0, 5.0]), DRIFT_PX) is None
     # nor is a run too short to fit: the warning then offers no range (2 of 20 frames, under MIN_HELD_FRAMES)
     assert held_run(np.array([1.0, 1.0, 5.0, 1.0, 1.0, 1.0]), DRIFT_PX, min_frames=4) is None
-    short = _drift_warning("foreground", 3.0, np.r_[1.0, 1.0, np.full(18, 5.0)], 0)
+    short = _drift_warning("foreground", 3.0, np.r_[1.0, 1.0, np.full(18, 5.0)], 0, ADVICE)
     assert "in frames 2-19" in short and "holds" not in short and short.endswith(ADVICE), short
 
 
@@ -361,10 +361,10 @@ def test_a_frame_with_a_handful_of_matches_is_not_named_the_worst():
     err.append(np.full(5, 200.0))
     per_frame = drift_by_frame(np.concatenate(err), np.concatenate(rows), 10)
     assert np.isnan(per_frame[8:]).all() and np.allclose(per_frame[:8], 5.0), per_frame
-    line = _drift_warning("foreground", 6.0, per_frame, 0)
+    line = _drift_warning("foreground", 6.0, per_frame, 0, ADVICE)
     assert "in frames 0-7, up to 5.0 px at frame" in line, line
     # no frame matched well enough to name: the warning still says the layer drifts
-    thin = _drift_warning("foreground", 6.0, np.full(10, np.nan), 0)
+    thin = _drift_warning("foreground", 6.0, np.full(10, np.nan), 0, ADVICE)
     assert "the mapping drifts" in thin and "in frames" not in thin, thin
 
 
@@ -381,7 +381,7 @@ def test_a_frame_is_named_by_where_most_of_its_correspondences_land():
     err += [np.r_[np.full(250, 8.0), np.full(50, 0.5)], np.full(300, 8.0)]
     per_frame = drift_by_frame(np.concatenate(err), np.concatenate(rows), 10)
     assert np.allclose(per_frame[:6], 0.5) and np.allclose(per_frame[6:], 8.0), per_frame
-    line = _drift_warning("background", float(np.concatenate(err).mean()), per_frame, 0)
+    line = _drift_warning("background", float(np.concatenate(err).mean()), per_frame, 0, ADVICE)
     assert "in frames 6-9, up to 8.0 px" in line and "--frames 0:6" in line, line
 
 
