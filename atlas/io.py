@@ -94,6 +94,12 @@ def finite(arr: np.ndarray, what: str) -> np.ndarray:
     return np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0)
 
 
+def _finite_frames(arrays: Iterable[np.ndarray], start: int) -> Iterator[np.ndarray]:
+    """Frames given in memory, the float ones through :func:`finite` (named by frame number)."""
+    for i, f in enumerate(arrays):
+        yield f if np.issubdtype(f.dtype, np.integer) else finite(f, f"frame {start + i} in memory")
+
+
 def _unit(arr: np.ndarray) -> np.ndarray:
     """An image of any depth as float32 in [0, 1]: integers over their full range."""
     if np.issubdtype(arr.dtype, np.integer):
@@ -391,9 +397,7 @@ def read_video(
             raise AtlasInputError(f"frames in memory must be [T, H, W, C] with C in 1, 3, 4; got shape {tuple(given.shape)}")
         if not (np.issubdtype(given.dtype, np.integer) or np.issubdtype(given.dtype, np.floating)):
             raise AtlasInputError(f"frames in memory must be integer or float, got {given.dtype}")
-        window = given[start:stop]
-        count = len(window)
-        images = iter(window) if np.issubdtype(given.dtype, np.integer) else (finite(f, f"frame {start + i} in memory") for i, f in enumerate(window))
+        count, images = len(given[start:stop]), _finite_frames(given[start:stop], start)
     else:
         spath = str(path)
         count, images, fps = _open_frames(Path(spath), start, stop, allow_gaps)
@@ -414,8 +418,7 @@ def iter_frames(path: str | Path | np.ndarray | torch.Tensor, frames: tuple[int,
     plate at its full resolution without holding it in memory."""
     start, stop = frames
     if isinstance(path, (np.ndarray, torch.Tensor)):
-        arrays = (f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else f for f in path[start:stop])
-        images = (f if np.issubdtype(f.dtype, np.integer) else finite(f, f"frame {start + i} in memory") for i, f in enumerate(arrays))
+        images = _finite_frames((f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else f for f in path[start:stop]), start)
     elif (p := Path(path)).is_file() and p.suffix.lower() in MOVIE_EXTS:
         images = _movie_frames(p, start, stop)
     else:
